@@ -1,0 +1,1 @@
+"""dataseg-jax: DaTaSeg (Gu et al., NeurIPS 2023) in JAX."""

@@ -1,0 +1,173 @@
+"""Default configuration shared by every file in `configs/`, and its validation.
+
+A config file in `configs/` is a big_vision-style `get_config(arg=None)` that starts from
+`base_config()` and overrides what it needs. `validate(config)` runs at start (train, eval, bench)
+and fails with a message that names the offending key instead of failing deep inside a trace.
+Values marked [paper] come from DaTaSeg; [default] from Mask2Former / BoxInst (see DATASEG.md).
+"""
+import ml_collections
+
+BACKBONES = ("resnet", "vit")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The R50 recipe at 512x512; configs override sizes, datasets and schedule."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 90_000
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.eval_every_steps = 0  # 0: evaluate only at the end.
+  c.data_dir = ""  # root that relative dataset paths are joined to
+
+  # ---------------------------------------------------------------- model
+  c.model = m = ml_collections.ConfigDict()
+  m.backbone = ml_collections.ConfigDict()
+  m.backbone.name = "resnet"          # one of BACKBONES
+  m.backbone.depth = 50               # resnet: 18, 34, 50, 101 or a tiny test size
+  m.backbone.width = 64               # resnet stem width (64 for torchvision layouts)
+  m.backbone.patch_size = 16          # vit
+  m.backbone.hidden_dim = 768         # vit
+  m.backbone.num_layers = 12          # vit
+  m.backbone.num_heads = 12           # vit
+  m.backbone.mlp_dim = 3072           # vit
+  m.backbone.window_size = 14         # vit: windowed attention
+  m.backbone.global_blocks = (2, 5, 8, 11)  # vit: blocks with global attention
+  m.backbone.rel_pos = False          # vit: decomposed relative position bias
+  m.backbone.remat = False            # rematerialise each backbone block
+  m.hidden_dim = 256                  # pixel + transformer decoder width [default]
+  m.num_queries = 100                 # [default] 200 for large backbones
+  m.pixel_decoder = ml_collections.ConfigDict()
+  m.pixel_decoder.num_layers = 6      # [default] MSDeformAttn encoder layers
+  m.pixel_decoder.num_heads = 8
+  m.pixel_decoder.num_points = 4
+  m.pixel_decoder.ffn_dim = 1024
+  m.decoder = ml_collections.ConfigDict()
+  m.decoder.num_layers = 9            # [default] 3 rounds over 3 scales
+  m.decoder.num_heads = 8
+  m.decoder.ffn_dim = 2048
+  m.mask_dim = 256
+  m.embed_dim = 384                   # text-embedding width (384 MiniLM, 768 CLIP ViT-L/14)
+  m.temperature = 0.01                # [default] initial cosine-logit temperature (learned)
+  m.dtype = "bfloat16"                # activation dtype; params stay float32
+
+  # ---------------------------------------------------------------- losses
+  c.loss = l = ml_collections.ConfigDict()
+  l.class_weight = 2.0                # [default: Mask2Former]
+  l.no_object_weight = 0.1
+  l.mask_weight = 5.0                 # sigmoid BCE
+  l.dice_weight = 5.0
+  l.projection_weight = 5.0           # box-only [default: BoxInst]
+  l.num_points = 12544                # 112 x 112 importance-sampled points
+  l.oversample_ratio = 3.0
+  l.importance_sample_ratio = 0.75
+  l.deep_supervision = True
+  l.merge = "hard"                    # 'hard' (argmax class, clipped sum) or 'soft' (prob-weighted)
+  c.matcher = mt = ml_collections.ConfigDict()
+  mt.class_cost = 2.0
+  mt.mask_cost = 5.0
+  mt.dice_cost = 5.0
+  mt.projection_cost = 5.0
+  mt.num_points = 12544
+
+  # ---------------------------------------------------------------- data
+  c.data = d = ml_collections.ConfigDict()
+  d.image_size = 512                  # square crop / pad size for training
+  d.eval_size = 512
+  d.label_stride = 1
+  d.max_segments = 100                # N; must be <= num_queries
+  d.batch_size = 16                   # global
+  d.eval_batch_size = 8
+  d.mixture_mode = "per_batch"        # [paper] one dataset per step; or 'per_example'
+  d.min_scale = 0.1                   # large-scale jitter [default]
+  d.max_scale = 2.0
+  d.shuffle_buffer = 1000
+  d.prefetch = 2
+  d.on_bad_example = "skip"           # 'skip' (counted, logged) or 'error'
+  d.datasets = ml_collections.ConfigDict()  # name -> entry, see data_pipelines.registry
+
+  # ---------------------------------------------------------------- vocabulary
+  c.vocab = v = ml_collections.ConfigDict()
+  v.encoder = "minilm"                # 'minilm' (offline default) or 'clip' (user weights)
+  v.clip_weights = ""
+  v.prompts = ("a photo of a {}.", "a photo of the {}.", "{}")
+  v.cache_dir = ""                    # '' -> WORKDIR/vocab_cache
+
+  # ---------------------------------------------------------------- optimiser
+  c.optimizer = o = ml_collections.ConfigDict()
+  o.learning_rate = 1e-4              # [default: Mask2Former] AdamW
+  o.weight_decay = 0.05
+  o.backbone_multiplier = 0.1
+  o.warmup_steps = 1000
+  o.schedule = "poly"                 # 'poly' (power 0.9), 'cosine' or 'constant'
+  o.clip_norm = 0.01                  # Mask2Former's full-model clip value
+  o.ema_decay = 0.0                   # 0 disables EMA
+  o.max_nonfinite_steps = 10          # stop after this many non-finite updates in a row
+
+  # ---------------------------------------------------------------- evaluation
+  c.eval = e = ml_collections.ConfigDict()
+  e.object_mask_threshold = 0.8       # [default: Mask2Former] panoptic
+  e.overlap_threshold = 0.8
+  e.instance_topk = 100
+  e.num_overlays = 4
+  e.max_examples = 0                  # 0: the whole split
+
+  # ---------------------------------------------------------------- sharding
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1)              # ('data', 'model'); -1 takes the remaining devices
+  c.mesh.param_sharding = "replicate"  # or 'fsdp' (shard the largest axis over 'data')
+  c.distributed = False               # call jax.distributed.initialize() at start
+  return c
+
+
+def dataset_entry(**kw) -> ml_collections.ConfigDict:
+  """One entry of `config.data.datasets`; relative paths are joined to `config.data_dir`."""
+  e = ml_collections.ConfigDict()
+  e.format = ""             # semantic_png | coco_panoptic | coco_detection | coco_instances
+  e.task = ""               # semantic | panoptic | instance | box
+  e.train_images = ""
+  e.train_annotations = ""  # PNG dir (semantic_png) or JSON file (coco_*)
+  e.train_panoptic_dir = ""  # coco_panoptic PNG dir
+  e.val_images = ""
+  e.val_annotations = ""
+  e.val_panoptic_dir = ""
+  e.val_instances = ""      # COCO instances JSON with masks for weak-transfer instance eval
+  e.names = ""              # names file; '' -> from the annotation JSON
+  e.thing_classes = ""      # names file of thing classes where the format cannot say
+  e.reduce_zero_label = False  # semantic_png: label 0 is void, k -> class k-1
+  e.ratio = 1.0
+  e.image_size = 0          # 0 -> data.image_size
+  e.eval_tasks = ()         # tasks evaluated on the val split
+  e.update(kw)
+  return e
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad key; called at the start of every script."""
+  m, d = config.model, config.data
+
+  def fail(key, msg):
+    raise ValueError(f"config.{key}: {msg}")
+
+  if m.backbone.name not in BACKBONES:
+    fail("model.backbone.name", f"unknown backbone {m.backbone.name!r}; expected one of {BACKBONES}")
+  if m.num_queries <= 0:
+    fail("model.num_queries", f"must be > 0, got {m.num_queries}")
+  if d.max_segments <= 0:
+    fail("data.max_segments", f"must be > 0, got {d.max_segments}")
+  if d.max_segments > m.num_queries:
+    fail("data.max_segments", f"{d.max_segments} targets cannot be matched one-to-one to "
+         f"model.num_queries={m.num_queries} queries; lower data.max_segments or raise num_queries")
+  if m.embed_dim <= 0:
+    fail("model.embed_dim", f"must be > 0, got {m.embed_dim}")
+  if m.dtype not in ("float32", "bfloat16"):
+    fail("model.dtype", f"must be 'float32' or 'bfloat16', got {m.dtype!r}")
+  if d.image_size % 32:
+    fail("data.image_size", f"must be a multiple of 32 (the coarsest feature stride), got {d.image_size}")
+  if d.mixture_mode not in ("per_batch", "per_example"):
+    fail("data.mixture_mode", f"must be 'per_batch' or 'per_example', got {d.mixture_mode!r}")
+  if config.loss.merge not in ("hard", "soft"):
+    fail("loss.merge", f"must be 'hard' or 'soft', got {config.loss.merge!r}")
+  if config.total_steps <= 0:
+    fail("total_steps", f"must be > 0, got {config.total_steps}")
