@@ -1,0 +1,1 @@
+"""Input side on tf.data: format readers, TFDS builders, augmentation, target packing, the mixture."""

@@ -1,0 +1,1 @@
+"""Per-task post-processing, metrics, and writers of standard prediction files."""

@@ -1,0 +1,1 @@
+"""Serialized inference functions (jax.export / StableHLO) that run without the training code."""

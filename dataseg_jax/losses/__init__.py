@@ -1,0 +1,1 @@
+"""Matching, MERGE and every loss term: pure functions of arrays, used inside the jitted step."""

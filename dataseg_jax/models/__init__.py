@@ -1,0 +1,1 @@
+"""Architecture only: backbones, pixel decoder, transformer decoder, text classifier, the whole model."""

@@ -1,0 +1,1 @@
+"""Dataset vocabularies, the union vocabulary, and text embeddings of class names."""
