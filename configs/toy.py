@@ -79,9 +79,7 @@ def get_config(arg=None):
   d.shuffle_buffer = 256
   d.datasets = toy_datasets()
   if arg:
-    if arg not in d.datasets:
-      raise ValueError(f"configs/toy.py:{arg}: unknown dataset; expected one of {list(d.datasets)}")
-    d.datasets = ml_collections.ConfigDict({arg: d.datasets[arg]})
+    d.datasets = config_lib.select_dataset(d.datasets, arg, "configs/toy.py")
 
   o = c.optimizer
   o.learning_rate = 3e-4

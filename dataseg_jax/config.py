@@ -143,6 +143,58 @@ def dataset_entry(**kw) -> ml_collections.ConfigDict:
   return e
 
 
+def paper_datasets() -> ml_collections.ConfigDict:
+  """The paper's three training sets, with paths relative to `config.data_dir`."""
+  ds = ml_collections.ConfigDict()
+  ds.ade = dataset_entry(
+      format="semantic_png", task="semantic",
+      train_images="ADEChallengeData2016/images/training",
+      train_annotations="ADEChallengeData2016/annotations/training",
+      val_images="ADEChallengeData2016/images/validation",
+      val_annotations="ADEChallengeData2016/annotations/validation",
+      names="", reduce_zero_label=True, ratio=1.0, image_size=512,
+      eval_tasks=("semantic", "panoptic"))
+  ds.coco = dataset_entry(
+      format="coco_panoptic", task="panoptic",
+      train_images="coco/train2017",
+      train_annotations="coco/annotations/panoptic_train2017.json",
+      train_panoptic_dir="coco/annotations/panoptic_train2017",
+      val_images="coco/val2017",
+      val_annotations="coco/annotations/panoptic_val2017.json",
+      val_panoptic_dir="coco/annotations/panoptic_val2017",
+      ratio=2.0, eval_tasks=("panoptic",))
+  ds.o365 = dataset_entry(
+      format="coco_detection", task="box",
+      train_images="objects365/train",
+      train_annotations="objects365/zhiyuan_objv2_train.json",
+      val_images="objects365/val",
+      val_annotations="objects365/zhiyuan_objv2_val.json",
+      val_instances="objects365/instance_masks_1k.json",
+      ratio=2.0, eval_tasks=("instance",))
+  return ds
+
+
+def paper_recipe(arg, config_path: str) -> ml_collections.ConfigDict:
+  """The paper's R50 three-dataset recipe; `arg` names one dataset for a single-dataset baseline."""
+  c = base_config()
+  c.total_steps = 90_000
+  c.data.image_size = 1024
+  c.data.eval_size = 1024
+  c.data.max_segments = 100
+  c.data.batch_size = 16
+  c.data.datasets = paper_datasets()
+  if arg:
+    c.data.datasets = select_dataset(c.data.datasets, arg, config_path)
+  return c
+
+
+def select_dataset(datasets: ml_collections.ConfigDict, name: str, config_path: str) -> ml_collections.ConfigDict:
+  """Keeps only entry `name` (a single-dataset baseline), with an error listing the valid names."""
+  if name not in datasets:
+    raise ValueError(f"{config_path}:{name}: unknown dataset; expected one of {list(datasets)}")
+  return ml_collections.ConfigDict({name: datasets[name]})
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key; called at the start of every script."""
   m, d = config.model, config.data
