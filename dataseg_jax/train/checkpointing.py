@@ -1,0 +1,111 @@
+"""orbax checkpoints of the train state and the data iterator position, under `WORKDIR/checkpoints/<step>/`.
+
+Each checkpoint holds two items: `state` (the `TrainState` as a state dict: params, optimizer state, step, RNG,
+EMA, non-finite counters; orbax `StandardSave`, async) and `data` (JSON: the data iterator position of every
+process, `{"<process index>": iterator.get_state()}`). Saves happen every `config.checkpoint_every_steps`
+steps and on request (end of training, SIGTERM); the last `config.keep_checkpoints` are kept.
+
+A restart restores the latest checkpoint before training (big_vision's auto-resume). Restoring checks the
+stored array shapes against the current config first, so a checkpoint written by another model config stops
+with a message naming the first mismatching parameter instead of an orbax traceback.
+"""
+import json
+import os
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+ITEMS = ("state", "data")
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, "checkpoints")
+
+
+def make_manager(workdir: str, config=None) -> ocp.CheckpointManager:
+  """An async `CheckpointManager` keeping `config.keep_checkpoints`; read-only when `config` is None."""
+  if config is None:
+    return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS,
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every_steps,
+      enable_async_checkpointing=True, create=True)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS, options=options)
+
+
+def _gather_process_states(data_state) -> dict:
+  """`{"<process index>": state}` for every process (an all-gather of JSON bytes; a no-op with one process)."""
+  if jax.process_count() == 1:
+    return {"0": data_state}
+  raw = np.frombuffer(json.dumps(data_state).encode(), np.uint8)
+  length = int(np.max(multihost_utils.process_allgather(np.array([raw.size]))))
+  padded = np.zeros(length, np.uint8)
+  padded[:raw.size] = raw
+  gathered = multihost_utils.process_allgather(padded)
+  return {str(i): json.loads(bytes(row).rstrip(b"\0").decode()) for i, row in enumerate(gathered)}
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_state, force: bool = False) -> bool:
+  """Starts an async save of `state` and this process's `data_state` at `step` (if due, or `force`)."""
+  if not force and not manager.should_save(step):
+    return False
+  data = _gather_process_states(data_state)
+  return manager.save(step, force=force, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)), data=ocp.args.JsonSave(data)))
+
+
+def _flat_shapes(tree) -> dict:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state, workdir: str) -> None:
+  """Raises ValueError when the checkpoint's arrays differ from the current config's train state."""
+  stored = _flat_shapes(manager.item_metadata(step)["state"].tree)
+  wanted = _flat_shapes(flax.serialization.to_state_dict(abstract_state))
+  problems = [f"{k}: checkpoint {stored[k]} vs config {wanted[k]}" for k in wanted
+              if k in stored and stored[k] != wanted[k]]
+  problems += [f"{k}: in the config, not in the checkpoint" for k in wanted if k not in stored]
+  problems += [f"{k}: in the checkpoint, not in the config" for k in stored if k not in wanted]
+  if problems:
+    shown = "\n  ".join(problems[:5]) + (f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else "")
+    raise ValueError(
+        f"the checkpoint {checkpoint_dir(workdir)}/{step} was written by a different model or optimizer "
+        f"config ({len(problems)} mismatching arrays):\n  {shown}\n"
+        f"Resume with the config that wrote it, or train this config in a new --workdir.")
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, workdir: str):
+  """`(state, this process's data iterator state)` from checkpoint `step`, placed as `abstract_state` says.
+
+  `abstract_state` is a `TrainState` of `jax.ShapeDtypeStruct` with shardings (from `jax.eval_shape`).
+  """
+  check_compatible(manager, step, abstract_state, workdir)
+  target = flax.serialization.to_state_dict(abstract_state)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+  data = restored["data"]
+  key = str(jax.process_index())
+  if len(data) != jax.process_count():
+    raise ValueError(f"the checkpoint {checkpoint_dir(workdir)}/{step} holds the data position of {len(data)} "
+                     f"processes but this run has {jax.process_count()}; resume with the same process count")
+  return flax.serialization.from_state_dict(abstract_state, restored["state"]), data[key]
+
+
+def restore_variables(workdir: str, step: int | None = None) -> dict:
+  """Model variables `{'params': ...}` of checkpoint `step` (default: the latest) for evaluation and export.
+
+  Returns the EMA parameters when the run kept an EMA (`optimizer.ema_decay > 0`), the raw ones otherwise.
+  Arrays come back on the default device; no config is needed.
+  """
+  manager = make_manager(workdir)
+  step = manager.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    raise FileNotFoundError(f"no checkpoint {'' if step is None else step} under {checkpoint_dir(workdir)} "
+                            f"(found steps {list(manager.all_steps())}); train first or pass an existing step")
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  manager.close()
+  return {"params": state["ema"] if state.get("ema") is not None else state["params"]}

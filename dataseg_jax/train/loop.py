@@ -1,0 +1,310 @@
+"""The training loop, top to bottom: setup, auto-resume, the jitted step, logging, checkpoints, preemption.
+
+  train(config, workdir)
+
+1. `jax.distributed` when asked (mesh.maybe_initialize_distributed), a writable workdir, the mesh.
+2. Vocabulary, frozen text embeddings, model, criterion and the data iterator (`build_components`).
+3. The train state, fresh or restored from the latest checkpoint in `WORKDIR/checkpoints/` together with the
+   data iterator position (big_vision's auto-resume: rerunning the same command continues).
+4. The step, compiled once ahead of time (its FLOPs give the MFU estimate), fed by batches that are already
+   global device arrays, prefetched `config.data.prefetch` deep.
+5. Every `log_every_steps`: the only host sync; CLU writers get each loss term per dataset and per task,
+   learning rate, gradient norm, step time, images/s, MFU. Every `checkpoint_every_steps`: an async orbax
+   save. SIGTERM (or a cluster preemption notice): save, then return. Too many non-finite steps in a row:
+   stop with `NonFiniteError`, leaving the last checkpoint as it was.
+
+`config.eval_every_steps`: > 0 evaluates every K steps and at the end, 0 only at the end, < 0 never.
+"""
+import dataclasses
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import metric_writers, periodic_actions
+from etils import epath
+
+from dataseg_jax import config as config_lib
+from dataseg_jax import contract
+from dataseg_jax.train import checkpointing, mesh as mesh_lib, optimizer as optimizer_lib, state as state_lib
+from dataseg_jax.train import step as step_lib
+
+# Peak dense bf16 FLOP/s per device, by `device_kind` substring (vendor data sheets), for the MFU estimate.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+              "TPU v6": 918e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+PROFILE_STEPS = 5
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps with a non-finite loss or gradient norm."""
+
+
+class WorkdirError(OSError):
+  """The workdir cannot be created or written."""
+
+
+@dataclasses.dataclass
+class Components:
+  """What the loop trains: a Flax model, its loss, the vocabulary tables and the data.
+
+  model: `apply({'params': p}, images, class_embeddings, class_mask, train=True, rngs=...)` -> outputs.
+  loss_fn: `(outputs, batch, rng) -> (loss [], {term: [B]})`.
+  vocab: has `datasets` (names, config order) and `class_mask` bool [D, C].
+  class_embeddings: float32 [C, E], frozen.
+  make_iterator: `(process_index, process_count) -> iterator` of this process's batches (numpy, batch
+    contract) with `get_state()` / `set_state(state)`.
+  """
+  model: Any
+  loss_fn: Callable
+  vocab: Any
+  class_embeddings: np.ndarray
+  make_iterator: Callable
+
+
+def build_components(config, workdir: str) -> Components:
+  """The real pieces: registry vocabulary, text embeddings (cached), DataSeg, the DaTaSeg criterion, mixture."""
+  from data_pipelines import mixture, registry
+  from dataseg_jax.losses import criterion
+  from dataseg_jax.models import dataseg
+  from dataseg_jax.vocab import embeddings
+
+  vocab = registry.build_vocab(config)
+  class_embeddings = embeddings.embed_names(
+      vocab.names, encoder=config.vocab.encoder, prompts=tuple(config.vocab.prompts),
+      cache_dir=config.vocab.cache_dir or os.path.join(workdir, "vocab_cache"))
+  return Components(
+      model=dataseg.DataSeg(config.model),
+      loss_fn=lambda outputs, batch, rng: criterion.criterion(outputs, batch, config, rng),
+      vocab=vocab, class_embeddings=np.asarray(class_embeddings, np.float32),
+      make_iterator=lambda index, count: mixture.TrainIterator(config, vocab, process_index=index,
+                                                               process_count=count))
+
+
+def check_workdir(workdir: str) -> epath.Path:
+  """Creates `workdir` and proves it writable, or raises WorkdirError saying what to do."""
+  path = epath.Path(workdir)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write_test_{jax.process_index()}_{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir} cannot be written ({type(e).__name__}: {e}); pass a directory "
+                       f"you can create and write to") from None
+  return path
+
+
+def peak_flops_per_device() -> float | None:
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs of one step per device from XLA's cost analysis of the compiled (partitioned) module."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+class _SigtermFlag:
+  """Remembers a SIGTERM so the loop can save and leave at the next step boundary (single process only;
+  with `jax.distributed` the preemption sync point of orbax's manager does this across processes)."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the end of this step, then exiting")
+    self.raised = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def init_state(config, components: Components, mesh, tx, image_shape):
+  """`(abstract state, shardings, init fn)`; the init fn builds a fresh state directly in its shardings."""
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  images = jnp.zeros((1, *image_shape), jnp.uint8)
+  example_mask = jnp.asarray(components.vocab.class_mask[:1])
+  embeddings = jnp.asarray(components.class_embeddings)
+
+  def create():
+    variables = components.model.init({"params": init_rng, "dropout": init_rng}, images, embeddings, example_mask,
+                                      train=False)
+    params = flax.core.meta.unbox(variables["params"])
+    return state_lib.create(params, tx, train_rng, float(config.optimizer.ema_decay))
+
+  abstract = jax.eval_shape(create)
+  shardings = mesh_lib.state_shardings(abstract, mesh, config.mesh.param_sharding)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return abstract, shardings, jax.jit(create, out_shardings=shardings)
+
+
+def longest_streak_exceeded(history: list[dict], limit: int) -> int:
+  """The largest `nonfinite_streak` seen in the fetched per-step metrics when it is over `limit`, else 0."""
+  worst = max((int(m["nonfinite_streak"]) for m in history), default=0)
+  return worst if worst > limit else 0
+
+
+def summarize(history: list[dict], dataset_names, global_batch: int) -> dict:
+  """Scalars for the writers from the per-step metrics (numpy) of one logging interval.
+
+  `loss`, `grad_norm`: means over finite steps; `lr`: the last; `<term>/<dataset>` and `<term>/task_<task>`:
+  the term's value on a batch made only of that dataset / task, sum_steps sum_b t_b / sum_steps n * B.
+  """
+  finite = [m for m in history if bool(m["finite"])]
+  out = {"lr": float(history[-1]["lr"]), "nonfinite_steps": float(len(history) - len(finite))}
+  if finite:
+    out["loss"] = float(np.mean([m["loss"] for m in finite]))
+    out["grad_norm"] = float(np.mean([m["grad_norm"] for m in finite]))
+  task_names = [t.name.lower() for t in contract.Task]
+  for group, count_key, names, prefix in (("by_dataset", "count_dataset", dataset_names, ""),
+                                          ("by_task", "count_task", task_names, "task_")):
+    counts = np.sum([m[count_key] for m in history], axis=0)
+    for term in history[-1][group]:
+      sums = np.sum([m[group][term] for m in history], axis=0)
+      for i, name in enumerate(names):
+        if counts[i] > 0:
+          out[f"{term}/{prefix}{name}"] = float(sums[i] / counts[i] * global_batch)
+  return out
+
+
+def train(config, workdir: str, components: Components | None = None) -> dict:
+  """Trains to `config.total_steps` (resuming from `workdir` when it has checkpoints).
+
+  Returns the last logged scalars plus `step` and `preempted`. Raises WorkdirError, ValueError (bad config or
+  an incompatible checkpoint) and NonFiniteError, each with a message saying what to do.
+  """
+  config_lib.validate(config)
+  mesh_lib.maybe_initialize_distributed(config)
+  path = check_workdir(workdir)
+  if jax.process_index() == 0:
+    (path / "config.json").write_text(config.to_json_best_effort(indent=2))
+  mesh = mesh_lib.make_mesh(config)
+  mesh_lib.check_batch_size(config.data.batch_size, mesh)
+  components = components or build_components(config, workdir)
+
+  tx = optimizer_lib.make_optimizer(config)
+  schedule = optimizer_lib.learning_rate_schedule(config)
+  size = config.data.image_size
+  abstract, shardings, create = init_state(config, components, mesh, tx, (size, size, 3))
+
+  manager = checkpointing.make_manager(workdir, config)
+  iterator = components.make_iterator(jax.process_index(), jax.process_count())
+  latest = manager.latest_step()
+  if latest is None:
+    state = create()
+  else:
+    state, data_state = checkpointing.restore(manager, latest, abstract, workdir)
+    iterator.set_state(data_state)
+    logging.info("resumed from %s/%d", checkpointing.checkpoint_dir(workdir), latest)
+  start = int(state.step)
+
+  replicated = mesh_lib.replicated(mesh)
+  embeddings = jax.device_put(jnp.asarray(components.class_embeddings), replicated)
+  class_mask = jax.device_put(jnp.asarray(components.vocab.class_mask), replicated)
+  step_fn = functools.partial(
+      step_lib.train_step, model=components.model, loss_fn=components.loss_fn, tx=tx, schedule=schedule,
+      ema_decay=float(config.optimizer.ema_decay), num_datasets=len(components.vocab.datasets))
+  jitted = step_lib.jit_train_step(step_fn, mesh, shardings, mesh_lib.batch_sharding(mesh))
+  batches = mesh_lib.prefetch_to_mesh(iterator, mesh, config.data.prefetch)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer.write_hparams(flatten_config(config))
+  hooks = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
+                                           every_steps=config.log_every_steps)]
+  if config.get("profile_at_step", 0) > 0 and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=PROFILE_STEPS,
+                                          first_profile=config.profile_at_step, every_secs=None))
+  sigterm = _SigtermFlag() if jax.process_count() == 1 else None
+  global_batch = config.data.batch_size
+  flops = peak = None
+  history, summary, data_state = [], {}, None
+  interval_start, interval_steps = time.perf_counter(), 0
+  step = start
+  try:
+    compiled = None
+    while step < config.total_steps:
+      batch, data_state = next(batches)
+      if compiled is None:
+        compiled = jitted.lower(state, batch, embeddings, class_mask).compile()
+        flops, peak = compiled_flops(compiled), peak_flops_per_device()
+        interval_start = time.perf_counter()
+      with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
+        state, metrics = compiled(state, batch, embeddings, class_mask)
+      step += 1
+      interval_steps += 1
+      history.append(metrics)
+      for hook in hooks:
+        hook(step)
+
+      last = step == config.total_steps
+      preempted = (sigterm.raised if sigterm else manager.reached_preemption(step))
+      if step % config.log_every_steps == 0 or last or preempted or manager.should_save(step):
+        history = jax.device_get(history)
+        worst = longest_streak_exceeded(history, config.optimizer.max_nonfinite_steps)
+        if worst:
+          manager.wait_until_finished()
+          raise NonFiniteError(
+              f"stopping at step {step}: {worst} consecutive steps had a non-finite loss or gradient norm "
+              f"(limit config.optimizer.max_nonfinite_steps={config.optimizer.max_nonfinite_steps}); the last "
+              f"checkpoint ({manager.latest_step()}) under {checkpointing.checkpoint_dir(workdir)} is left as it "
+              f"was. Lower config.optimizer.learning_rate or clip_norm, or check the data, then rerun to resume.")
+      if step % config.log_every_steps == 0 or last:
+        elapsed = time.perf_counter() - interval_start
+        summary = summarize(history, components.vocab.datasets, global_batch)
+        summary.update(step_time_s=elapsed / interval_steps, images_per_s=global_batch * interval_steps / elapsed)
+        if flops:
+          summary["tflops_per_s_per_device"] = flops * interval_steps / elapsed / 1e12
+          if peak:
+            summary["mfu"] = flops * interval_steps / elapsed / peak
+        writer.write_scalars(step, summary)
+        history, interval_start, interval_steps = [], time.perf_counter(), 0
+      checkpointing.save(manager, step, state, data_state, force=last or preempted)
+      if preempted:
+        logging.warning("preempted at step %d: checkpoint saved, exiting", step)
+        break
+      if config.eval_every_steps >= 0 and ((config.eval_every_steps and step % config.eval_every_steps == 0)
+                                           or last):
+        writer.write_scalars(step, evaluate(config, components, state, workdir, step))
+  finally:
+    if sigterm:
+      sigterm.restore()
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+  return dict(summary, step=step, preempted=step < config.total_steps)
+
+
+def evaluate(config, components: Components, state: state_lib.TrainState, workdir: str, step: int) -> dict:
+  """Metrics of the evaluation issue's evaluator on the current (EMA when kept) parameters."""
+  from dataseg_jax.evaluation import evaluator
+  variables = {"params": state.ema if state.ema is not None else state.params}
+  return evaluator.evaluate(config, variables, components.vocab, components.class_embeddings, workdir, step)
+
+
+def flatten_config(config) -> dict:
+  """`{'optimizer.learning_rate': 1e-4, ...}` with non-scalar values as JSON strings (for write_hparams)."""
+  out = {}
+
+  def walk(d, prefix):
+    for k, v in d.items():
+      if hasattr(v, "items"):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
+
+  walk(config, "")
+  return out

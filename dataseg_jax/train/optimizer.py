@@ -1,0 +1,75 @@
+"""AdamW with warmup + decay, a backbone learning-rate multiplier, decoupled weight decay and clipping.
+
+The recipe is Mask2Former's, which DaTaSeg follows [default: Mask2Former, see DATASEG.md "Training"]:
+
+  lr(t) = base_lr * w(t) * d(t)                               (detectron2 WarmupPolyLR form)
+  w(t)  = min(1, (t + 1) / warmup_steps)                        linear warmup (1 when warmup_steps = 0)
+  d(t)  = (1 - t / T) ** 0.9        schedule = 'poly'           T = config.total_steps
+        = (1 + cos(pi * t / T)) / 2 schedule = 'cosine'
+        = 1                         schedule = 'constant'
+
+Parameters under the top-level `backbone` collection use `lr(t) * backbone_multiplier`. Gradients are clipped
+to a global L2 norm of `clip_norm` over the whole model (Mask2Former's `full_model` clipping) before AdamW.
+Weight decay applies to kernels only: not to biases, normalisation scales or embeddings (Mask2Former's
+`WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = 0`); a leaf is a kernel when it has two or more axes and its name
+does not contain `embed`.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("poly", "cosine", "constant")
+POLY_POWER = 0.9  # [default: Mask2Former / detectron2 WarmupPolyLR]
+
+
+def learning_rate_schedule(config):
+  """`t -> lr(t)` for the whole model (see the module docstring); `t` is the optimizer step."""
+  o = config.optimizer
+  if o.schedule not in SCHEDULES:
+    raise ValueError(f"config.optimizer.schedule={o.schedule!r}: expected one of {SCHEDULES}")
+  base, warmup, total = float(o.learning_rate), int(o.warmup_steps), int(config.total_steps)
+
+  def schedule(t):
+    t = jnp.asarray(t, jnp.float32)
+    warm = jnp.minimum(1.0, (t + 1.0) / warmup) if warmup > 0 else 1.0
+    frac = jnp.clip(t / total, 0.0, 1.0)
+    if o.schedule == "poly":
+      decay = (1.0 - frac) ** POLY_POWER
+    elif o.schedule == "cosine":
+      decay = 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    else:
+      decay = 1.0
+    return base * warm * decay
+
+  return schedule
+
+
+def _path_names(path) -> list[str]:
+  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
+def parameter_groups(params):
+  """`'backbone'` for leaves under the top-level `backbone` key, `'rest'` otherwise (same tree as params)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "backbone" if _path_names(path)[:1] == ["backbone"] else "rest", params)
+
+
+def weight_decay_mask(params):
+  """True for kernels (>= 2 axes, name without 'embed'); biases, norm scales and embeddings are not decayed."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: x.ndim >= 2 and not any("embed" in n.lower() for n in _path_names(path)), params)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW per parameter group with its own scaled schedule."""
+  o = config.optimizer
+  schedule = learning_rate_schedule(config)
+
+  def adamw(multiplier):
+    return optax.adamw(lambda t: schedule(t) * multiplier, weight_decay=o.weight_decay, mask=weight_decay_mask)
+
+  parts = [optax.multi_transform({"backbone": adamw(float(o.backbone_multiplier)), "rest": adamw(1.0)},
+                                 parameter_groups)]
+  if o.clip_norm > 0:
+    parts.insert(0, optax.clip_by_global_norm(o.clip_norm))
+  return optax.chain(*parts)
