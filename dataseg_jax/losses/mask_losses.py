@@ -1,0 +1,139 @@
+"""Point-sampled mask losses: bilinear point sampling, Mask2Former's importance sampling, BCE and dice.
+
+Coordinates are normalised (x, y) in [0, 1]^2, Mask2Former's `point_sample` convention: a point
+(u, v) on an [h, w] grid sits at pixel position (u * w - 0.5, v * h - 0.5) and is read by bilinear
+interpolation with zero padding, i.e. `grid_sample(align_corners=False, padding_mode='zeros')`.
+
+Ground-truth masks are never materialised: the binary mask of segment n is `segment_map == n`, and its
+bilinear sample at a point is the sum of the weights of the 4 neighbouring pixels whose
+`segment_map` value is n (exact: it is what sampling the dense binary mask would give).
+
+Predictions reach these losses as probabilities `prob` together with `logit` and a per-row flag `raw`:
+MERGE (merge.py) makes probabilities (clipped sums of sigmoids), not logits. BCE is
+-[y log p + (1 - y) log(1 - p)], evaluated as log-sigmoid of the logit where the row is a single
+unweighted proposal (`raw`, exactly Mask2Former's BCE-with-logits) and as log(clip(p, 1e-6, 1)) where it
+is a merged mask. Dice takes the probability in both cases.
+"""
+import jax
+import jax.numpy as jnp
+
+LOG_EPS = 1e-6  # floor of probabilities inside log() for merged masks
+
+
+def _bilinear_taps(coords: jax.Array, height: int, width: int):
+  """The 4 bilinear neighbours of each point: (ys, xs, weights, in_bounds), each [..., P, 4].
+
+  coords: [..., P, 2] normalised (x, y); grid_sample align_corners=False.
+  """
+  px = coords[..., 0] * width - 0.5
+  py = coords[..., 1] * height - 0.5
+  x0 = jnp.floor(px)
+  y0 = jnp.floor(py)
+  fx = px - x0
+  fy = py - y0
+  xs = jnp.stack([x0, x0 + 1, x0, x0 + 1], -1).astype(jnp.int32)
+  ys = jnp.stack([y0, y0, y0 + 1, y0 + 1], -1).astype(jnp.int32)
+  w = jnp.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], -1)
+  inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
+  return jnp.clip(ys, 0, height - 1), jnp.clip(xs, 0, width - 1), w, inside
+
+
+def point_sample(grid: jax.Array, coords: jax.Array) -> jax.Array:
+  """Bilinear samples of one map [h, w] at points [..., P, 2] -> [..., P] (Mask2Former point_sample)."""
+  h, w = grid.shape
+  ys, xs, wt, inside = _bilinear_taps(coords.astype(jnp.float32), h, w)
+  vals = grid[ys, xs].astype(jnp.float32)
+  return jnp.sum(jnp.where(inside, wt * vals, 0.0), -1)
+
+
+def sample_segment_masks(segment_map: jax.Array, segment_ids: jax.Array, coords: jax.Array) -> jax.Array:
+  """Bilinear samples of the binary masks `segment_map == segment_ids[n]` at points coords[n].
+
+  Args:
+    segment_map: [H, W] int32, -1 void.
+    segment_ids: [N] int32 (the segment index of each row).
+    coords: [N, P, 2] normalised (x, y).
+
+  Returns:
+    [N, P] float32 in [0, 1].
+  """
+  h, w = segment_map.shape
+  ys, xs, wt, inside = _bilinear_taps(coords.astype(jnp.float32), h, w)
+  hit = inside & (segment_map[ys, xs] == segment_ids[:, None, None])
+  return jnp.sum(jnp.where(hit, wt, 0.0), -1)
+
+
+def sample_segment_masks_shared(segment_map: jax.Array, num_segments: int, coords: jax.Array) -> jax.Array:
+  """Samples of all N binary masks `segment_map == n` at the same points [P, 2] -> [N, P]."""
+  h, w = segment_map.shape
+  ys, xs, wt, inside = _bilinear_taps(coords.astype(jnp.float32), h, w)
+  ids = segment_map[ys, xs]  # [P, 4]
+  hit = inside[None] & (ids[None] == jnp.arange(num_segments)[:, None, None])
+  return jnp.sum(jnp.where(hit, wt[None], 0.0), -1)
+
+
+def select_uncertain_points(over: jax.Array, tail: jax.Array, uncertainty: jax.Array,
+                            num_uncertain: int) -> jax.Array:
+  """Mask2Former's get_uncertain_point_coords_with_randomness [default: Mask2Former point_features.py].
+
+  Of kP uniform points per row `over` [R, kP, 2] (k = oversample ratio) keeps the `num_uncertain`
+  (beta P, beta = importance ratio) with the highest `uncertainty` [R, kP], then appends the (1 - beta) P
+  uniform points `tail` [R, T, 2]. No gradient flows through the coordinates.
+
+  Returns:
+    [R, num_uncertain + T, 2] normalised (x, y).
+  """
+  _, idx = jax.lax.top_k(jax.lax.stop_gradient(uncertainty), num_uncertain)
+  picked = jnp.take_along_axis(over, idx[..., None], axis=1)
+  return jax.lax.stop_gradient(jnp.concatenate([picked, tail], axis=1))
+
+
+def uncertainty(logit: jax.Array, prob: jax.Array, raw: jax.Array) -> jax.Array:
+  """Mask2Former's calculate_uncertainty -|logit|; for merged masks -|p - 1/2| (same order where both exist).
+
+  logit, prob: [R, P]; raw: [R] bool.
+  """
+  return jnp.where(raw[:, None], -jnp.abs(logit), -jnp.abs(prob - 0.5))
+
+
+def _log_probs(logit, prob, raw):
+  """(log p, log(1 - p)) per point: log-sigmoid of the logit for raw rows, clipped logs otherwise."""
+  raw = raw[:, None]
+  log_p = jnp.where(raw, jax.nn.log_sigmoid(logit), jnp.log(jnp.clip(prob, LOG_EPS, 1.0)))
+  log_q = jnp.where(raw, jax.nn.log_sigmoid(-logit), jnp.log(jnp.clip(1.0 - prob, LOG_EPS, 1.0)))
+  return log_p, log_q
+
+
+def sigmoid_bce(logit: jax.Array, prob: jax.Array, raw: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean over points of -[y log p + (1 - y) log(1 - p)] [default: Mask2Former sigmoid_ce_loss].
+
+  Args:
+    logit, prob: [R, P] predictions at the points (see module docstring); raw: [R] bool.
+    labels: [R, P] bilinear ground-truth samples y in [0, 1].
+
+  Returns:
+    [R] loss per row (not normalised by the number of masks).
+  """
+  log_p, log_q = _log_probs(logit, prob, raw)
+  return -jnp.mean(labels * log_p + (1.0 - labels) * log_q, axis=-1)
+
+
+def dice(prob: jax.Array, labels: jax.Array) -> jax.Array:
+  """1 - (2 sum p y + 1) / (sum p + sum y + 1) over points [default: Mask2Former dice_loss]. [R, P] -> [R]."""
+  num = 2.0 * jnp.sum(prob * labels, -1)
+  den = jnp.sum(prob, -1) + jnp.sum(labels, -1)
+  return 1.0 - (num + 1.0) / (den + 1.0)
+
+
+def pairwise_sigmoid_bce(logit: jax.Array, prob: jax.Array, raw: jax.Array, labels: jax.Array) -> jax.Array:
+  """`sigmoid_bce` of every prediction row against every target row: [Q, P] x [N, P] -> [Q, N]."""
+  log_p, log_q = _log_probs(logit, prob, raw)
+  p = labels.shape[-1]
+  return -(log_p @ labels.T + log_q @ (1.0 - labels).T) / p
+
+
+def pairwise_dice(prob: jax.Array, labels: jax.Array) -> jax.Array:
+  """`dice` of every prediction row against every target row: [Q, P] x [N, P] -> [Q, N]."""
+  num = 2.0 * prob @ labels.T
+  den = jnp.sum(prob, -1)[:, None] + jnp.sum(labels, -1)[None, :]
+  return 1.0 - (num + 1.0) / (den + 1.0)

@@ -1,0 +1,106 @@
+"""MERGE: turn Q proposals into the predictions a task's annotation can supervise [paper, formula default].
+
+Per task [paper]: semantic merges all proposals of a class into one; panoptic merges stuff proposals of
+a class and keeps things; instance and box-only keep every proposal. Formula [default, DATASEG.md]:
+proposal i has class c_i = argmax over non-background classes; a merged prediction of class c has
+  hard: mask M_c = clip(sum_{i: c_i = c} sigmoid(m_i), 0, 1)
+  soft: mask M_c = clip(sum_{i: c_i = c} p_i(c) sigmoid(m_i), 0, 1)
+and class probability mean_{i: c_i = c} p_i (both variants). The soft variant weights each proposal by its
+probability of the class; it keeps the sum over the proposals whose argmax is c (instead of all Q), so each
+proposal feeds exactly one merged prediction and the merge stays O(Q) per point.
+
+Representation (no [C_union, H, W] tensor): the merged predictions live in the Q proposal slots. Proposal i
+joins the group of its `leader[i]`, the first proposal with the same merge key (its class when it merges,
+itself otherwise); slot j is `active` when it leads a group, and then holds that group's merged
+prediction. Masks are merged where they are needed, at sampled points (`merge_points`), as a segment
+sum over groups. Non-leader slots are not predictions: they are never matched and get no loss of their
+own; they are trained through their group.
+
+Which proposals merge is decided per example from `task` (data, not a static argument). A proposal is
+"stuff" for the panoptic merge when its argmax class is the class of a stuff segment of the example's
+ground truth (the batch carries thing/stuff per segment, contract.py); a predicted class absent from the
+ground truth is kept as it is (it can only be trained towards no-object).
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dataseg_jax.contract import Task
+
+
+class Groups(NamedTuple):
+  """How the Q proposals of one example merge. All [Q]."""
+  leader: jax.Array   # int32: slot of the merged prediction proposal i belongs to (leader[i] <= i)
+  active: jax.Array   # bool: slot j holds a merged prediction (j leads a group)
+  weight: jax.Array   # float32: weight of proposal i in its group's mask sum (1, or p_i(c) when soft)
+  raw: jax.Array      # bool: slot j's prediction is exactly one proposal's sigmoid (usable as a logit)
+  size: jax.Array     # float32: number of proposals in slot j's group (0 for inactive slots)
+
+
+def merge_groups(log_probs: jax.Array, task: jax.Array, seg_class: jax.Array, seg_is_thing: jax.Array,
+                 seg_valid: jax.Array, mode: str) -> Groups:
+  """The merge groups of one example.
+
+  Args:
+    log_probs: [Q, C + 1] log class probabilities (index C = background).
+    task: int32 [] (contract.Task).
+    seg_class, seg_is_thing, seg_valid: [N] the example's ground-truth segments.
+    mode: 'hard' or 'soft' (config.loss.merge).
+
+  Returns:
+    Groups.
+  """
+  if mode not in ("hard", "soft"):
+    raise ValueError(f"merge_groups: mode must be 'hard' or 'soft' (config.loss.merge), got {mode!r}")
+  q, c1 = log_probs.shape
+  num_classes = c1 - 1
+  cls = jnp.argmax(log_probs[:, :num_classes], axis=-1)
+  gt_stuff = seg_valid & ~seg_is_thing
+  pred_is_stuff = jnp.any(gt_stuff[None, :] & (seg_class[None, :] == cls[:, None]), axis=-1)
+  merges = (task == Task.SEMANTIC) | ((task == Task.PANOPTIC) & pred_is_stuff)
+  key = jnp.where(merges, cls, num_classes + jnp.arange(q))
+  leader = jnp.argmax(key[None, :] == key[:, None], axis=-1).astype(jnp.int32)
+  active = leader == jnp.arange(q)
+  size = jax.ops.segment_sum(jnp.ones((q,), jnp.float32), leader, q)
+  if mode == "hard":
+    weight = jnp.ones((q,), jnp.float32)
+    raw = active & (size == 1)
+  else:
+    p_own = jnp.exp(jnp.take_along_axis(log_probs, cls[:, None], axis=-1)[:, 0])
+    weight = jnp.where(merges, p_own, 1.0)
+    raw = active & ~merges
+  return Groups(leader=leader, active=active, weight=weight, raw=raw, size=size)
+
+
+def merged_log_probs(log_probs: jax.Array, groups: Groups) -> jax.Array:
+  """log of the merged class probability mean_{i in group j} p_i, per slot: [Q, C + 1] -> [Q, C + 1].
+
+  A log-sum-exp over each group, so a single-proposal group returns its log-softmax exactly. Rows of
+  inactive slots are meaningless (they are masked out by the caller).
+  """
+  q = log_probs.shape[0]
+  top = jax.ops.segment_max(log_probs, groups.leader, q)
+  top = jnp.where(jnp.isfinite(top), top, 0.0)
+  total = jax.ops.segment_sum(jnp.exp(log_probs - top[groups.leader]), groups.leader, q)
+  return jnp.log(jnp.maximum(total, 1e-30)) + top - jnp.log(jnp.maximum(groups.size, 1.0))[:, None]
+
+
+def merge_points(point_logits: jax.Array, groups: Groups, target: jax.Array, num_targets: int):
+  """Merged predictions at points: each proposal's sampled logits summed into the row `target[i]`.
+
+  Args:
+    point_logits: [Q, P] mask logits of each proposal, sampled at the points of the row it feeds.
+    groups: Groups.
+    target: [Q] int32 row that proposal i feeds, in [0, num_targets]; `num_targets` drops it.
+    num_targets: R, the number of output rows.
+
+  Returns:
+    (logit [R, P], prob [R, P]): `prob` = clip(sum_i weight_i sigmoid(logit_i), 0, 1) over the proposals
+    feeding the row; `logit` = the sum of their logits, the row's logit when the row is `raw`.
+  """
+  point_logits = point_logits.astype(jnp.float32)
+  probs = groups.weight[:, None] * jax.nn.sigmoid(point_logits)
+  prob = jax.ops.segment_sum(probs, target, num_targets + 1)[:num_targets]
+  logit = jax.ops.segment_sum(point_logits, target, num_targets + 1)[:num_targets]
+  return logit, jnp.clip(prob, 0.0, 1.0)
