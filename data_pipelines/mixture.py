@@ -1,0 +1,192 @@
+"""The training mixture and evaluation batches (docs/contracts.md, "Data").
+
+Dataset choice [paper: each step samples one dataset by ratio; the draw itself: default]:
+- `per_batch`: step t draws dataset d_t with probability ratio_d / sum(ratio); the draw depends only
+  on (config.seed, t), so every process draws the same dataset and the whole global batch comes
+  from it.
+- `per_example`: slot b of step t (global example j = t B + b) draws its own dataset from
+  (config.seed, j); process p fills slots [p B/P, (p+1) B/P).
+Draws come in blocks of 4096 from `numpy.random.default_rng([seed, 0xC401CE, block])`.
+
+Position: `get_state()` is {step, consumed[d]}: the step count and, per dataset, how many positions
+of this process's stream (see `pipeline`) have been consumed. `set_state` rebuilds the streams at
+those positions, so a restored iterator yields exactly the batches an uninterrupted one would.
+Bad examples skipped inside tf.data show up as gaps in the stream positions and are counted
+(`bad_counts`), as are index-time skips and segments over `max_segments`.
+"""
+import collections
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from data_pipelines import pipeline
+from data_pipelines import registry
+from dataseg_jax import contract
+
+_BLOCK = 4096
+_CHOICE_SALT = 0xC401CE
+
+
+def choice_probabilities(config) -> tuple:
+  """(training dataset names, probabilities): entries with ratio > 0, in config order."""
+  names = [n for n in config.data.datasets if config.data.datasets[n].ratio > 0]
+  if not names:
+    raise ValueError("no dataset has ratio > 0 in config.data.datasets; give at least one a ratio")
+  ratios = np.array([config.data.datasets[n].ratio for n in names], np.float64)
+  return names, ratios / ratios.sum()
+
+
+def draws(seed: int, probabilities, start: int, count: int) -> np.ndarray:
+  """Dataset choices for draws start..start+count-1 (steps or global examples), int64 [count]."""
+  cdf = np.cumsum(probabilities)
+  cdf[-1] = 1.0
+  out = []
+  first, last = start // _BLOCK, (start + count - 1) // _BLOCK
+  for block in range(first, last + 1):
+    u = np.random.default_rng([seed, _CHOICE_SALT, block]).random(_BLOCK)
+    out.append(np.searchsorted(cdf, u, side="right"))
+  flat = np.concatenate(out)
+  off = start - first * _BLOCK
+  return flat[off:off + count]
+
+
+def dataset_choices(config, steps: int, start_step: int = 0) -> np.ndarray:
+  """Training-dataset position per example for `steps` steps: int64 [steps, batch_size] (fast path).
+
+  per_batch rows are constant (one dataset per step); per_example rows mix datasets.
+  """
+  _, p = choice_probabilities(config)
+  b = config.data.batch_size
+  if config.data.mixture_mode == "per_batch":
+    return np.repeat(draws(config.seed, p, start_step, steps)[:, None], b, axis=1)
+  return draws(config.seed, p, start_step * b, steps * b).reshape(steps, b)
+
+
+def _entry_size(config, entry) -> int:
+  return int(entry.image_size or config.data.image_size)
+
+
+class TrainIterator:
+  """Yields this process's share of each global batch (numpy dicts in the batch contract)."""
+
+  def __init__(self, config, vocab, process_index: int = 0, process_count: int = 1):
+    d = config.data
+    if d.batch_size % process_count:
+      raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by {process_count} processes")
+    if d.mixture_mode not in ("per_batch", "per_example"):
+      raise ValueError(f"config.data.mixture_mode must be 'per_batch' or 'per_example', got {d.mixture_mode!r}")
+    self._config, self._vocab = config, vocab
+    self._pi, self._pc = process_index, process_count
+    self._local = d.batch_size // process_count
+    self.names, self._p = choice_probabilities(config)
+    self._entries = {n: registry.resolve_entry(config, n) for n in self.names}
+    self._sizes = {n: _entry_size(config, e) for n, e in self._entries.items()}
+    self._pad = max(self._sizes.values())
+    self._indexes = {}
+    for n in self.names:
+      did = vocab.dataset_index(n)
+      local_vocab = registry.dataset_vocab(self._entries[n])
+      if list(local_vocab.names) != list(vocab.local_names[did]):
+        raise ValueError(f"dataset {n!r}: its names differ from the vocabulary's; rebuild the vocabulary")
+      self._indexes[n] = registry.build_index(config, n, "train", local_vocab)
+    self.bad_counts = {n: collections.Counter(self._indexes[n].skipped) for n in self.names}
+    self._step = 0
+    self._consumed = {n: 0 for n in self.names}
+    self._iters = {}
+
+  # ------------------------------------------------------------------ position
+  def get_state(self) -> dict:
+    """JSON-serialisable position: step, per-dataset consumed positions, and what they depend on."""
+    return {"step": self._step, "consumed": dict(self._consumed), "seed": int(self._config.seed),
+            "mode": self._config.data.mixture_mode, "process": [self._pi, self._pc]}
+
+  def set_state(self, state: dict) -> None:
+    """Restores a position from `get_state()`; the next batch is the one that followed it."""
+    for key, mine in (("seed", int(self._config.seed)), ("mode", self._config.data.mixture_mode),
+                      ("process", [self._pi, self._pc])):
+      if list(np.atleast_1d(state[key])) != list(np.atleast_1d(mine)):
+        raise ValueError(f"iterator state has {key}={state[key]!r} but this run has {mine!r}; "
+                         "restore with the same config and process layout")
+    if set(state["consumed"]) != set(self.names):
+      raise ValueError(f"iterator state covers datasets {sorted(state['consumed'])} but the mixture "
+                       f"has {sorted(self.names)}")
+    self._step = int(state["step"])
+    self._consumed = {n: int(state["consumed"][n]) for n in self.names}
+    self._iters = {}
+
+  # ------------------------------------------------------------------ streams
+  def _stream(self, name: str):
+    if name not in self._iters:
+      e, cfg = self._entries[name], self._config
+      batch = self._local if cfg.data.mixture_mode == "per_batch" else 0
+      pad = self._sizes[name] if batch else self._pad
+      ds = pipeline.train_stream(
+          self._indexes[name], cfg.data, self._vocab.dataset_index(name), self._vocab,
+          start=self._consumed[name], process_index=self._pi, process_count=self._pc, seed=cfg.seed,
+          out_size=self._sizes[name], pad_to=pad, reduce_zero_label=e.reduce_zero_label,
+          task=int(contract.task_from_name(e.task)), batch=batch)
+      self._iters[name] = iter(ds.as_numpy_iterator())
+    return self._iters[name]
+
+  def _next_from(self, name: str) -> dict:
+    try:
+      ex = next(self._stream(name))
+    except tf.errors.OpError as e:
+      raise ValueError(f"dataset {name!r}: bad example: {e.message}. Fix or remove the file, or set "
+                       "config.data.on_bad_example='skip' to count and skip bad examples") from None
+    pos = np.atleast_1d(ex.pop("_pos"))
+    dropped = int(np.sum(ex.pop("_dropped")))
+    expected = self._consumed[name] + len(pos)
+    gaps = int(pos[-1]) + 1 - expected
+    if gaps:
+      self.bad_counts[name]["undecodable_or_invalid"] += gaps
+      logging.warning("%s: skipped %d bad example(s) (corrupt/truncated, not RGB, or bad labels); "
+                      "counts so far: %s", name, gaps, dict(self.bad_counts[name]))
+    if dropped:
+      self.bad_counts[name]["segments_over_max"] += dropped
+    self._consumed[name] = int(pos[-1]) + 1
+    return ex
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    choices = dataset_choices(self._config, 1, self._step)[0]
+    if self._config.data.mixture_mode == "per_batch":
+      batch = self._next_from(self.names[choices[0]])
+    else:
+      mine = choices[self._pi * self._local:(self._pi + 1) * self._local]
+      examples = [self._next_from(self.names[c]) for c in mine]
+      batch = {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
+    self._step += 1
+    return batch
+
+
+def eval_batches(config, vocab, name: str, process_index: int = 0, process_count: int = 1):
+  """Batches of the val split of `name` (val_instances when set), resized to data.eval_size and padded.
+
+  Adds `image_id` int64 [B], `orig_size` int32 [B, 2], `example_valid` bool [B]; the last batch is
+  padded with zero examples marked invalid.
+  """
+  e = registry.resolve_entry(config, name)
+  did = vocab.dataset_index(name)
+  local_vocab = registry.dataset_vocab(e)
+  index = registry.build_index(config, name, "val", local_vocab)
+  task = "instance" if e.format == "coco_detection" and e.val_instances else e.task
+  size = int(config.data.eval_size)
+  ds = pipeline.eval_stream(index, config.data, did, vocab, size=size,
+                            reduce_zero_label=e.reduce_zero_label, task=int(contract.task_from_name(task)),
+                            process_index=process_index, process_count=process_count)
+  bs = int(config.data.eval_batch_size)
+  ds = ds.batch(bs).prefetch(max(config.data.prefetch, 1))
+  for batch in ds.as_numpy_iterator():
+    batch.pop("_pos")
+    batch.pop("_dropped")
+    n = len(batch["image_id"])
+    batch["example_valid"] = np.arange(bs) < n
+    if n < bs:
+      batch = {k: (v if k == "example_valid" else
+                   np.concatenate([v, np.zeros((bs - n,) + v.shape[1:], v.dtype)])) for k, v in batch.items()}
+      batch["segment_map"][n:] = contract.VOID
+    yield batch

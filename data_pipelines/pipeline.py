@@ -1,0 +1,185 @@
+"""One dataset's tf.data stream: deterministic order, decode, augmentation and target packing.
+
+Order [default: a deterministic skip-to-step position]: the k-th example that process p draws from
+a dataset is global position g = k * P + p of an endless stream (exactly `dataset.shard(P, p)` of
+it); g = epoch * R + i reads image `index_shuffle(i, seed=(seed_d, epoch), R - 1)`, a stateless
+permutation per epoch. The augmentation of g is keyed by (seed_d, g), so an example's pixels do
+not depend on the number of processes, on prefetching or on where the run was resumed. Every
+element carries `_pos` = k, so the consumer knows its exact position even when bad examples are
+skipped (`ignore_errors` leaves a gap in `_pos` that the consumer counts).
+
+Decoding and packing (see `augment` and `packing`): an example becomes `image`, an id map
+(`[h, w]` int32 segment row, -1 void) and per-segment tables, then the batch contract.
+"""
+import numpy as np
+import tensorflow as tf
+
+from data_pipelines import augment
+from data_pipelines import packing
+from data_pipelines import readers
+
+
+def stream_seed(seed: int, dataset_id: int) -> int:
+  """Per-dataset 63-bit seed from the config seed and the dataset's index [default]."""
+  return int(np.random.SeedSequence([seed, dataset_id]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _check(cond, message: str, path):
+  """Fails the example with `message` and the file path when `cond` is false (a bad example)."""
+  tf.debugging.Assert(cond, [message, path])
+
+
+def _decode_image(path):
+  """Bytes of a JPEG/PNG -> uint8 [h, w, 3]; a non-RGB image fails with a message naming the file."""
+  img = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
+  _check(tf.equal(tf.shape(img)[-1], 3), "image is not 3-channel RGB (grayscale or RGBA); convert it "
+         "to RGB or skip it with config.data.on_bad_example='skip':", path)
+  return img
+
+
+class Tables:
+  """The index as tensors, gathered per example inside the tf.data map."""
+
+  def __init__(self, index: readers.Index):
+    self.n = len(index)
+    self.image_paths = tf.constant(index.image_paths)
+    self.label_paths = tf.constant(index.label_paths)
+    self.image_ids = tf.constant(index.image_ids, tf.int64)
+    self.seg_splits = tf.constant(index.seg_splits, tf.int64)
+    self.seg_ids = tf.constant(index.seg_ids, tf.int32)
+    self.seg_class = tf.constant(index.seg_class, tf.int32)
+    self.seg_crowd = tf.constant(index.seg_crowd, tf.bool)
+    self.boxes = tf.constant(index.boxes, tf.float32)
+
+  def segments(self, r):
+    lo, hi = self.seg_splits[r], self.seg_splits[r + 1]
+    return (self.seg_ids[lo:hi], self.seg_class[lo:hi], self.seg_crowd[lo:hi], self.boxes[lo:hi])
+
+
+def decode_example(index: readers.Index, tables: Tables, r, reduce_zero_label: bool):
+  """Image row r -> dict(image [h, w, 3] uint8, idmap [h, w] int32 or None, seg_class [M] local,
+  seg_crowd [M], boxes [M, 4] pixel x0 y0 x1 y1, has_mask)."""
+  image = _decode_image(tables.image_paths[r])
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  ids, cls, crowd, boxes = tables.segments(r)
+  fmt = index.format
+  if fmt == "semantic_png":
+    label = tf.cast(tf.io.decode_png(tf.io.read_file(tables.label_paths[r]), channels=1)[..., 0], tf.int32)
+    k = len(index.vocab.names)
+    _check(tf.reduce_all(tf.equal(tf.shape(label), tf.shape(image)[:2])),
+           "label PNG size differs from its image:", tables.label_paths[r])
+    if reduce_zero_label:  # 0 = void, k -> class k - 1
+      idmap = label - 1
+    else:  # 255 = void
+      idmap = tf.where(label == 255, -1, label)
+    _check(tf.reduce_max(idmap) < k, f"label value outside the {k} classes of the names file "
+           "(an unknown category):", tables.label_paths[r])
+    return dict(image=image, idmap=idmap, seg_class=tf.range(k, dtype=tf.int32),
+                seg_crowd=tf.zeros([k], tf.bool), boxes=tf.zeros([k, 4]), has_mask=True)
+  if fmt == "coco_panoptic":
+    rgb = tf.cast(tf.io.decode_png(tf.io.read_file(tables.label_paths[r]), channels=3), tf.int32)
+    _check(tf.reduce_all(tf.equal(tf.shape(rgb)[:2], tf.shape(image)[:2])),
+           "panoptic PNG size differs from its image:", tables.label_paths[r])
+    idmap = packing.panoptic_idmap(rgb, ids, crowd)
+    return dict(image=image, idmap=idmap, seg_class=cls, seg_crowd=crowd, boxes=boxes, has_mask=True)
+  if fmt == "coco_instances":
+    idmap = tf.numpy_function(_rasterise_fn(index), [r, h, w], tf.int32, stateful=False)
+    idmap = tf.ensure_shape(idmap, [None, None])
+    return dict(image=image, idmap=idmap, seg_class=cls, seg_crowd=crowd, boxes=boxes, has_mask=True)
+  return dict(image=image, idmap=None, seg_class=cls, seg_crowd=crowd, boxes=boxes, has_mask=False)
+
+
+def _rasterise_fn(index: readers.Index):
+  """numpy_function body: instance masks of image r painted largest first (small ones stay on top)."""
+  from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
+
+  def fn(r, h, w):
+    idmap = np.full((h, w), -1, np.int32)
+    anns = index.instance_anns[int(r)]
+    masks = []
+    for j, ann in enumerate(anns):
+      seg = ann.get("segmentation")
+      if not seg:
+        continue
+      if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, int(h), int(w)))
+      elif isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, int(h), int(w))
+      else:
+        rle = seg
+      masks.append((float(mask_utils.area(rle)), j, mask_utils.decode(rle).astype(bool)))
+    for _, j, m in sorted(masks, key=lambda t: -t[0]):
+      idmap[m] = -1 if anns[j].get("iscrowd", 0) else j
+    return idmap
+  return fn
+
+
+def make_example_fn(index: readers.Index, cfg, dataset_id: int, vocab_union, *, train: bool,
+                    out_size: int, pad_to: int, seed: int, reduce_zero_label: bool, task: int):
+  """(k, g, r) -> one example in the batch contract (plus `_pos`, `_dropped`; eval: ids, sizes)."""
+  tables = Tables(index)
+  local_to_union = tf.constant(vocab_union.local_to_union[dataset_id], tf.int32)
+  is_thing = tf.constant(np.asarray(index.vocab.is_thing, bool))
+  seed_d = stream_seed(seed, dataset_id)
+
+  def fn(k, g, r):
+    ex = decode_example(index, tables, r, reduce_zero_label)
+    h, w = tf.shape(ex["image"])[0], tf.shape(ex["image"])[1]
+    if train:
+      key = tf.stack([tf.constant(seed_d, tf.int64), g])
+      ex = augment.large_scale_jitter(ex, key, out_size, cfg.min_scale, cfg.max_scale)
+    else:
+      ex = augment.resize_longer_side(ex, out_size)
+    ex = augment.pad_to(ex, pad_to)
+    out, dropped = packing.pack(ex, cfg.max_segments, cfg.label_stride, local_to_union, is_thing)
+    out["dataset_id"] = tf.constant(dataset_id, tf.int32)
+    out["task"] = tf.constant(task, tf.int32)
+    out["_pos"] = tf.cast(k, tf.int64)
+    out["_dropped"] = dropped
+    if not train:
+      out["image_id"] = tables.image_ids[r]
+      out["orig_size"] = tf.stack([h, w])
+    return out
+  return fn
+
+
+def order(k, process_index: int, process_count: int, n: int, seed_d: int):
+  """Stream position k of a process -> (global position g, image row r) [module docstring]."""
+  g = k * process_count + process_index
+  epoch, i = g // n, g % n
+  r = tf.random.experimental.index_shuffle(i, tf.stack([tf.constant(seed_d, tf.int64), epoch]), n - 1)
+  return g, r
+
+
+def train_stream(index: readers.Index, cfg, dataset_id: int, vocab_union, *, start: int,
+                 process_index: int, process_count: int, seed: int, out_size: int, pad_to: int,
+                 reduce_zero_label: bool, task: int, batch: int = 0) -> tf.data.Dataset:
+  """Endless stream of this process's examples from position `start`, batched when `batch` > 0."""
+  n, seed_d = len(index), stream_seed(seed, dataset_id)
+  fn = make_example_fn(index, cfg, dataset_id, vocab_union, train=True, out_size=out_size,
+                       pad_to=pad_to, seed=seed, reduce_zero_label=reduce_zero_label, task=task)
+
+  def load(k):
+    g, r = order(k, process_index, process_count, n, seed_d)
+    return fn(k, g, r)
+
+  ds = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if cfg.on_bad_example == "skip":
+    ds = ds.ignore_errors(log_warning=True)
+  if batch:
+    ds = ds.batch(batch, drop_remainder=True)
+  return ds.prefetch(max(cfg.prefetch, 1))
+
+
+def eval_stream(index: readers.Index, cfg, dataset_id: int, vocab_union, *, size: int,
+                reduce_zero_label: bool, task: int, process_index: int = 0,
+                process_count: int = 1) -> tf.data.Dataset:
+  """The split in index order (this process's share), resized (longer side) and padded; unbatched."""
+  fn = make_example_fn(index, cfg, dataset_id, vocab_union, train=False, out_size=size, pad_to=size,
+                       seed=0, reduce_zero_label=reduce_zero_label, task=task)
+  ds = tf.data.Dataset.range(len(index)).shard(process_count, process_index)
+  ds = ds.map(lambda r: fn(r, r, r), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if cfg.on_bad_example == "skip":
+    ds = ds.ignore_errors(log_warning=True)
+  return ds

@@ -1,0 +1,286 @@
+"""Native-format readers: turn a dataset folder or JSON into an `Index` of examples (pure Python).
+
+Formats (one `Index` per split):
+- `semantic_png`: ADEChallengeData2016 layout, `images/<split>/*.jpg` + `annotations/<split>/*.png`
+  (same stem), one uint8 class id per pixel, 0 = void when `reduce_zero_label`.
+- `coco_panoptic`: COCO panoptic JSON + RGB PNGs, segment id = R + 256 G + 256^2 B [COCO panoptic
+  format]; `iscrowd` segments and id 0 are void.
+- `coco_detection`: COCO-style JSON with `bbox` = [x, y, w, h] in pixels (Objects365 and any box
+  set), used as box-only supervision.
+- `coco_instances`: COCO instances JSON with polygon or RLE `segmentation` (weak-transfer evaluation).
+
+The index holds paths and per-image annotation tables; pixels are decoded later in tf.data
+(`data_pipelines.pipeline`). Bad input found here (an unknown category, an empty annotation list,
+a degenerate or outside-image box, a missing file) is an error or a counted, logged skip, as
+`config.data.on_bad_example` says (`BadInput`).
+"""
+import collections
+import dataclasses
+import json
+import os
+import pathlib
+
+from absl import logging
+import numpy as np
+
+from dataseg_jax.vocab import vocabulary
+
+FORMATS = ("semantic_png", "coco_panoptic", "coco_detection", "coco_instances")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+_LAYOUT = {
+    "semantic_png": ("ADEChallengeData2016 layout: <root>/images/{training,validation}/NAME.jpg and "
+                     "<root>/annotations/{training,validation}/NAME.png (uint8 class ids, 0 = void)"),
+    "coco_panoptic": ("COCO panoptic layout: <images dir>/FILE.jpg, panoptic_<split>.json and "
+                      "panoptic_<split>/FILE.png (RGB-coded segment ids)"),
+    "coco_detection": "COCO detection layout: <images dir>/FILE.jpg and a COCO JSON with 'bbox' annotations",
+    "coco_instances": "COCO instances layout: <images dir>/FILE.jpg and a COCO JSON with 'segmentation'",
+}
+
+
+class BadInput:
+  """Policy for bad input: `'error'` raises at once, `'skip'` counts and logs (first 5 per reason)."""
+
+  def __init__(self, policy: str, dataset: str):
+    if policy not in ("skip", "error"):
+      raise ValueError(f"config.data.on_bad_example must be 'skip' or 'error', got {policy!r}")
+    self.policy, self.dataset = policy, dataset
+    self.counts = collections.Counter()
+
+  def __call__(self, reason: str, where: str, fix: str) -> None:
+    """Reports one bad item: `reason` (a short key), `where` (file, image, annotation), `fix` (advice)."""
+    msg = f"{self.dataset}: {reason}: {where}. {fix}"
+    if self.policy == "error":
+      raise ValueError(msg + " (or set config.data.on_bad_example='skip' to count and skip such items)")
+    self.counts[reason] += 1
+    if self.counts[reason] <= 5:
+      logging.warning("skipped (%d so far): %s", self.counts[reason], msg)
+
+  def log_summary(self, split: str) -> None:
+    if self.counts:
+      logging.warning("%s/%s: skipped at indexing: %s", self.dataset, split, dict(self.counts))
+
+
+@dataclasses.dataclass
+class Index:
+  """Examples of one split. Per image r: `image_paths[r]`, `label_paths[r]` ('' when none),
+  `image_ids[r]`, `sizes[r]` = (height, width) from the JSON (-1 when unknown), and the rows
+  `seg_splits[r]:seg_splits[r+1]` of the per-segment tables: `seg_ids` (panoptic segment id),
+  `seg_class` (dataset-local class index), `seg_crowd`, `boxes` [S, 4] pixel (x0, y0, x1, y1),
+  `instance_anns` (coco_instances: the raw annotation dicts per image, for rasterising)."""
+  dataset: str
+  format: str
+  split: str
+  vocab: vocabulary.DatasetVocab
+  image_paths: list
+  label_paths: list
+  image_ids: np.ndarray
+  sizes: np.ndarray
+  seg_splits: np.ndarray
+  seg_ids: np.ndarray
+  seg_class: np.ndarray
+  seg_crowd: np.ndarray
+  boxes: np.ndarray
+  instance_anns: list
+  skipped: collections.Counter
+
+  def __len__(self):
+    return len(self.image_paths)
+
+
+def require_dir(path, what: str, fmt: str) -> pathlib.Path:
+  """The directory `path`, or FileNotFoundError naming it and the layout that format expects."""
+  p = pathlib.Path(path)
+  if not p.is_dir():
+    raise FileNotFoundError(f"{what} directory {p} not found. Expected the {_LAYOUT[fmt]}. "
+                            "Check config.data_dir and the dataset entry's paths; nothing is downloaded.")
+  return p
+
+
+def require_file(path, what: str, fmt: str) -> pathlib.Path:
+  """The file `path`, or FileNotFoundError naming it and the layout that format expects."""
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise FileNotFoundError(f"{what} file {p} not found. Expected the {_LAYOUT[fmt]}. "
+                            "Check config.data_dir and the dataset entry's paths; nothing is downloaded.")
+  return p
+
+
+def load_json(path, fmt: str) -> dict:
+  p = require_file(path, "annotation", fmt)
+  try:
+    data = json.loads(p.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{p} is not valid JSON ({e}); re-export or re-download the annotation file") from None
+  for key in ("images", "annotations", "categories"):
+    if key not in data:
+      raise ValueError(f"{p} has no {key!r} key; expected the {_LAYOUT[fmt]}")
+  return data
+
+
+def coco_vocab(data: dict, fmt: str, names: list = None) -> tuple:
+  """Categories sorted by id -> (DatasetVocab, {category id: local index}).
+
+  `names` (from the entry's names file) renames the categories in that order when given.
+  """
+  cats = sorted(data["categories"], key=lambda c: c["id"])
+  if not cats:
+    raise ValueError("the annotation JSON lists no categories; add a 'categories' list")
+  if names is not None and len(names) != len(cats):
+    raise ValueError(f"the names file has {len(names)} names but the JSON has {len(cats)} categories")
+  vocab = vocabulary.DatasetVocab(
+      tuple(names if names is not None else [c["name"] for c in cats]),
+      tuple(bool(c.get("isthing", 1)) if fmt == "coco_panoptic" else True for c in cats))
+  return vocab, {int(c["id"]): k for k, c in enumerate(cats)}
+
+
+def _empty_tables(n_images):
+  return dict(seg_splits=np.zeros(n_images + 1, np.int64), seg_ids=np.zeros(0, np.int32),
+              seg_class=np.zeros(0, np.int32), seg_crowd=np.zeros(0, bool),
+              boxes=np.zeros((0, 4), np.float32))
+
+
+def _listdir(path) -> set:
+  return set(os.listdir(path))
+
+
+def read_semantic_png(dataset, split, images_dir, labels_dir, vocab, bad: BadInput) -> Index:
+  """ADE-style folders: every image with a same-stem PNG label; unmatched images are bad input."""
+  images_dir = require_dir(images_dir, f"{split} images", "semantic_png")
+  labels_dir = require_dir(labels_dir, f"{split} annotations", "semantic_png")
+  labels = {os.path.splitext(f)[0]: f for f in _listdir(labels_dir) if f.lower().endswith(".png")}
+  image_paths, label_paths = [], []
+  for f in sorted(_listdir(images_dir)):
+    stem, ext = os.path.splitext(f)
+    if ext.lower() not in IMAGE_EXTS:
+      continue
+    if stem not in labels:
+      bad("missing_annotation", f"{images_dir / f} has no {labels_dir / (stem + '.png')}",
+          "Add the label PNG or remove the image.")
+      continue
+    image_paths.append(str(images_dir / f))
+    label_paths.append(str(labels_dir / labels[stem]))
+  if not image_paths:
+    raise FileNotFoundError(f"no image/label pairs in {images_dir} and {labels_dir}; expected the "
+                            f"{_LAYOUT['semantic_png']}")
+  n = len(image_paths)
+  bad.log_summary(split)
+  return Index(dataset, "semantic_png", split, vocab, image_paths, label_paths,
+               image_ids=np.arange(n, dtype=np.int64), sizes=np.full((n, 2), -1, np.int32),
+               instance_anns=[], skipped=bad.counts, **_empty_tables(n))
+
+
+def read_coco_panoptic(dataset, split, images_dir, json_path, png_dir, bad: BadInput, names=None) -> Index:
+  """COCO panoptic: per image its PNG and segments (sorted by id; crowd flagged to become void)."""
+  images_dir = require_dir(images_dir, f"{split} images", "coco_panoptic")
+  png_dir = require_dir(png_dir, f"{split} panoptic PNG", "coco_panoptic")
+  data = load_json(json_path, "coco_panoptic")
+  vocab, cat_index = coco_vocab(data, "coco_panoptic", names)
+  images = {im["id"]: im for im in data["images"]}
+  present, pngs = _listdir(images_dir), _listdir(png_dir)
+  out = dict(image_paths=[], label_paths=[], image_ids=[], sizes=[], splits=[0], ids=[], cls=[], crowd=[])
+  for ann in sorted(data["annotations"], key=lambda a: a["image_id"]):
+    im = images.get(ann["image_id"])
+    where = f"{json_path} image_id {ann['image_id']}"
+    if im is None:
+      bad("unknown_image", where, "The annotation names an image_id missing from 'images'; fix the JSON.")
+      continue
+    if im["file_name"] not in present:
+      bad("missing_image_file", f"{images_dir / im['file_name']}", "Add the image or drop it from the JSON.")
+      continue
+    if ann["file_name"] not in pngs:
+      bad("missing_annotation", f"{png_dir / ann['file_name']}", "Add the panoptic PNG or drop the image.")
+      continue
+    segs = []
+    for s in ann["segments_info"]:
+      if s["category_id"] not in cat_index:
+        bad("unknown_category", f"{where} segment {s['id']} category_id {s['category_id']}",
+            "Add the category to 'categories' or fix the segment; the segment is treated as void.")
+        continue
+      segs.append((int(s["id"]), cat_index[s["category_id"]], bool(s.get("iscrowd", 0))))
+    if not any(not c for _, _, c in segs):
+      bad("empty_annotations", where, "The image has no (non-crowd) segments; annotate it or drop it.")
+      continue
+    segs.sort()
+    out["image_paths"].append(str(images_dir / im["file_name"]))
+    out["label_paths"].append(str(png_dir / ann["file_name"]))
+    out["image_ids"].append(int(im["id"]))
+    out["sizes"].append((int(im.get("height", -1)), int(im.get("width", -1))))
+    out["ids"] += [s[0] for s in segs]
+    out["cls"] += [s[1] for s in segs]
+    out["crowd"] += [s[2] for s in segs]
+    out["splits"].append(len(out["ids"]))
+  _require_some(out["image_paths"], json_path, "coco_panoptic")
+  n = len(out["image_paths"])
+  bad.log_summary(split)
+  return Index(dataset, "coco_panoptic", split, vocab, out["image_paths"], out["label_paths"],
+               image_ids=np.array(out["image_ids"], np.int64), sizes=np.array(out["sizes"], np.int32),
+               seg_splits=np.array(out["splits"], np.int64), seg_ids=np.array(out["ids"], np.int32),
+               seg_class=np.array(out["cls"], np.int32), seg_crowd=np.array(out["crowd"], bool),
+               boxes=np.zeros((len(out["ids"]), 4), np.float32), instance_anns=[], skipped=bad.counts)
+
+
+def _require_some(paths, json_path, fmt):
+  if not paths:
+    raise ValueError(f"{json_path}: no usable images (see the skip counts above); expected the {_LAYOUT[fmt]}")
+
+
+def read_coco_boxes(dataset, split, images_dir, json_path, bad: BadInput, names=None,
+                    fmt: str = "coco_detection") -> Index:
+  """COCO detection or instances JSON -> boxes (x0, y0, x1, y1) clipped to the image, per image.
+
+  A box with w <= 0 or h <= 0, or with no overlap with the image, is bad input; a box partly
+  outside is clipped. Crowd annotations are kept flagged (void in masks, not a box target).
+  Images left with no non-crowd annotation are bad input ('empty_annotations').
+  """
+  images_dir = require_dir(images_dir, f"{split} images", fmt)
+  data = load_json(json_path, fmt)
+  vocab, cat_index = coco_vocab(data, fmt, names)
+  per_image = collections.defaultdict(list)
+  for ann in data["annotations"]:
+    per_image[ann["image_id"]].append(ann)
+  present = _listdir(images_dir)
+  out = dict(image_paths=[], image_ids=[], sizes=[], splits=[0], cls=[], crowd=[], boxes=[], anns=[])
+  for im in sorted(data["images"], key=lambda i: i["id"]):
+    where = f"{json_path} image_id {im['id']} ({im['file_name']})"
+    if im["file_name"] not in present:
+      bad("missing_image_file", f"{images_dir / im['file_name']}", "Add the image or drop it from the JSON.")
+      continue
+    h, w = int(im["height"]), int(im["width"])
+    kept = []
+    for ann in per_image.get(im["id"], []):
+      if ann["category_id"] not in cat_index:
+        bad("unknown_category", f"{where} annotation {ann.get('id')} category_id {ann['category_id']}",
+            "Add the category to 'categories' or fix the annotation; the annotation is dropped.")
+        continue
+      x, y, bw, bh = (float(v) for v in ann["bbox"])
+      if bw <= 0 or bh <= 0:
+        bad("degenerate_box", f"{where} annotation {ann.get('id')} bbox {ann['bbox']}",
+            "Boxes are [x, y, width, height] with width, height > 0; the box is dropped.")
+        continue
+      x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
+      if x1 <= x0 or y1 <= y0:
+        bad("box_outside_image", f"{where} annotation {ann.get('id')} bbox {ann['bbox']} image {w}x{h}",
+            "The box does not overlap the image; fix its coordinates; the box is dropped.")
+        continue
+      kept.append((ann, cat_index[ann["category_id"]], bool(ann.get("iscrowd", 0)), (x0, y0, x1, y1)))
+    if not any(not c for _, _, c, _ in kept):
+      bad("empty_annotations", where, "The image has no usable annotation; annotate it or drop it.")
+      continue
+    out["image_paths"].append(str(images_dir / im["file_name"]))
+    out["image_ids"].append(int(im["id"]))
+    out["sizes"].append((h, w))
+    out["cls"] += [k[1] for k in kept]
+    out["crowd"] += [k[2] for k in kept]
+    out["boxes"] += [k[3] for k in kept]
+    out["splits"].append(len(out["cls"]))
+    if fmt == "coco_instances":
+      out["anns"].append([k[0] for k in kept])
+  _require_some(out["image_paths"], json_path, fmt)
+  bad.log_summary(split)
+  n_seg = len(out["cls"])
+  return Index(dataset, fmt, split, vocab, out["image_paths"], [""] * len(out["image_paths"]),
+               image_ids=np.array(out["image_ids"], np.int64), sizes=np.array(out["sizes"], np.int32),
+               seg_splits=np.array(out["splits"], np.int64), seg_ids=np.arange(1, n_seg + 1, dtype=np.int32),
+               seg_class=np.array(out["cls"], np.int32), seg_crowd=np.array(out["crowd"], bool),
+               boxes=np.array(out["boxes"], np.float32).reshape(-1, 4), instance_anns=out["anns"],
+               skipped=bad.counts)

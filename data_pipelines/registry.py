@@ -1,0 +1,130 @@
+"""Dataset entries of a config -> vocabularies and indexes. Nothing is registered by side effect.
+
+Each entry of `config.data.datasets` (see `dataseg_jax.config.dataset_entry`) is a folder in one of
+the formats of `readers.FORMATS`, a task, names, and a sampling `ratio` (0: evaluation only, not in
+the training mixture). The union vocabulary is built from all entries in config order.
+
+Names: `entry.names` is a names file (one class per line in label order), or '' to take them from
+the annotation JSON (COCO formats) or, for `semantic_png`, from `objectInfo150.txt`/`names.txt` in
+the dataset root (the parent of `images/`), falling back to the built-in ADE-150 list. Thing flags:
+COCO panoptic JSON `isthing`; detection and instance formats are all things; `semantic_png` takes
+`entry.thing_classes` (a names file), else the built-in ADE-150 flags when the names are ADE's,
+else all stuff.
+"""
+import json
+import os
+import pathlib
+
+from absl import logging
+import ml_collections
+
+from data_pipelines import readers
+from dataseg_jax import contract
+from dataseg_jax.vocab import vocabulary
+
+_PATH_KEYS = ("train_images", "train_annotations", "train_panoptic_dir", "val_images",
+              "val_annotations", "val_panoptic_dir", "val_instances", "names", "thing_classes")
+TASKS_BY_FORMAT = {
+    "semantic_png": ("semantic",),
+    "coco_panoptic": ("panoptic", "semantic", "instance"),
+    "coco_detection": ("box",),
+    "coco_instances": ("instance", "box"),
+}
+
+
+def resolve_entry(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """A copy of entry `name` with its paths joined to `config.data_dir`, after checking its fields."""
+  if name not in config.data.datasets:
+    raise ValueError(f"unknown dataset {name!r}; config.data.datasets has {list(config.data.datasets)}")
+  e = ml_collections.ConfigDict(config.data.datasets[name].to_dict())
+  where = f"config.data.datasets.{name}"
+  if e.format not in readers.FORMATS:
+    raise ValueError(f"{where}.format: {e.format!r} is not one of {readers.FORMATS}")
+  contract.task_from_name(e.task)
+  if e.task not in TASKS_BY_FORMAT[e.format]:
+    raise ValueError(f"{where}.task: {e.task!r} cannot be trained from {e.format}; "
+                     f"expected one of {TASKS_BY_FORMAT[e.format]}")
+  if e.ratio < 0:
+    raise ValueError(f"{where}.ratio: must be >= 0 (0 = evaluation only), got {e.ratio}")
+  root = pathlib.Path(os.path.expanduser(config.data_dir or "."))
+  for key in _PATH_KEYS:
+    if e[key]:
+      e[key] = str(root / os.path.expanduser(e[key]))
+  return e
+
+
+def _semantic_names(e) -> list:
+  if e.names:
+    return vocabulary.read_names_file(e.names)
+  root = pathlib.Path(e.train_images or e.val_images).parent.parent
+  for candidate in ("objectInfo150.txt", "names.txt"):
+    if (root / candidate).is_file():
+      return vocabulary.read_names_file(root / candidate)
+  logging.info("no names file for %s; using the built-in ADE-150 names", root)
+  return list(vocabulary.load_builtin("ade150")[0].names)
+
+
+def _semantic_things(e, names) -> tuple:
+  if e.thing_classes:
+    things = {vocabulary.normalise_name(n) for n in vocabulary.read_names_file(e.thing_classes)}
+    unknown = things - {vocabulary.normalise_name(n) for n in names}
+    if unknown:
+      raise ValueError(f"{e.thing_classes}: thing classes {sorted(unknown)} are not in the dataset's names")
+    return tuple(vocabulary.normalise_name(n) in things for n in names)
+  ade, _ = vocabulary.load_builtin("ade150")
+  if [vocabulary.normalise_name(n) for n in names] == [vocabulary.normalise_name(n) for n in ade.names]:
+    return ade.is_thing
+  logging.warning("no thing_classes file for a semantic_png dataset with %d classes: all are stuff", len(names))
+  return (False,) * len(names)
+
+
+def _json_categories(path) -> dict:
+  readers.require_file(path, "annotation", "coco_detection")
+  with open(path) as f:
+    data = json.load(f)
+  if "categories" not in data:
+    raise ValueError(f"{path} has no 'categories' list; expected a COCO-format JSON")
+  return {"images": [], "annotations": [], "categories": data["categories"]}
+
+
+def dataset_vocab(entry) -> vocabulary.DatasetVocab:
+  """The local vocabulary of a resolved entry (names in label order, thing flags)."""
+  if entry.format == "semantic_png":
+    names = _semantic_names(entry)
+    return vocabulary.DatasetVocab(tuple(names), _semantic_things(entry, names))
+  json_path = entry.train_annotations or entry.val_annotations or entry.val_instances
+  names = vocabulary.read_names_file(entry.names) if entry.names else None
+  vocab, _ = readers.coco_vocab(_json_categories(json_path), entry.format, names)
+  return vocab
+
+
+def build_vocab(config: ml_collections.ConfigDict) -> vocabulary.UnionVocab:
+  """UnionVocab over every entry of `config.data.datasets`, in config order; logs its summary."""
+  if not config.data.datasets:
+    raise ValueError("config.data.datasets is empty; add at least one dataset entry")
+  vocabs = {name: dataset_vocab(resolve_entry(config, name)) for name in config.data.datasets}
+  union = vocabulary.UnionVocab.from_datasets(vocabs)
+  logging.info("%s", union.summary())
+  return union
+
+
+def build_index(config: ml_collections.ConfigDict, name: str, split: str,
+                vocab: vocabulary.DatasetVocab = None) -> readers.Index:
+  """Index of split 'train' or 'val' of dataset `name` (for 'val' with `val_instances`: those masks)."""
+  e = resolve_entry(config, name)
+  vocab = vocab or dataset_vocab(e)
+  bad = readers.BadInput(config.data.on_bad_example, f"{name}/{split}")
+  names = list(vocab.names) if e.names else None
+  if split not in ("train", "val"):
+    raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+  images = e[f"{split}_images"]
+  if not images:
+    raise ValueError(f"config.data.datasets.{name}.{split}_images is empty; set the {split} image folder")
+  if e.format == "semantic_png":
+    return readers.read_semantic_png(name, split, images, e[f"{split}_annotations"], vocab, bad)
+  if e.format == "coco_panoptic":
+    return readers.read_coco_panoptic(name, split, images, e[f"{split}_annotations"],
+                                      e[f"{split}_panoptic_dir"], bad, names)
+  if split == "val" and e.val_instances:
+    return readers.read_coco_boxes(name, split, images, e.val_instances, bad, names, "coco_instances")
+  return readers.read_coco_boxes(name, split, images, e[f"{split}_annotations"], bad, names, e.format)
