@@ -1,0 +1,145 @@
+"""Readers on the toy benchmark and on the real-format fixtures in ../shared/refdata."""
+import json
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from data_pipelines import pipeline
+from data_pipelines import readers
+from data_pipelines import registry
+from dataseg_jax.vocab import vocabulary
+import test_data_common as common
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+  return common.write_toy(tmp_path_factory.mktemp("toy"))
+
+
+def _decode(index, r, reduce_zero_label=True):
+  tables = pipeline.Tables(index)
+  ex = pipeline.decode_example(index, tables, tf.constant(r, tf.int64), reduce_zero_label)
+  return {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in ex.items()}
+
+
+def test_toy_coco_json_loads_in_pycocotools(toy_dir):
+  coco_lib = pytest.importorskip("pycocotools.coco")
+  for name in ("train.json", "val.json", "val_instances.json"):
+    coco = coco_lib.COCO(str(toy_dir / "toy_o365/annotations" / name))
+    assert len(coco.getImgIds()) == (24 if name == "train.json" else 8)
+    assert len(coco.getAnnIds()) > 0
+  coco = coco_lib.COCO(str(toy_dir / "toy_o365/annotations/val_instances.json"))
+  ann = coco.loadAnns(coco.getAnnIds())[0]
+  assert coco.annToMask(ann).sum() == ann["area"]
+
+
+def test_toy_layout_matches_config_paths(toy_dir):
+  config = common.toy_config(toy_dir)
+  for name in config.data.datasets:
+    e = registry.resolve_entry(config, name)
+    for key in ("train_images", "train_annotations", "train_panoptic_dir", "val_images",
+                "val_annotations", "val_panoptic_dir", "val_instances", "names", "thing_classes"):
+      if e[key]:
+        assert (toy_dir / e[key]).exists(), (name, key, e[key])
+  assert (toy_dir / "heldout_names.txt").read_text().split() == ["snow", "umbrella", "clock"]
+  assert (toy_dir / "toy_heldout/images/validation").is_dir()
+
+
+def test_toy_vocab_has_shared_names_and_synonyms(toy_dir):
+  union = registry.build_vocab(common.toy_config(toy_dir))
+  assert union.datasets == ["toy_ade", "toy_coco", "toy_o365"]
+  rows = {n: i for i, n in enumerate(union.names)}
+  assert "automobile" in rows and "car" in rows and "human" in rows
+  assert union.class_mask[:, rows["sky"]].tolist() == [True, True, False]  # 'sky-other-merged' -> sky
+  heldout = {"snow", "umbrella", "clock"}
+  assert not heldout & set(union.names)
+  for d, k in enumerate(union.local_to_union):
+    assert union.class_mask[d].sum() == len(k) == len(union.local_names[d])
+
+
+def test_toy_panoptic_reader_areas_match_json(toy_dir):
+  config = common.toy_config(toy_dir)
+  index = registry.build_index(config, "toy_coco", "val")
+  data = json.loads((toy_dir / "toy_coco/annotations/panoptic_val.json").read_text())
+  ann = {a["image_id"]: a for a in data["annotations"]}[int(index.image_ids[0])]
+  ex = _decode(index, 0)
+  lo, hi = index.seg_splits[0], index.seg_splits[1]
+  for row, sid in enumerate(index.seg_ids[lo:hi]):
+    info = next(s for s in ann["segments_info"] if s["id"] == sid)
+    expected = 0 if info["iscrowd"] else info["area"]
+    assert (ex["idmap"] == row).sum() == expected
+
+
+def test_panoptic_png_rgb_to_id_on_coco_sample(refdata):
+  root = refdata / "coco_panoptic_sample"
+  bad = readers.BadInput("error", "coco_sample")
+  index = readers.read_coco_panoptic("coco_sample", "val", root / "input_images",
+                                     root / "panoptic_examples.json", root / "panoptic_examples", bad)
+  data = json.loads((root / "panoptic_examples.json").read_text())
+  assert len(index) == 2
+  for r in range(len(index)):
+    ex = _decode(index, r)
+    png = np.asarray(Image.open(index.label_paths[r]), np.int64)
+    pid = png[..., 0] + 256 * png[..., 1] + 256 ** 2 * png[..., 2]
+    ann = next(a for a in data["annotations"] if a["image_id"] == index.image_ids[r])
+    for row, sid in enumerate(index.seg_ids[index.seg_splits[r]:index.seg_splits[r + 1]]):
+      info = next(s for s in ann["segments_info"] if s["id"] == sid)
+      assert (pid == sid).sum() == info["area"]
+      assert (ex["idmap"] == row).sum() == (0 if info["iscrowd"] else info["area"])
+  cats = {c["id"]: c["name"] for c in data["categories"]}
+  assert list(index.vocab.names) == [cats[i] for i in sorted(cats)]
+
+
+def test_ade_sample_semantic_reader(refdata):
+  root = refdata / "ade20k_sample/sampleData"
+  vocab, _ = vocabulary.load_builtin("ade150")
+  bad = readers.BadInput("error", "ade_sample")
+  index = readers.read_semantic_png("ade_sample", "val", root / "images", root / "annotations", vocab, bad)
+  assert len(index) == 3
+  for r in range(3):
+    ex = _decode(index, r)
+    label = np.asarray(Image.open(index.label_paths[r]), np.int32)
+    np.testing.assert_array_equal(ex["idmap"], label - 1)
+    assert ex["image"].shape == label.shape + (3,)
+
+
+def test_ade_builtin_vocab_matches_objectinfo(refdata):
+  names = vocabulary.read_names_file(refdata / "ade20k_sample/objectInfo150.txt")
+  ade, ids = vocabulary.load_builtin("ade150")
+  assert list(ade.names) == names and ids == tuple(range(1, 151))
+  assert sum(ade.is_thing) == 115
+  coco, _ = vocabulary.load_builtin("coco133")
+  assert len(coco.names) == 133 and sum(coco.is_thing) == 80
+  o365, _ = vocabulary.load_builtin("objects365")
+  assert len(set(vocabulary.normalise_name(n) for n in o365.names)) == 365
+
+
+def test_coco_instances_rasterised_like_pycocotools(refdata):
+  coco_lib = pytest.importorskip("pycocotools.coco")
+  root = refdata / "coco_instances_small"
+  bad = readers.BadInput("error", "small")
+  index = readers.read_coco_boxes("small", "val", root, root / "gt_dataset.json", bad, fmt="coco_instances")
+  coco = coco_lib.COCO(str(root / "gt_dataset.json"))
+  assert len(index) == len(coco.getImgIds())
+  for r in range(len(index)):
+    ex = _decode(index, r)
+    anns = index.instance_anns[r]
+    for j, ann in enumerate(anns):
+      m = coco.annToMask(ann).astype(bool)
+      painted = ex["idmap"] == j
+      assert painted.sum() <= m.sum() and (painted & ~m).sum() == 0  # visible part of the mask
+    np.testing.assert_allclose(index.boxes[index.seg_splits[r]:index.seg_splits[r + 1], 2:] -
+                               index.boxes[index.seg_splits[r]:index.seg_splits[r + 1], :2],
+                               [a["bbox"][2:] for a in anns], atol=1e-4)
+
+
+def test_detection_reader_boxes_are_x0y0x1y1(toy_dir):
+  config = common.toy_config(toy_dir)
+  index = registry.build_index(config, "toy_o365", "train")
+  data = json.loads((toy_dir / "toy_o365/annotations/train.json").read_text())
+  assert len(index) == len(data["images"]) and len(index.boxes) == len(data["annotations"])
+  first = [a for a in data["annotations"] if a["image_id"] == index.image_ids[0]]
+  x, y, w, h = first[0]["bbox"]
+  np.testing.assert_allclose(index.boxes[0], [x, y, x + w, y + h])
