@@ -18,7 +18,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-ITEMS = ("state", "data")
+
+
+def _handlers() -> dict:
+  return {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -28,12 +31,12 @@ def checkpoint_dir(workdir: str) -> str:
 def make_manager(workdir: str, config=None) -> ocp.CheckpointManager:
   """An async `CheckpointManager` keeping `config.keep_checkpoints`; read-only when `config` is None."""
   if config is None:
-    return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS,
+    return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=_handlers(),
                                  options=ocp.CheckpointManagerOptions(read_only=True))
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every_steps,
       enable_async_checkpointing=True, create=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS, options=options)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=_handlers(), options=options)
 
 
 def _gather_process_states(data_state) -> dict:
@@ -59,7 +62,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state, force: bo
 
 def _flat_shapes(tree) -> dict:
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state, workdir: str) -> None:
@@ -70,6 +73,7 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state, 
               if k in stored and stored[k] != wanted[k]]
   problems += [f"{k}: in the config, not in the checkpoint" for k in wanted if k not in stored]
   problems += [f"{k}: in the checkpoint, not in the config" for k in stored if k not in wanted]
+  problems.sort(key=lambda p: not p.startswith("params/"))  # parameters first: they name the model part
   if problems:
     shown = "\n  ".join(problems[:5]) + (f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else "")
     raise ValueError(
