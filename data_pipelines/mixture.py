@@ -6,7 +6,11 @@ Dataset choice [paper: each step samples one dataset by ratio; the draw itself: 
   from it.
 - `per_example`: slot b of step t (global example j = t B + b) draws its own dataset from
   (config.seed, j); process p fills slots [p B/P, (p+1) B/P).
-Draws come in blocks of 4096 from `numpy.random.default_rng([seed, 0xC401CE, block])`.
+Draws are stratified in blocks of 64 [default]: block b takes u_i = (i + U_i) / 64 for i < 64,
+U ~ U(0, 1), in a random order, all from `numpy.random.default_rng([seed, 0xC401CE, b])`, and maps
+u to a dataset through the ratios' CDF. Every block then holds each dataset in proportion to its
+ratio (within one draw), so realised proportions track the ratios closely at any horizon while
+the order stays random.
 
 Position: `get_state()` is {step, consumed[d]}: the step count and, per dataset, how many positions
 of this process's stream (see `pipeline`) have been consumed. `set_state` rebuilds the streams at
@@ -24,7 +28,7 @@ from data_pipelines import pipeline
 from data_pipelines import registry
 from dataseg_jax import contract
 
-_BLOCK = 4096
+_BLOCK = 64
 _CHOICE_SALT = 0xC401CE
 
 
@@ -44,7 +48,8 @@ def draws(seed: int, probabilities, start: int, count: int) -> np.ndarray:
   out = []
   first, last = start // _BLOCK, (start + count - 1) // _BLOCK
   for block in range(first, last + 1):
-    u = np.random.default_rng([seed, _CHOICE_SALT, block]).random(_BLOCK)
+    rng = np.random.default_rng([seed, _CHOICE_SALT, block])
+    u = rng.permutation((np.arange(_BLOCK) + rng.random(_BLOCK)) / _BLOCK)
     out.append(np.searchsorted(cdf, u, side="right"))
   flat = np.concatenate(out)
   off = start - first * _BLOCK
