@@ -193,7 +193,8 @@ def random_batch(rng, b=4, q=8, c=5, n=5, hw=(12, 16), stride_hw=(24, 32), layer
   seg_map[is_box] = -1
   seg_class = rng.integers(0, c, (b, n)).astype(np.int32)
   sem = task == Task.SEMANTIC
-  seg_class[sem] = np.stack([rng.permutation(c)[:n] for _ in range(sem.sum())]) if n <= c else seg_class[sem]
+  if sem.any() and n <= c:  # semantic ground truth: one segment per class
+    seg_class[sem] = np.stack([rng.permutation(c)[:n] for _ in range(sem.sum())])
   batch = {"task": task, "segment_map": seg_map, "seg_class": seg_class,
            "seg_is_thing": rng.random((b, n)) < 0.5, "seg_box": boxes, "seg_valid": seg_valid,
            "seg_has_mask": np.broadcast_to(~is_box[:, None], (b, n)).copy()}
@@ -290,7 +291,7 @@ def test_semantic_batch_merges_proposals(rng):
   leader, _, _ = np_groups(logp, Task.SEMANTIC, {k: v[0] for k, v in batch.items()}, "hard")
   assert len(set(leader.tolist())) < 8
   points = criterion_lib.draw_points(jax.random.key(2), 1, 2, 3, cfg)
-  _, terms = criterion_lib.criterion_with_points(outputs, batch, cfg, points)
+  _, terms = jax.jit(lambda o, b, p: criterion_lib.criterion_with_points(o, b, cfg, p))(outputs, batch, points)
   ref = np_criterion(outputs, batch, cfg, jax.tree.map(np.asarray, points))
   for name in ("loss_ce", "loss_mask", "loss_dice"):
     np.testing.assert_allclose(np.asarray(terms[name]), ref[name], err_msg=name, **TOL)
