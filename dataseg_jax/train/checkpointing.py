@@ -103,13 +103,17 @@ def restore_variables(workdir: str, step: int | None = None) -> dict:
   """Model variables `{'params': ...}` of checkpoint `step` (default: the latest) for evaluation and export.
 
   Returns the EMA parameters when the run kept an EMA (`optimizer.ema_decay > 0`), the raw ones otherwise.
-  Arrays come back on the default device; no config is needed.
+  Arrays come back whole on the first local device, whatever mesh or process count wrote them; no config is
+  needed.
   """
   manager = make_manager(workdir)
   step = manager.latest_step() if step is None else step
   if step is None or step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint {'' if step is None else step} under {checkpoint_dir(workdir)} "
                             f"(found steps {list(manager.all_steps())}); train first or pass an existing step")
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        manager.item_metadata(step)["state"].tree)
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
   manager.close()
   return {"params": state["ema"] if state.get("ema") is not None else state["params"]}

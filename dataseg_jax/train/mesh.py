@@ -22,22 +22,27 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 AXES = ("data", "model")
 FSDP_MIN_SIZE = 2 ** 14  # elements; smaller arrays are cheaper to replicate than to gather
 PARAM_SHARDINGS = ("replicate", "fsdp")
-# Environment variables that mean "this process is one of several launched by a cluster manager".
-_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-                    "TPU_WORKER_HOSTNAMES")
+
+
+def _launched_as_many_processes() -> bool:
+  """True when a launcher's environment says this process is one of several."""
+  env = os.environ
+  return bool(env.get("JAX_COORDINATOR_ADDRESS") or int(env.get("SLURM_NTASKS", "1")) > 1
+              or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1 or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
 
 
 def maybe_initialize_distributed(config) -> bool:
   """Calls `jax.distributed.initialize()` when `config.distributed` is set or a launcher's env says so.
 
-  `jax.distributed.initialize()` with no arguments reads the coordinator, process count and index from
-  the cluster (TPU pod metadata, SLURM, Open MPI) or from `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
-  `JAX_PROCESS_ID`. Must run before anything touches a device. Returns whether it initialised.
+  The coordinator, process count and index come from the cluster (TPU pod metadata, SLURM, Open MPI), or
+  from `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` (e.g. for local multi-process runs).
+  Must run before anything touches a device. Returns whether it initialised.
   """
-  from_env = any(os.environ.get(k) for k in _DISTRIBUTED_ENV) and os.environ.get("SLURM_NTASKS", "2") != "1"
-  if not (config.get("distributed", False) or from_env):
+  if jax.distributed.is_initialized() or not (config.get("distributed", False) or _launched_as_many_processes()):
     return False
-  jax.distributed.initialize()
+  kwargs = {k: int(os.environ[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"),
+                                               ("process_id", "JAX_PROCESS_ID")) if v in os.environ}
+  jax.distributed.initialize(**kwargs)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
