@@ -230,18 +230,20 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
                                           first_profile=config.profile_at_step, every_secs=None))
   sigterm = _SigtermFlag() if jax.process_count() == 1 else None
   global_batch = config.data.batch_size
-  flops = peak = None
+  flops, peak = None, peak_flops_per_device()
   history, summary, data_state = [], {}, None
   interval_start, interval_steps = time.perf_counter(), 0
   step = start
   try:
-    compiled = None
+    executables = {}  # one per distinct batch shape (datasets may set their own image_size)
     while step < config.total_steps:
       batch, data_state = next(batches)
-      if compiled is None:
-        compiled = jitted.lower(state, batch, embeddings, class_mask).compile()
-        flops, peak = compiled_flops(compiled), peak_flops_per_device()
-        interval_start = time.perf_counter()
+      shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
+      if shapes not in executables:
+        executables[shapes] = jitted.lower(state, batch, embeddings, class_mask).compile()
+        flops = compiled_flops(executables[shapes])
+        interval_start, interval_steps = time.perf_counter(), 0  # compile time is not step time
+      compiled = executables[shapes]
       with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
         state, metrics = compiled(state, batch, embeddings, class_mask)
       step += 1
