@@ -60,10 +60,10 @@ COCO_IDS = {"person": 1, "automobile": 3, "bird": 16, "cat": 17, "bottle": 44,
             "sky-other-merged": 187, "grass-merged": 193, "sea": 154, "sand": 153}
 
 
-def texture(name, h, w, rng):
-  """Class-specific texture [h, w, 3] float: base colour modulated by the class's pattern."""
+def texture(name, h, w, rng, y0=0, x0=0):
+  """Class-specific texture [h, w, 3] float of the window at (y0, x0): base colour times its pattern."""
   base, kind, _ = WORLD[name]
-  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+  yy, xx = np.mgrid[y0:y0 + h, x0:x0 + w].astype(np.float32)
   phase = rng.uniform(0, 6.28)
   if kind == "gradient":
     m = 1.0 - 0.3 * yy / max(h, 1)
@@ -74,7 +74,7 @@ def texture(name, h, w, rng):
   elif kind == "dashes":
     m = 1.0 + 0.5 * ((np.abs(yy - h / 2) < 1.5) & (np.sin(xx * 0.4 + phase) > 0))
   elif kind == "speckle":
-    m = 0.85 + 0.3 * rng.random((h, w))
+    m = 0.85 + 0.3 * rng.random((h, w), dtype=np.float32)
   elif kind == "bricks":
     m = 1.0 - 0.4 * ((yy % 8 < 1) | ((xx + 8 * ((yy // 8) % 2)) % 16 < 1))
   elif kind == "dots":
@@ -83,7 +83,7 @@ def texture(name, h, w, rng):
     m = 0.75 + 0.25 * (((xx // 3) + (yy // 3)) % 2)
   else:
     m = np.ones((h, w), np.float32)
-  noise = rng.normal(0, 6, (h, w, 3))
+  noise = 6 * rng.standard_normal((h, w, 3), dtype=np.float32)
   return np.clip(np.asarray(base, np.float32)[None, None] * m[..., None] + noise, 0, 255)
 
 
@@ -141,7 +141,10 @@ def draw_scene(vocab, h, w, rng):
     r = rng.uniform(0.07, 0.2) * min(h, w)
     cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
     m = shape_mask(WORLD[vocab[names[cls]]][2], h, w, cy, cx, r)
-    img[m] = texture(vocab[names[cls]], h, w, rng)[m]
+    ys, xs = np.nonzero(m)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    window = m[y0:y1, x0:x1]
+    img[y0:y1, x0:x1][window] = texture(vocab[names[cls]], y1 - y0, x1 - x0, rng, y0, x0)[window]
     instances = [(c, mm & ~m) for c, mm in instances]
     instances.append((cls, m))
   instances = [(c, m) for c, m in instances if m.sum() >= 12]
