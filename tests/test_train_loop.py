@@ -22,16 +22,13 @@ class TinyIterator:
   """Deterministic stand-in for `mixture.TrainIterator`: global batch k depends only on (seed, k); process i
   of n yields rows [i * B / n, (i + 1) * B / n) of it."""
 
-  def __init__(self, global_batch, index=0, count=1, sigterm_at=None):
+  def __init__(self, global_batch, index=0, count=1):
     self.position, self.global_batch, self.index, self.count = 0, global_batch, index, count
-    self.sigterm_at = sigterm_at
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    if self.position == self.sigterm_at:
-      os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice arriving mid-run
     rng = np.random.default_rng([7, self.position])
     full = tiny.make_batch(rng, self.global_batch, self.position % 3)
     self.position += 1
@@ -45,11 +42,40 @@ class TinyIterator:
     self.position = state["position"]
 
 
-def components(config, model=None, loss_fn=tiny.tiny_loss, sigterm_at=None):
+class SigtermAt:
+  """Wraps a train iterator and sends this process SIGTERM (a preemption notice) when batch `at` is drawn."""
+
+  def __init__(self, iterator, at):
+    self.iterator, self.at, self.drawn = iterator, at, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self.drawn == self.at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    self.drawn += 1
+    return next(self.iterator)
+
+  def get_state(self):
+    return self.iterator.get_state()
+
+  def set_state(self, state):
+    self.iterator.set_state(state)
+
+
+def preempted(components_, at):
+  """The same components whose iterator delivers SIGTERM at the `at`-th batch of this run."""
+  make = components_.make_iterator
+  components_.make_iterator = lambda i, n: SigtermAt(make(i, n), at)
+  return components_
+
+
+def components(config, model=None, loss_fn=tiny.tiny_loss):
   vocab = types.SimpleNamespace(datasets=tiny.DATASETS, class_mask=tiny.CLASS_MASK)
   embeddings = np.random.default_rng(1).normal(size=(tiny.C, tiny.E)).astype(np.float32)
   return loop.Components(model or tiny.TinySeg(), loss_fn, vocab, embeddings,
-                         make_iterator=lambda i, n: TinyIterator(config.data.batch_size, i, n, sigterm_at))
+                         make_iterator=lambda i, n: TinyIterator(config.data.batch_size, i, n))
 
 
 def config(total=8):
@@ -86,7 +112,7 @@ def test_tiny_loss_falls_and_every_term_is_logged_per_dataset_and_task(tmp_path)
 def test_sigterm_then_restart_gives_bit_identical_params(tmp_path):
   c = config(total=8)
   straight = loop.train(c, str(tmp_path / "straight"), components(c))
-  first = loop.train(c, str(tmp_path / "resumed"), components(c, sigterm_at=4))
+  first = loop.train(c, str(tmp_path / "resumed"), preempted(components(c), at=4))
   assert first["preempted"] and 0 < first["step"] < 8
   assert checkpointing.make_manager(str(tmp_path / "resumed")).latest_step() == first["step"]
   second = loop.train(c, str(tmp_path / "resumed"), components(c))
@@ -168,3 +194,44 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                checkpointing.restore_variables(str(tmp_path / "two")),
                checkpointing.restore_variables(str(tmp_path / "one")))
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+  """A tiny toy benchmark (8 train images per dataset, 64 px) written by scripts/make_toy_data.py."""
+  out = tmp_path_factory.mktemp("toy")
+  subprocess.run([sys.executable, str(REPO / "scripts/make_toy_data.py"), "--out", str(out), "--train", "8",
+                  "--val", "2", "--size", "64"], check=True, capture_output=True, cwd=REPO, timeout=120)
+  return out
+
+
+def toy_config(data_dir, total):
+  """configs/toy.py shrunk to 64 px, batch 4, short schedule."""
+  import runpy
+  c = runpy.run_path(str(REPO / "configs/toy.py"))["get_config"]()
+  c.data_dir, c.total_steps, c.eval_every_steps = str(data_dir), total, -1
+  c.log_every_steps = c.checkpoint_every_steps = 3
+  c.data.image_size, c.data.batch_size, c.data.shuffle_buffer, c.data.prefetch = 64, 4, 8, 1
+  c.loss.num_points = c.matcher.num_points = 256
+  return c
+
+
+def pipeline_components(c):
+  """The real vocabulary, mixture iterator and criterion; the stand-in model until DataSeg is in."""
+  from data_pipelines import mixture, registry
+  from dataseg_jax.losses import criterion
+  vocab = registry.build_vocab(c)
+  emb = np.random.default_rng(0).normal(size=(len(vocab.names), tiny.E)).astype(np.float32)
+  return loop.Components(tiny.TinySeg(queries=c.model.num_queries),
+                         lambda outputs, batch, rng: criterion.criterion(outputs, batch, c, rng), vocab, emb,
+                         make_iterator=lambda i, n: mixture.TrainIterator(c, vocab, i, n))
+
+
+def test_restart_with_real_mixture_iterator_is_bit_identical(tmp_path, toy_data):
+  c = toy_config(toy_data, total=6)
+  loop.train(c, str(tmp_path / "straight"), pipeline_components(c))
+  first = loop.train(c, str(tmp_path / "resumed"), preempted(pipeline_components(c), at=3))
+  assert first["preempted"] and 0 < first["step"] < 6
+  loop.train(c, str(tmp_path / "resumed"), pipeline_components(c))
+  jax.tree.map(np.testing.assert_array_equal, checkpointing.restore_variables(str(tmp_path / "straight")),
+               checkpointing.restore_variables(str(tmp_path / "resumed")))

@@ -25,12 +25,13 @@ CLASS_MASK = np.array([[1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1
 class TinySeg(nn.Module):
   """Stand-in for DataSeg: `backbone` conv, query features, cosine-free class logits, mask logits at 1/4."""
   features: int = 8
+  queries: int = Q
 
   @nn.compact
   def __call__(self, images, class_embeddings, class_mask, train=False):
     x = images.astype(jnp.float32) / 255.0
     feats = nn.relu(nn.Conv(self.features, (3, 3), strides=(4, 4), name="backbone")(x))  # [B, H/4, W/4, F]
-    queries = self.param("query_embed", nn.initializers.normal(1.0), (Q, self.features))
+    queries = self.param("query_embed", nn.initializers.normal(1.0), (self.queries, self.features))
     pooled = feats.mean((1, 2))  # [B, F]
     q = nn.Dense(E, name="classifier")(queries[None] + pooled[:, None])  # [B, Q, E]
     logits = jnp.einsum("bqe,ce->bqc", q, class_embeddings)
