@@ -1,0 +1,157 @@
+"""Per-task inference from final-layer predictions: semantic, panoptic and instance.
+
+[paper] DaTaSeg post-processes differently per task; the details are Mask2Former's [default]
+(`maskformer_model.py`: `semantic_inference`, `panoptic_inference`, `instance_inference`),
+rewritten with static shapes so that each is one jitted, batched function.
+
+Inputs everywhere: `pred_logits` float32 [B, Q, C + 1] (index C is the shared background; classes
+outside an example's dataset carry the logit -1e9, so their probability is exactly 0) and
+`pred_masks` float32 [B, Q, H, W] mask logits already resized to the evaluation size.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def upsample_masks(pred_masks: jnp.ndarray, size: tuple) -> jnp.ndarray:
+  """Bilinear resize of mask logits [B, Q, h, w] -> [B, Q, H, W] (Mask2Former's F.interpolate) [default]."""
+  b, q = pred_masks.shape[:2]
+  return jax.image.resize(pred_masks, (b, q, *size), method="bilinear", antialias=False)
+
+
+def _class_probs(pred_logits: jnp.ndarray) -> jnp.ndarray:
+  """softmax over C + 1, background dropped: p [B, Q, C]."""
+  return jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)[..., :-1]
+
+
+@jax.jit
+def semantic_inference(pred_logits, pred_masks, class_mask=None):
+  """S(c, x) = sum_i p_i(c) sigmoid(m_i(x)), label(x) = argmax_c S(c, x) [DATASEG.md; Mask2Former].
+
+  Args:
+    pred_logits: [B, Q, C + 1].
+    pred_masks: [B, Q, H, W] mask logits.
+    class_mask: optional bool [B, C]; classes outside it are never predicted.
+
+  Returns:
+    {'scores': float32 [B, C, H, W] S(c, x), 'labels': int32 [B, H, W] union class ids}.
+  """
+  probs = _class_probs(pred_logits)
+  scores = jnp.einsum("bqc,bqhw->bchw", probs, jax.nn.sigmoid(pred_masks.astype(jnp.float32)))
+  masked = scores
+  if class_mask is not None:
+    masked = jnp.where(class_mask[:, :, None, None], scores, -1.0)
+  return {"scores": scores, "labels": jnp.argmax(masked, axis=1).astype(jnp.int32)}
+
+
+@functools.partial(jax.jit, static_argnames=("object_mask_threshold", "overlap_threshold"))
+def panoptic_inference(pred_logits, pred_masks, thing_mask, *, object_mask_threshold=0.8,
+                       overlap_threshold=0.8):
+  """Mask2Former panoptic inference with static shapes [default: Mask2Former `panoptic_inference`].
+
+  Keep query i when its argmax over C + 1 classes is not background and its probability s_i >
+  `object_mask_threshold`. Each pixel goes to argmax_i s_i sigmoid(m_i(x)) over kept queries; query i's
+  segment is {x : assigned to i and sigmoid(m_i(x)) >= 0.5}; it is dropped when its assigned area is less
+  than `overlap_threshold` of its own area {sigmoid(m_i) >= 0.5}. Kept stuff segments of one class
+  merge into the first such segment (query order); things stay one segment per query. Segment ids
+  are 1, 2, ... in query order, 0 is void — exactly the ids Mask2Former's loop assigns.
+
+  Args:
+    pred_logits: [B, Q, C + 1].
+    pred_masks: [B, Q, H, W] mask logits.
+    thing_mask: bool [C] or [B, C], which classes are things.
+    object_mask_threshold, overlap_threshold: `config.eval` thresholds.
+
+  Returns:
+    'panoptic_seg' int32 [B, H, W] segment id per pixel (0 void); per query, describing the segment
+    that query opens: 'segment_id' int32 [B, Q] (0 when it opens none), 'segment_class' int32 [B, Q],
+    'segment_score' float32 [B, Q], 'segment_is_thing' bool [B, Q].
+  """
+  b, q, c1 = pred_logits.shape
+  probs = jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)
+  scores = probs.max(-1)
+  labels = probs.argmax(-1)
+  keep = (labels != c1 - 1) & (scores > object_mask_threshold)  # [B, Q]
+  labels = jnp.minimum(labels, c1 - 2)
+  masks = jax.nn.sigmoid(pred_masks.astype(jnp.float32))  # [B, Q, H, W]
+  prob_masks = jnp.where(keep[:, :, None, None], scores[:, :, None, None] * masks, -1.0)
+  mask_ids = jnp.argmax(prob_masks, axis=1)  # [B, H, W]
+  assigned = mask_ids[:, None] == jnp.arange(q)[None, :, None, None]  # [B, Q, H, W]
+  own = masks >= 0.5
+  segment = assigned & own
+  mask_area = assigned.sum((2, 3))
+  original_area = own.sum((2, 3))
+  final_area = segment.sum((2, 3))
+  valid = (keep & (mask_area > 0) & (original_area > 0) & (final_area > 0)
+           & (mask_area / jnp.maximum(original_area, 1) >= overlap_threshold))
+  thing_mask = jnp.broadcast_to(thing_mask, (b, c1 - 1))
+  is_thing = jnp.take_along_axis(thing_mask, labels, axis=1)
+  # First valid query of each query's class (itself when none comes earlier).
+  same = (labels[:, :, None] == labels[:, None, :]) & valid[:, None, :]  # [B, Q, Q']
+  earlier_or_self = jnp.arange(q)[None, :] <= jnp.arange(q)[:, None]
+  first = jnp.argmax(same & earlier_or_self[None], axis=2)  # [B, Q]
+  opens = valid & (is_thing | (first == jnp.arange(q)[None]))
+  new_id = jnp.cumsum(opens, axis=1) * opens  # [B, Q]
+  owner = jnp.where(is_thing, jnp.arange(q)[None], first)
+  query_id = jnp.where(valid, jnp.take_along_axis(new_id, owner, axis=1), 0)  # [B, Q]
+  pixel_query_id = jnp.take_along_axis(query_id, mask_ids.reshape(b, -1), axis=1).reshape(mask_ids.shape)
+  pixel_own = jnp.take_along_axis(own, mask_ids[:, None], axis=1)[:, 0]
+  any_keep = keep.any(axis=1)[:, None, None]
+  panoptic_seg = jnp.where(pixel_own & any_keep, pixel_query_id, 0).astype(jnp.int32)
+  return {
+      "panoptic_seg": panoptic_seg,
+      "segment_id": new_id.astype(jnp.int32),
+      "segment_class": labels.astype(jnp.int32),
+      "segment_score": scores,
+      "segment_is_thing": is_thing,
+  }
+
+
+def masks_to_boxes(masks: jnp.ndarray) -> jnp.ndarray:
+  """Tight boxes of binary masks [..., H, W] -> float32 [..., 4] (x0, y0, x1, y1) in pixels, x1/y1
+  exclusive; all zeros for an empty mask [default: boxes from masks when a dataset has none]."""
+  h, w = masks.shape[-2:]
+  rows = masks.any(-1)
+  cols = masks.any(-2)
+  y0 = jnp.argmax(rows, -1)
+  y1 = h - jnp.argmax(rows[..., ::-1], -1)
+  x0 = jnp.argmax(cols, -1)
+  x1 = w - jnp.argmax(cols[..., ::-1], -1)
+  boxes = jnp.stack([x0, y0, x1, y1], -1).astype(jnp.float32)
+  return jnp.where(rows.any(-1)[..., None], boxes, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("topk",))
+def instance_inference(pred_logits, pred_masks, class_mask=None, *, topk=100):
+  """Top-k (query, class) pairs by score(i, c) = p_i(c) x mean of sigmoid(m_i) over {m_i > 0}
+  [DATASEG.md; default: Mask2Former `instance_inference`: top-k by p_i(c), then times the mask score].
+
+  Args:
+    pred_logits: [B, Q, C + 1].
+    pred_masks: [B, Q, H, W] mask logits.
+    class_mask: optional bool [B, C]; pairs of classes outside it are marked invalid.
+    topk: K, `config.eval.instance_topk` (at most Q * C).
+
+  Returns:
+    'masks' bool [B, K, H, W], 'scores' float32 [B, K], 'classes' int32 [B, K] (union ids),
+    'boxes' float32 [B, K, 4] (x0, y0, x1, y1) from the masks, 'valid' bool [B, K].
+  """
+  b, q, c1 = pred_logits.shape
+  c = c1 - 1
+  probs = _class_probs(pred_logits)
+  if class_mask is not None:
+    probs = jnp.where(class_mask[:, None, :], probs, -1.0)
+  cls_scores, flat = jax.lax.top_k(probs.reshape(b, q * c), topk)  # [B, K]
+  query = flat // c
+  classes = (flat % c).astype(jnp.int32)
+  logits = jnp.take_along_axis(pred_masks, query[:, :, None, None], axis=1).astype(jnp.float32)
+  masks = logits > 0
+  mask_scores = (jax.nn.sigmoid(logits) * masks).sum((2, 3)) / (masks.sum((2, 3)) + 1e-6)
+  return {
+      "masks": masks,
+      "scores": jnp.maximum(cls_scores, 0.0) * mask_scores,
+      "classes": classes,
+      "boxes": masks_to_boxes(masks),
+      "valid": cls_scores >= 0.0,
+  }
