@@ -165,10 +165,12 @@ def criterion_with_points(outputs: dict, batch: dict, config: ml_collections.Con
   ex = {k: batch[k] for k in _example_keys()}
   pts = (points.match[-num_layers:], points.over[-num_layers:], points.tail[-num_layers:])
   per_example = jax.vmap(lambda lg, m, e, p: layer_losses(lg, m, e, p, config))
-  # Layers run one after another (lax.map), each vmapped over the batch: at the paper's sizes one
-  # layer's importance sampling holds B x Q x 3P samples (~6 GB with B=16, Q=100, P=12544), so
-  # vmapping the 10 layers too would multiply the peak memory by 10 for no gain on a busy device.
-  sums = jax.lax.map(lambda a: per_example(a[0], a[1], ex, a[2]), (logits, masks, pts))  # each [L, B]
+  # Layers run one after another (lax.map), each vmapped over the batch and rematerialised in the
+  # backward pass: at the paper's sizes one layer's point sampling holds B x Q x 3P samples (B=16,
+  # Q=100, P=12544: 60M), so vmapping the layers, or keeping every layer's residuals, would multiply
+  # the peak memory by L.
+  layer = jax.checkpoint(lambda a: per_example(a[0], a[1], ex, a[2]))
+  sums = jax.lax.map(layer, (logits, masks, pts))  # each [L, B]
 
   lc = config.loss
   num_masks = jnp.maximum(jnp.sum(batch["seg_valid"].astype(jnp.float32)), 1.0)

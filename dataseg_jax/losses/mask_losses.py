@@ -21,9 +21,10 @@ LOG_EPS = 1e-6  # floor of probabilities inside log() for merged masks
 
 
 def _bilinear_taps(coords: jax.Array, height: int, width: int):
-  """The 4 bilinear neighbours of each point: (ys, xs, weights, in_bounds), each [..., P, 4].
+  """The 4 bilinear neighbours of each point as (flat pixel index, weight), each [..., P, 4].
 
-  coords: [..., P, 2] normalised (x, y); grid_sample align_corners=False.
+  coords: [..., P, 2] normalised (x, y); grid_sample align_corners=False. Neighbours outside the grid
+  get weight 0 (zero padding) and a clipped, valid index.
   """
   px = coords[..., 0] * width - 0.5
   py = coords[..., 1] * height - 0.5
@@ -31,19 +32,19 @@ def _bilinear_taps(coords: jax.Array, height: int, width: int):
   y0 = jnp.floor(py)
   fx = px - x0
   fy = py - y0
-  xs = jnp.stack([x0, x0 + 1, x0, x0 + 1], -1).astype(jnp.int32)
-  ys = jnp.stack([y0, y0, y0 + 1, y0 + 1], -1).astype(jnp.int32)
+  xs = jnp.stack([x0, x0 + 1, x0, x0 + 1], -1)
+  ys = jnp.stack([y0, y0, y0 + 1, y0 + 1], -1)
   w = jnp.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], -1)
-  inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
-  return jnp.clip(ys, 0, height - 1), jnp.clip(xs, 0, width - 1), w, inside
+  inside = (xs >= 0) & (xs <= width - 1) & (ys >= 0) & (ys <= height - 1)
+  flat = jnp.clip(ys, 0, height - 1).astype(jnp.int32) * width + jnp.clip(xs, 0, width - 1).astype(jnp.int32)
+  return flat, jnp.where(inside, w, 0.0)
 
 
 def point_sample(grid: jax.Array, coords: jax.Array) -> jax.Array:
   """Bilinear samples of one map [h, w] at points [..., P, 2] -> [..., P] (Mask2Former point_sample)."""
   h, w = grid.shape
-  ys, xs, wt, inside = _bilinear_taps(coords.astype(jnp.float32), h, w)
-  vals = grid[ys, xs].astype(jnp.float32)
-  return jnp.sum(jnp.where(inside, wt * vals, 0.0), -1)
+  flat, wt = _bilinear_taps(coords.astype(jnp.float32), h, w)
+  return jnp.sum(wt * grid.reshape(-1)[flat].astype(jnp.float32), -1)
 
 
 def sample_segment_masks(segment_map: jax.Array, segment_ids: jax.Array, coords: jax.Array) -> jax.Array:
@@ -58,17 +59,17 @@ def sample_segment_masks(segment_map: jax.Array, segment_ids: jax.Array, coords:
     [N, P] float32 in [0, 1].
   """
   h, w = segment_map.shape
-  ys, xs, wt, inside = _bilinear_taps(coords.astype(jnp.float32), h, w)
-  hit = inside & (segment_map[ys, xs] == segment_ids[:, None, None])
+  flat, wt = _bilinear_taps(coords.astype(jnp.float32), h, w)
+  hit = segment_map.reshape(-1)[flat] == segment_ids[:, None, None]
   return jnp.sum(jnp.where(hit, wt, 0.0), -1)
 
 
 def sample_segment_masks_shared(segment_map: jax.Array, num_segments: int, coords: jax.Array) -> jax.Array:
   """Samples of all N binary masks `segment_map == n` at the same points [P, 2] -> [N, P]."""
   h, w = segment_map.shape
-  ys, xs, wt, inside = _bilinear_taps(coords.astype(jnp.float32), h, w)
-  ids = segment_map[ys, xs]  # [P, 4]
-  hit = inside[None] & (ids[None] == jnp.arange(num_segments)[:, None, None])
+  flat, wt = _bilinear_taps(coords.astype(jnp.float32), h, w)
+  ids = segment_map.reshape(-1)[flat]  # [P, 4]
+  hit = ids[None] == jnp.arange(num_segments)[:, None, None]
   return jnp.sum(jnp.where(hit, wt[None], 0.0), -1)
 
 
