@@ -1,0 +1,291 @@
+"""Evaluates every dataset entry on each of its `eval_tasks`; writes standard files and metrics.json.
+
+One pass over a dataset's val split per evaluation: the model runs once per batch, the per-task
+post-processing (`postprocess`) runs on device at `data.eval_size`, and the host crops each example to
+its valid region, resizes label maps to the original size (nearest) [default: Mask2Former resizes mask
+logits to the original size before post-processing; we post-process at the evaluation size so the
+device shapes stay static] and accumulates metrics against the original ground-truth files:
+- semantic: confusion matrix (`semantic.SemanticConfusion`) against the label PNGs (semantic_png) or the
+  panoptic PNGs' classes (coco_panoptic), on the dataset's own classes;
+- panoptic: `panoptic.PQStat` against the COCO panoptic ground truth; on a semantic-only dataset (weak
+  transfer [paper]) against ground truth derived from its label PNGs with the entry's thing/stuff split:
+  each stuff class one segment, each connected component of a thing class one instance [default];
+- instance: pycocotools COCOeval (mask AP and box AP) against `val_instances`, or the val annotations of
+  a coco_instances entry; ground-truth boxes from masks where absent.
+
+Files under WORKDIR/eval/<step>/<dataset>/: semantic/*.png, panoptic.json + panoptic/*.png,
+instance_results.json, overlays/*.png; the metrics in WORKDIR/eval/metrics.json (and per step).
+"""
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from data_pipelines import mixture
+from data_pipelines import registry
+from dataseg_jax.evaluation import instance
+from dataseg_jax.evaluation import panoptic
+from dataseg_jax.evaluation import postprocess
+from dataseg_jax.evaluation import semantic
+from dataseg_jax.evaluation import writers
+
+IGNORE = 255
+
+
+def make_infer_fn(model, tasks: tuple, eval_config):
+  """Jitted (variables, images [B, H, W, 3], embeddings [C, D], class_mask [B, C], thing_mask [B, C]) ->
+  per-task post-processed outputs at the image size, from the final decoder layer."""
+
+  @jax.jit
+  def infer(variables, images, embeddings, class_mask, thing_mask):
+    out = model.apply(variables, images, embeddings, class_mask, train=False)
+    logits = out["pred_logits"][-1]
+    masks = postprocess.upsample_masks(out["pred_masks"][-1], images.shape[1:3])
+    res = {}
+    if "semantic" in tasks:
+      res["semantic"] = postprocess.semantic_inference(logits, masks, class_mask)["labels"]
+    if "panoptic" in tasks:
+      res["panoptic"] = postprocess.panoptic_inference(
+          logits, masks, thing_mask, object_mask_threshold=float(eval_config.object_mask_threshold),
+          overlap_threshold=float(eval_config.overlap_threshold))
+    if "instance" in tasks:
+      res["instance"] = postprocess.instance_inference(logits, masks, class_mask,
+                                                       topk=int(eval_config.instance_topk))
+    return res
+
+  return infer
+
+
+def _resize_nearest(a: np.ndarray, size) -> np.ndarray:
+  """[h, w] or [K, h, w] -> [..., H, W] nearest-neighbour (pixel centres, like PIL NEAREST)."""
+  h, w = a.shape[-2:]
+  rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+  cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+  return a[..., rows[:, None], cols[None, :]]
+
+
+def _valid_extent(valid: np.ndarray) -> tuple:
+  return int(valid.any(1).sum()), int(valid.any(0).sum())
+
+
+class _DatasetEval:
+  """Host-side state of one dataset's evaluation: ground truth, accumulators, writers."""
+
+  def __init__(self, config, vocab, name: str, tasks: tuple, out_dir: str):
+    self.name, self.tasks, self.out_dir = name, tasks, out_dir
+    self.entry = e = registry.resolve_entry(config, name)
+    self.d = vocab.dataset_index(name)
+    local_vocab = registry.dataset_vocab(e)
+    self.local_names = list(local_vocab.names)
+    self.local_thing = np.array(local_vocab.is_thing, bool)
+    l2u = np.asarray(vocab.local_to_union[self.d], np.int64)
+    self.union_to_local = np.full(len(vocab.names), -1, np.int64)
+    self.union_to_local[l2u] = np.arange(len(l2u))
+    self.num_classes = len(l2u)
+    self.index = registry.build_index(config, name, "val", local_vocab)
+    self.row_of_id = {int(i): r for r, i in enumerate(self.index.image_ids)}
+    self.num_overlays = int(config.eval.num_overlays)
+    self.overlays = 0
+    os.makedirs(out_dir, exist_ok=True)
+    self.gt_panoptic = None
+    if e.format == "coco_panoptic":
+      with open(e.val_annotations) as f:
+        data = json.load(f)
+      self.gt_panoptic = panoptic.index_annotations(data, e.val_annotations)
+      self.category_ids = sorted(int(c["id"]) for c in data["categories"])
+      self.categories = sorted(data["categories"], key=lambda c: c["id"])
+    elif e.format == "semantic_png":
+      self.category_ids = list(range(1, self.num_classes + 1))  # ADE label values: class k -> k + 1
+      self.categories = [{"id": k + 1, "name": n, "isthing": int(t)}
+                         for k, (n, t) in enumerate(zip(self.local_names, self.local_thing))]
+    else:
+      gt_path = e.val_instances or e.val_annotations
+      self.instance_gt = instance.load_ground_truth(gt_path)
+      self.category_ids = sorted(self.instance_gt.getCatIds())
+      self.categories = [self.instance_gt.cats[c] for c in self.category_ids]
+    self.confusion = semantic.SemanticConfusion.empty(self.num_classes)
+    self.pq = panoptic.PQStat({c["id"]: c for c in self.categories})
+    self.instance_results = []
+    if "semantic" in tasks:
+      os.makedirs(os.path.join(out_dir, "semantic"), exist_ok=True)
+    if "panoptic" in tasks:
+      self.pan_writer = writers.PanopticWriter(os.path.join(out_dir, "panoptic.json"),
+                                               os.path.join(out_dir, "panoptic"), self.categories)
+
+  def _stem(self, row: int) -> str:
+    return os.path.splitext(os.path.basename(self.index.image_paths[row]))[0]
+
+  def _gt_semantic(self, row: int, image_id) -> np.ndarray:
+    """Local class ids [H, W] with IGNORE on void."""
+    if self.entry.format == "semantic_png":
+      lab = np.array(Image.open(self.index.label_paths[row])).astype(np.int64)
+      if self.entry.reduce_zero_label:
+        return np.where(lab == 0, IGNORE, lab - 1)
+      return lab
+    ids, segs = self._gt_panoptic(image_id)
+    out = np.full(ids.shape, IGNORE, np.int64)
+    for s in segs:
+      out[ids == s["id"]] = self.category_ids.index(int(s["category_id"]))
+    return out
+
+  def _gt_panoptic(self, image_id) -> tuple:
+    """(segment ids [H, W], segments_info) of the ground truth."""
+    if self.gt_panoptic is not None:
+      ann = self.gt_panoptic[image_id]
+      ids = panoptic.read_png_ids(os.path.join(self.entry.val_panoptic_dir, ann["file_name"]))
+      return ids, ann["segments_info"]
+    lab = self._gt_semantic(self.row_of_id[int(image_id)], image_id)
+    ids = np.zeros(lab.shape, np.int64)
+    segs = []
+    for k in np.unique(lab[lab != IGNORE]):
+      comps, n = ndimage.label(lab == k) if self.local_thing[k] else ((lab == k).astype(np.int64), 1)
+      for j in range(1, n + 1):
+        sid = len(segs) + 1
+        ids[comps == j] = sid
+        segs.append({"id": sid, "category_id": int(k) + 1, "iscrowd": 0})
+    return ids, segs
+
+  def add(self, batch: dict, res: dict, b: int) -> None:
+    """Accumulates example `b` of a batch and its post-processed outputs."""
+    image_id = batch["image_id"][b].item()
+    row = self.row_of_id[int(image_id)]
+    stem = self._stem(row)
+    hv, wv = _valid_extent(batch["valid"][b])
+    size = tuple(int(v) for v in batch["orig_size"][b])
+    sem = pan_ids = pan_classes = None
+    if "semantic" in self.tasks:
+      sem = self.union_to_local[_resize_nearest(res["semantic"][b][:hv, :wv], size)]
+      gt = self._gt_semantic(row, image_id)
+      self.confusion = self.confusion.merge(
+          semantic.SemanticConfusion.from_model_output(sem, gt, self.num_classes, IGNORE))
+      offset = 1 if self.entry.format == "semantic_png" and self.entry.reduce_zero_label else 0
+      writers.write_semantic_png(os.path.join(self.out_dir, "semantic", stem + ".png"), np.maximum(sem, 0) + offset)
+    if "panoptic" in self.tasks:
+      p = {k: v[b] for k, v in res["panoptic"].items()}
+      pan_ids = _resize_nearest(p["panoptic_seg"][:hv, :wv], size).astype(np.int64)
+      present = set(np.unique(pan_ids).tolist())
+      segs, pan_classes = [], {}
+      for q in np.nonzero(p["segment_id"] > 0)[0]:
+        sid, local = int(p["segment_id"][q]), int(self.union_to_local[p["segment_class"][q]])
+        if sid not in present:
+          continue
+        if local < 0:
+          pan_ids[pan_ids == sid] = 0
+          continue
+        segs.append({"id": sid, "category_id": self.category_ids[local], "iscrowd": 0,
+                     "isthing": int(self.local_thing[local]), "score": float(p["segment_score"][q])})
+        pan_classes[sid] = local
+      self.pan_writer.add(image_id, stem + ".png", pan_ids, segs)
+      gt_ids, gt_segs = self._gt_panoptic(image_id)
+      self.pq.add_image(gt_ids, gt_segs, pan_ids, segs, f"{self.name} image_id {image_id}")
+    if "instance" in self.tasks:
+      r = {k: v[b] for k, v in res["instance"].items()}
+      keep = r["valid"] & (self.union_to_local[r["classes"]] >= 0)
+      masks = _resize_nearest(r["masks"][keep][:, :hv, :wv], size)
+      cats = [self.category_ids[self.union_to_local[c]] for c in r["classes"][keep]]
+      self.instance_results += instance.encode_results(image_id, masks, r["scores"][keep], cats)
+    if self.overlays < self.num_overlays:
+      self._overlay(row, stem, sem, pan_ids, pan_classes, size)
+
+  def _overlay(self, row, stem, sem, pan_ids, pan_classes, size) -> None:
+    image = np.array(Image.open(self.index.image_paths[row]).convert("RGB"))
+    if image.shape[:2] != size:
+      return
+    if pan_ids is not None:
+      ids, classes = pan_ids, pan_classes
+    elif sem is not None:
+      ids = sem + 1
+      classes = {int(k) + 1: int(k) for k in np.unique(sem) if k >= 0}
+    else:
+      return
+    os.makedirs(os.path.join(self.out_dir, "overlays"), exist_ok=True)
+    writers.overlay(image, ids, classes, self.local_names).save(os.path.join(self.out_dir, "overlays", stem + ".png"))
+    self.overlays += 1
+
+  def finish(self) -> dict:
+    """Writes the remaining files; returns {f'{name}/{task}/{metric}': value}."""
+    out = {}
+    if "semantic" in self.tasks:
+      for k, v in self.confusion.compute().items():
+        out[f"{self.name}/semantic/{k}"] = v
+    if "panoptic" in self.tasks:
+      self.pan_writer.close()
+      for k, v in self.pq.summary().items():
+        out[f"{self.name}/panoptic/{k}"] = v
+    if "instance" in self.tasks:
+      path = os.path.join(self.out_dir, "instance_results.json")
+      writers.write_json(path, self.instance_results)
+      for iou_type, prefix in (("segm", ""), ("bbox", "box_")):
+        for k, v in instance.coco_evaluate(self.instance_gt, self.instance_results, iou_type, path).items():
+          out[f"{self.name}/instance/{prefix}{k}"] = v
+    return out
+
+
+def _dataset_tasks(config, name) -> tuple:
+  e = config.data.datasets[name]
+  tasks = tuple(e.eval_tasks)
+  for t in tasks:
+    if t not in ("semantic", "panoptic", "instance"):
+      raise ValueError(f"config.data.datasets.{name}.eval_tasks: {t!r} is not one of semantic, panoptic, instance")
+  if "instance" in tasks and e.format == "semantic_png":
+    raise ValueError(f"config.data.datasets.{name}.eval_tasks: instance evaluation needs instance ground "
+                     f"truth; a semantic_png dataset has none")
+  if "instance" in tasks and e.format == "coco_detection" and not e.val_instances:
+    raise ValueError(f"config.data.datasets.{name}: instance evaluation of a box-only dataset needs "
+                     f"val_instances (a COCO JSON with masks of the val images)")
+  if e.format == "coco_detection" and set(tasks) - {"instance"}:
+    raise ValueError(f"config.data.datasets.{name}.eval_tasks: a coco_detection dataset supports only 'instance'")
+  return tasks
+
+
+def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, model=None) -> dict:
+  """Evaluates every dataset entry on its `eval_tasks`; see the module docstring.
+
+  Args:
+    config: the full config; `config.eval` holds thresholds, `num_overlays` and `max_examples`.
+    variables: model variables ({'params': ...}).
+    vocab: `UnionVocab`; embeddings: float32 [C, D] text embeddings of `vocab.names`.
+    workdir, step: files go to WORKDIR/eval/<step>/.
+    model: a module with DataSeg's `apply` contract; default `DataSeg(config.model)`.
+
+  Returns:
+    Flat {'<dataset>/<task>/<metric>': float}, also written to WORKDIR/eval/metrics.json.
+  """
+  if model is None:
+    from dataseg_jax.models import dataseg  # pylint: disable=g-import-not-at-top
+    model = dataseg.DataSeg(config.model)
+  eval_dir = os.path.join(workdir, "eval")
+  embeddings = jnp.asarray(embeddings, jnp.float32)
+  metrics = {}
+  max_examples = int(config.eval.max_examples)
+  for name in config.data.datasets:
+    tasks = _dataset_tasks(config, name)
+    if not tasks:
+      continue
+    state = _DatasetEval(config, vocab, name, tasks, os.path.join(eval_dir, str(step), name))
+    infer = make_infer_fn(model, tasks, config.eval)
+    seen = 0
+    for batch in mixture.eval_batches(config, vocab, name):
+      cm = vocab.class_mask[batch["dataset_id"]]
+      tm = vocab.thing_mask[batch["dataset_id"]]
+      res = jax.device_get(infer(variables, batch["image"], embeddings, cm, tm))
+      for b in np.nonzero(batch["example_valid"])[0]:
+        if max_examples and seen >= max_examples:
+          break
+        state.add(batch, res, int(b))
+        seen += 1
+      if max_examples and seen >= max_examples:
+        break
+    metrics.update(state.finish())
+    logging.info("evaluated %s (%s) on %d images", name, ", ".join(tasks), seen)
+  os.makedirs(eval_dir, exist_ok=True)
+  for path in (os.path.join(eval_dir, "metrics.json"), os.path.join(eval_dir, str(step), "metrics.json")):
+    with open(path, "w") as f:
+      json.dump({"step": int(step), "metrics": metrics}, f, indent=1, sort_keys=True)
+  return metrics
+

@@ -1,0 +1,108 @@
+"""evaluator.evaluate on the generated toy benchmark: every dataset and task, files and metrics.
+
+The metrics it reports must equal those recomputed from its own written files by the file-based
+evaluators (evaluate_predictions.py, COCOeval) against the original ground truth. The model is DataSeg
+when it is importable, freshly initialised; a small stand-in with the same `apply` contract otherwise.
+"""
+import json
+import pathlib
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import evaluate_predictions  # noqa: E402
+from configs import toy  # noqa: E402
+from dataseg_jax.evaluation import evaluator  # noqa: E402
+from dataseg_jax.evaluation import instance  # noqa: E402
+from dataseg_jax.evaluation import panoptic  # noqa: E402
+from scripts import make_toy_data  # noqa: E402
+
+
+class StandIn(nn.Module):
+  """DataSeg's apply contract: logits [L, B, Q, C + 1] (-1e9 outside class_mask), masks [L, B, Q, H/4, W/4]."""
+  queries: int = 8
+
+  @nn.compact
+  def __call__(self, images, class_embeddings, class_mask, train=False):
+    x = images.astype(jnp.float32) / 255.0
+    feats = nn.Conv(16, (4, 4), strides=(4, 4))(x)  # [B, H/4, W/4, 16]
+    q = self.param("queries", nn.initializers.normal(1.0), (self.queries, 16))
+    masks = 4.0 * jnp.einsum("bhwf,qf->bqhw", jnp.tanh(feats), q)
+    cls = nn.Dense(class_embeddings.shape[1])(q + feats.mean((1, 2))[:, None])
+    logits = 8.0 * jnp.einsum("bqd,cd->bqc", cls, class_embeddings)
+    logits = jnp.where(class_mask[:, None], logits, -1e9)
+    logits = jnp.concatenate([logits, jnp.zeros(logits.shape[:2] + (1,))], -1)
+    return {"pred_logits": logits[None], "pred_masks": masks[None]}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+  from data_pipelines import registry
+  root = tmp_path_factory.mktemp("toy")
+  make_toy_data.main(["--out", str(root), "--train", "2", "--val", "5", "--size", "64", "--seed", "0"])
+  c = toy.get_config()
+  c.data_dir = str(root)
+  c.data.eval_size = 64
+  c.data.eval_batch_size = 2
+  c.eval.object_mask_threshold = 0.2
+  c.eval.overlap_threshold = 0.3
+  c.eval.instance_topk = 20
+  c.eval.num_overlays = 2
+  vocab = registry.build_vocab(c)
+  emb = np.array(jax.random.normal(jax.random.PRNGKey(1), (len(vocab.names), 8)))
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  model = StandIn()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
+                         jnp.ones((1, len(vocab.names)), bool))
+  workdir = tmp_path_factory.mktemp("work")
+  metrics = evaluator.evaluate(c, variables, vocab, emb, str(workdir), 7, model=model)
+  return c, root, workdir, metrics
+
+
+def test_reports_every_dataset_and_task(evaluated):
+  _, _, workdir, metrics = evaluated
+  for key in ("toy_ade/semantic/mIoU", "toy_ade/semantic/pixel_acc", "toy_ade/semantic/fwIoU",
+              "toy_ade/panoptic/PQ", "toy_coco/panoptic/PQ", "toy_coco/panoptic/PQ_th", "toy_coco/panoptic/PQ_st",
+              "toy_o365/instance/AP", "toy_o365/instance/box_AP"):
+    assert key in metrics and np.isfinite(metrics[key]), key
+  saved = json.loads((workdir / "eval" / "metrics.json").read_text())
+  assert saved["step"] == 7 and saved["metrics"] == pytest.approx(metrics)
+  assert len(list((workdir / "eval" / "7" / "toy_coco" / "overlays").glob("*.png"))) == 2
+
+
+def test_semantic_metrics_equal_file_based_evaluation(evaluated):
+  c, root, workdir, metrics = evaluated
+  k = len((root / "toy_ade" / "names.txt").read_text().split())
+  ours = evaluate_predictions.evaluate_semantic(
+      str(root / c.data.datasets.toy_ade.val_annotations), str(workdir / "eval" / "7" / "toy_ade" / "semantic"),
+      k, reduce_zero_label=True)
+  for key in ("mIoU", "pixel_acc", "fwIoU"):
+    assert metrics[f"toy_ade/semantic/{key}"] == pytest.approx(ours[key], abs=1e-9)
+
+
+def test_panoptic_metrics_equal_file_based_pq(evaluated):
+  c, root, workdir, metrics = evaluated
+  e = c.data.datasets.toy_coco
+  out = workdir / "eval" / "7" / "toy_coco"
+  ref = panoptic.pq_compute(str(root / e.val_annotations), str(root / e.val_panoptic_dir),
+                            str(out / "panoptic.json"), str(out / "panoptic"))
+  assert any(a["segments_info"] for a in json.loads((out / "panoptic.json").read_text())["annotations"])
+  for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
+    assert metrics[f"toy_coco/panoptic/{key}"] == pytest.approx(ref[key], abs=1e-9)
+
+
+def test_instance_metrics_equal_cocoeval_on_written_results(evaluated):
+  c, root, workdir, metrics = evaluated
+  gt = str(root / c.data.datasets.toy_o365.val_instances)
+  res = str(workdir / "eval" / "7" / "toy_o365" / "instance_results.json")
+  assert json.loads(pathlib.Path(res).read_text())
+  assert metrics["toy_o365/instance/AP"] == pytest.approx(instance.coco_evaluate(gt, res, "segm")["AP"], abs=1e-9)
+  assert metrics["toy_o365/instance/box_AP"] == pytest.approx(instance.coco_evaluate(gt, res, "bbox")["AP"], abs=1e-9)
