@@ -1,0 +1,62 @@
+"""Evaluates a trained DataSeg on every dataset entry and each of its `eval_tasks`.
+
+  python scripts/eval.py --config configs/toy.py --workdir workdirs/toy [--step 1500]
+
+Restores the latest (or --step) checkpoint of WORKDIR/checkpoints, writes the metrics to the CLU writers
+(TensorBoard in WORKDIR/eval, and the console) and to WORKDIR/eval/metrics.json, and the standard prediction
+files (COCO panoptic PNG + JSON, semantic PNGs, COCO results JSON) plus overlay pictures under
+WORKDIR/eval/<step>/<dataset>/. `--config.<key>=<value>` overrides any config key.
+"""
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+from clu import metric_writers
+from ml_collections import config_flags
+
+from dataseg_jax import config as config_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training directory holding checkpoints/.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str, step=None) -> dict:
+  """Restores variables, embeds the vocabulary, evaluates; returns the flat metrics dict."""
+  from data_pipelines import registry
+  from dataseg_jax.evaluation import evaluator
+  from dataseg_jax.train import checkpointing
+  from dataseg_jax.vocab import embeddings
+
+  config_lib.validate(config)
+  manager = checkpointing.make_manager(workdir)
+  step = manager.latest_step() if step is None else step
+  manager.close()
+  variables = checkpointing.restore_variables(workdir, step)
+  vocab = registry.build_vocab(config)
+  class_embeddings = embeddings.embed_names(
+      vocab.names, encoder=config.vocab.encoder, prompts=tuple(config.vocab.prompts),
+      cache_dir=config.vocab.cache_dir or os.path.join(workdir, "vocab_cache"))
+  metrics = evaluator.evaluate(config, variables, vocab, class_embeddings, workdir, step)
+  writer = metric_writers.create_default_writer(os.path.join(workdir, "eval"))
+  writer.write_scalars(step, metrics)
+  writer.flush()
+  return metrics
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  try:
+    metrics = run(_CONFIG.value, _WORKDIR.value, _STEP.value)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(json.dumps(metrics, indent=1, sort_keys=True))
+
+
+if __name__ == "__main__":
+  app.run(main)
