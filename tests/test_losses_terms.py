@@ -305,3 +305,24 @@ def test_importance_sampling_keeps_most_uncertain_points(rng):
   for r in range(2):
     idx = np.argsort(-unc[r])[:5]
     np.testing.assert_array_equal(got[r], np.concatenate([over[r][idx], tail[r]]))
+
+
+@pytest.mark.parametrize("task,expected_leaders", [
+    (Task.SEMANTIC, [0, 1, 0, 1, 4]),   # classes 0,1,0,1,2: every class merges
+    (Task.PANOPTIC, [0, 1, 2, 1, 4]),   # class 1 is stuff in the ground truth, class 0 a thing
+    (Task.INSTANCE, [0, 1, 2, 3, 4]),
+    (Task.BOX, [0, 1, 2, 3, 4]),
+])
+def test_merge_groups_per_task(task, expected_leaders):
+  from dataseg_jax.losses import merge
+  cls = np.array([0, 1, 0, 1, 2])
+  logits = np.full((5, 4), -5.0, np.float32)
+  logits[np.arange(5), cls] = 3.0
+  log_probs = jax.nn.log_softmax(jnp.asarray(logits))
+  groups = merge.merge_groups(log_probs, jnp.int32(task), jnp.array([0, 1]), jnp.array([True, False]),
+                              jnp.array([True, True]), "hard")
+  np.testing.assert_array_equal(np.asarray(groups.leader), expected_leaders)
+  merged = np.exp(np.asarray(merge.merged_log_probs(log_probs, groups)))
+  p = np.exp(np.asarray(log_probs))
+  for j in set(expected_leaders):
+    np.testing.assert_allclose(merged[j], p[np.array(expected_leaders) == j].mean(0), **TOL)
