@@ -65,8 +65,9 @@ def panoptic_inference(pred_logits, pred_masks, thing_mask, *, object_mask_thres
 
   Returns:
     'panoptic_seg' int32 [B, H, W] segment id per pixel (0 void); per query, describing the segment
-    that query opens: 'segment_id' int32 [B, Q] (0 when it opens none), 'segment_class' int32 [B, Q],
-    'segment_score' float32 [B, Q], 'segment_is_thing' bool [B, Q].
+    that query opens: 'segment_id' int32 [B, Q] (0 when it opens none), and for every query whose segment
+    is kept (opened or merged into an earlier stuff segment) 'segment_class' int32 [B, Q] (-1 otherwise),
+    'segment_score' float32 [B, Q] (0 otherwise), 'segment_is_thing' bool [B, Q].
   """
   b, q, c1 = pred_logits.shape
   probs = jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)
@@ -102,9 +103,9 @@ def panoptic_inference(pred_logits, pred_masks, thing_mask, *, object_mask_thres
   return {
       "panoptic_seg": panoptic_seg,
       "segment_id": new_id.astype(jnp.int32),
-      "segment_class": labels.astype(jnp.int32),
-      "segment_score": scores,
-      "segment_is_thing": is_thing,
+      "segment_class": jnp.where(valid, labels, -1).astype(jnp.int32),
+      "segment_score": jnp.where(valid, scores, 0.0),
+      "segment_is_thing": is_thing & valid,
   }
 
 
@@ -131,7 +132,7 @@ def instance_inference(pred_logits, pred_masks, class_mask=None, *, topk=100):
     pred_logits: [B, Q, C + 1].
     pred_masks: [B, Q, H, W] mask logits.
     class_mask: optional bool [B, C]; pairs of classes outside it are marked invalid.
-    topk: K, `config.eval.instance_topk` (at most Q * C).
+    topk: `config.eval.instance_topk`; K = min(topk, Q * C).
 
   Returns:
     'masks' bool [B, K, H, W], 'scores' float32 [B, K], 'classes' int32 [B, K] (union ids),
@@ -142,7 +143,7 @@ def instance_inference(pred_logits, pred_masks, class_mask=None, *, topk=100):
   probs = _class_probs(pred_logits)
   if class_mask is not None:
     probs = jnp.where(class_mask[:, None, :], probs, -1.0)
-  cls_scores, flat = jax.lax.top_k(probs.reshape(b, q * c), topk)  # [B, K]
+  cls_scores, flat = jax.lax.top_k(probs.reshape(b, q * c), min(topk, q * c))  # [B, K]
   query = flat // c
   classes = (flat % c).astype(jnp.int32)
   logits = jnp.take_along_axis(pred_masks, query[:, :, None, None], axis=1).astype(jnp.float32)

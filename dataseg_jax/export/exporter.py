@@ -1,0 +1,114 @@
+"""Exports DataSeg as a serialized StableHLO function (`jax.export`) with its weights and vocabulary.
+
+The exported function is
+  f(params, images uint8 [B, S, S, 3], class_embeddings float32 [C_max, D], class_mask bool [C_max],
+    thing_mask bool [C_max]) -> outputs
+with the class embeddings an input, so a vocabulary of up to C_max names can be swapped in at serving
+time (open-vocabulary transfer [paper]). `outputs='raw'` returns the final decoder layer ('pred_logits'
+[B, Q, C_max + 1], 'pred_masks' [B, Q, S/4, S/4]); `outputs='postprocessed'` adds the per-task inference
+at S x S ('semantic' [B, S, S], 'panoptic_seg' [B, S, S] with 'segment_id' / 'segment_class' /
+'segment_score' / 'segment_is_thing' [B, Q], and 'instance_masks' [B, K, S, S], 'instance_scores',
+'instance_classes', 'instance_boxes', 'instance_valid'). `loader.ExportedModel` runs it.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export as jax_export
+
+from dataseg_jax.evaluation import postprocess
+
+OUTPUTS = ("raw", "postprocessed")
+
+
+def _flatten(tree, prefix="") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if "/" in str(k):
+      raise ValueError(f"parameter name {k!r} contains '/', which the export uses as the path separator")
+    key = f"{prefix}{k}"
+    if isinstance(v, dict) or hasattr(v, "items"):
+      out.update(_flatten(v, key + "/"))
+    else:
+      out[key] = np.asarray(v)
+  return out
+
+
+def inference_fn(model, eval_config, outputs: str = "postprocessed"):
+  """The function that is exported (see the module docstring); also the in-framework reference."""
+  if outputs not in OUTPUTS:
+    raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
+
+  def fn(params, images, class_embeddings, class_mask, thing_mask):
+    b = images.shape[0]
+    cm = jnp.broadcast_to(class_mask, (b, class_mask.shape[0]))
+    tm = jnp.broadcast_to(thing_mask, (b, thing_mask.shape[0]))
+    raw = model.apply({"params": params}, images, class_embeddings, cm, train=False)
+    logits, masks = raw["pred_logits"][-1], raw["pred_masks"][-1]
+    out = {"pred_logits": logits, "pred_masks": masks}
+    if outputs == "raw":
+      return out
+    up = postprocess.upsample_masks(masks, images.shape[1:3])
+    out["semantic"] = postprocess.semantic_inference(logits, up, cm)["labels"]
+    out.update(postprocess.panoptic_inference(
+        logits, up, tm, object_mask_threshold=float(eval_config.object_mask_threshold),
+        overlap_threshold=float(eval_config.overlap_threshold)))
+    inst = postprocess.instance_inference(logits, up, cm, topk=int(eval_config.instance_topk))
+    out.update({f"instance_{k}": v for k, v in inst.items()})
+    return out
+
+  return fn
+
+
+def export_model(config, variables, names, embeddings, things, out_dir: str, *, batch_size: int = 1,
+                 max_classes: int = 0, outputs: str = "postprocessed", model=None) -> str:
+  """Writes the export directory described in `dataseg_jax.export.loader`; returns `out_dir`.
+
+  Args:
+    config: the full config (model, data.eval_size, eval thresholds, vocab encoder and prompts).
+    variables: {'params': ...}.
+    names: the vocabulary [C]; embeddings float32 [C, D]; things: bool [C].
+    batch_size: B of the exported function; max_classes: C_max (0: C).
+    model: a module with DataSeg's apply contract; default `DataSeg(config.model)`.
+  """
+  if model is None:
+    from dataseg_jax.models import dataseg  # pylint: disable=g-import-not-at-top
+    model = dataseg.DataSeg(config.model)
+  names = list(names)
+  embeddings = np.asarray(embeddings, np.float32)
+  c, dim = embeddings.shape
+  if len(names) != c or len(things) != c:
+    raise ValueError(f"{len(names)} names, {len(things)} thing flags and {c} embeddings; they must agree")
+  c_max = int(max_classes) or c
+  if c_max < c:
+    raise ValueError(f"max_classes={c_max} is smaller than the vocabulary ({c} names)")
+  size = int(config.data.eval_size)
+  fn = jax.jit(inference_fn(model, config.eval, outputs))
+  params = variables["params"]
+  args = (jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), params),
+          jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
+          jax.ShapeDtypeStruct((c_max, dim), jnp.float32),
+          jax.ShapeDtypeStruct((c_max,), jnp.bool_),
+          jax.ShapeDtypeStruct((c_max,), jnp.bool_))
+  exported = jax_export.export(fn, platforms=("cpu", "cuda", "tpu"))(*args)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "model.stablehlo"), "wb") as f:
+    f.write(exported.serialize())
+  np.savez(os.path.join(out_dir, "params.npz"), **_flatten(jax.device_get(params)))
+  padded = np.zeros((c_max, dim), np.float32)
+  padded[:c] = embeddings
+  np.save(os.path.join(out_dir, "embeddings.npy"), padded)
+  with open(os.path.join(out_dir, "names.txt"), "w") as f:
+    f.write("".join(n + "\n" for n in names))
+  with open(os.path.join(out_dir, "things.txt"), "w") as f:
+    f.write("".join(n + "\n" for n, t in zip(names, things) if t))
+  meta = {"image_size": size, "batch_size": int(batch_size), "max_classes": c_max, "embed_dim": int(dim),
+          "outputs": outputs, "num_queries": int(config.model.num_queries),
+          "eval": {k: config.eval[k] for k in ("object_mask_threshold", "overlap_threshold", "instance_topk")},
+          "vocab": {"encoder": config.vocab.encoder, "prompts": list(config.vocab.prompts)},
+          "model": config.model.to_dict()}
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(meta, f, indent=1)
+  return out_dir

@@ -1,0 +1,91 @@
+"""Loads and runs an exported DataSeg with nothing but jax and numpy (no flax, no training code).
+
+An export directory holds:
+  model.stablehlo   `jax.export` serialized function f(params, images, class_embeddings, class_mask,
+                    thing_mask) -> dict of outputs (see `dataseg_jax.export.exporter`);
+  params.npz        the weights, one array per '/'-joined parameter path;
+  embeddings.npy    float32 [C_max, D] class-name embeddings (rows past the vocabulary are zero);
+  names.txt         the vocabulary, one class name a line; things.txt its thing classes;
+  config.json       image size, batch size, C_max, output kind, thresholds, text encoder and prompts.
+This file imports only the standard library, numpy and jax, so it can be copied next to a served model.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+from jax import export as jax_export
+
+
+def _unflatten(flat: dict) -> dict:
+  tree = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def read_names(path) -> list:
+  """One class name a line; blank lines and '#' comments skipped."""
+  with open(path) as f:
+    return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+
+
+class ExportedModel:
+  """A served DataSeg: `__call__(images uint8 [B, S, S, 3])` -> dict of numpy outputs.
+
+  `set_vocabulary(names, embeddings [n, D], things)` swaps the classifier (n <= C_max) without re-export.
+  """
+
+  def __init__(self, path: str):
+    for f in ("model.stablehlo", "params.npz", "embeddings.npy", "names.txt", "config.json"):
+      if not os.path.isfile(os.path.join(path, f)):
+        raise FileNotFoundError(f"{os.path.join(path, f)} not found; {path} is not a dataseg export directory "
+                                f"(write one with scripts/export.py)")
+    with open(os.path.join(path, "config.json")) as f:
+      self.config = json.load(f)
+    with open(os.path.join(path, "model.stablehlo"), "rb") as f:
+      self.exported = jax_export.deserialize(bytearray(f.read()))
+    with np.load(os.path.join(path, "params.npz")) as z:
+      self.params = jax.device_put(_unflatten({k: z[k] for k in z.files}))
+    names = read_names(os.path.join(path, "names.txt"))
+    things_path = os.path.join(path, "things.txt")
+    things = set(read_names(things_path)) if os.path.isfile(things_path) else set()
+    self.set_vocabulary(names, np.load(os.path.join(path, "embeddings.npy"))[:len(names)],
+                        [n in things for n in names])
+
+  @property
+  def image_size(self) -> int:
+    return int(self.config["image_size"])
+
+  @property
+  def batch_size(self) -> int:
+    return int(self.config["batch_size"])
+
+  def set_vocabulary(self, names, embeddings, things) -> None:
+    """Pads `embeddings` [n, D] to [C_max, D] and masks the padding out of every prediction."""
+    c_max, dim = int(self.config["max_classes"]), int(self.config["embed_dim"])
+    embeddings = np.asarray(embeddings, np.float32)
+    if len(names) > c_max:
+      raise ValueError(f"the vocabulary has {len(names)} names but this export takes at most {c_max}; "
+                       f"re-export with --max_classes {len(names)}")
+    if embeddings.shape != (len(names), dim):
+      raise ValueError(f"embeddings are {embeddings.shape}; expected ({len(names)}, {dim})")
+    self.names = list(names)
+    self.embeddings = np.zeros((c_max, dim), np.float32)
+    self.embeddings[:len(names)] = embeddings
+    self.class_mask = np.arange(c_max) < len(names)
+    self.thing_mask = np.zeros(c_max, bool)
+    self.thing_mask[:len(names)] = np.asarray(things, bool)
+
+  def __call__(self, images: np.ndarray) -> dict:
+    images = np.asarray(images)
+    want = (self.batch_size, self.image_size, self.image_size, 3)
+    if images.shape != want:
+      raise ValueError(f"images are {images.shape}; this export takes {want} (resize the longer side to "
+                       f"{self.image_size} and pad)")
+    out = self.exported.call(self.params, images.astype(np.uint8), self.embeddings, self.class_mask, self.thing_mask)
+    return jax.tree.map(np.asarray, out)

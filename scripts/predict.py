@@ -1,0 +1,125 @@
+"""Predictions and overlays for a folder of images with an exported model (no training code needed).
+
+  python scripts/predict.py --model exported/toy --images DIR --out DIR [--vocab names.txt] [--things things.txt]
+
+Each image is resized (longer side to the export's size), padded, run, and its outputs cropped and resized
+back (nearest). Writes OUT/semantic/<stem>.png (class index into the vocabulary), OUT/panoptic/<stem>.png
+with OUT/panoptic.json (COCO panoptic; category_id = class index + 1), OUT/overlays/<stem>.png, and
+OUT/names.txt. --vocab swaps in another vocabulary, embedded with the export's text encoder and prompts
+(needs dataseg_jax.vocab); --things names its thing classes (default: those of the exported vocabulary).
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from dataseg_jax.evaluation import writers  # noqa: E402
+from dataseg_jax.export import loader  # noqa: E402
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def progress(i: int, n: int, start: float) -> None:
+  """One-line progress bar on stderr: count, bar, images/s, ETA."""
+  done = int(30 * i / max(n, 1))
+  rate = i / max(time.time() - start, 1e-9)
+  eta = (n - i) / rate if rate > 0 else 0.0
+  sys.stderr.write(f"\r{i}/{n} [{'#' * done}{'.' * (30 - done)}] {rate:.2f} img/s, ETA {eta:.0f}s")
+  if i == n:
+    sys.stderr.write("\n")
+  sys.stderr.flush()
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple:
+  """Resize the longer side to `size` (bilinear) and pad bottom/right with zeros -> ([S, S, 3], (h', w'))."""
+  h, w = image.shape[:2]
+  scale = size / max(h, w)
+  nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+  resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+  out = np.zeros((size, size, 3), np.uint8)
+  out[:nh, :nw] = resized
+  return out, (nh, nw)
+
+
+def restore_size(label: np.ndarray, valid: tuple, size: tuple) -> np.ndarray:
+  """Crop [S, S] to the valid (h', w') and resize to `size` (nearest)."""
+  crop = label[:valid[0], :valid[1]]
+  return np.asarray(Image.fromarray(crop.astype(np.int32)).resize((size[1], size[0]), Image.NEAREST)).astype(np.int64)
+
+
+def swap_vocabulary(model: loader.ExportedModel, vocab_path: str, things_path: str = None) -> None:
+  from dataseg_jax.vocab import embeddings  # pylint: disable=g-import-not-at-top
+  names = loader.read_names(vocab_path)
+  things = set(loader.read_names(things_path)) if things_path else {n for n, t in zip(model.names, model.thing_mask) if t}
+  emb = embeddings.embed_names(names, encoder=model.config["vocab"]["encoder"],
+                               prompts=tuple(model.config["vocab"]["prompts"]))
+  model.set_vocabulary(names, np.asarray(emb, np.float32), [n in things for n in names])
+
+
+def predict_folder(model: loader.ExportedModel, images_dir: str, out_dir: str) -> int:
+  """Writes the outputs of every image of `images_dir`; returns the number of images."""
+  if model.config["outputs"] != "postprocessed":
+    raise ValueError("this export returns raw outputs; re-export with --outputs postprocessed to predict")
+  files = sorted(f for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_EXTS))
+  if not files:
+    raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) in {images_dir}")
+  for sub in ("semantic", "overlays"):
+    os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+  cats = [{"id": k + 1, "name": n, "isthing": int(t)} for k, (n, t) in enumerate(zip(model.names, model.thing_mask))]
+  pan = writers.PanopticWriter(os.path.join(out_dir, "panoptic.json"), os.path.join(out_dir, "panoptic"), cats)
+  start = time.time()
+  bs = model.batch_size
+  for i0 in range(0, len(files), bs):
+    chunk = files[i0:i0 + bs]
+    pics = [np.asarray(Image.open(os.path.join(images_dir, f)).convert("RGB")) for f in chunk]
+    boxed = [letterbox(p, model.image_size) for p in pics]
+    batch = np.zeros((bs, model.image_size, model.image_size, 3), np.uint8)
+    for j, (img, _) in enumerate(boxed):
+      batch[j] = img
+    out = model(batch)
+    for j, f in enumerate(chunk):
+      stem, size, valid = os.path.splitext(f)[0], pics[j].shape[:2], boxed[j][1]
+      sem = restore_size(out["semantic"][j], valid, size)
+      writers.write_semantic_png(os.path.join(out_dir, "semantic", stem + ".png"), sem)
+      ids = restore_size(out["panoptic_seg"][j], valid, size)
+      present = set(np.unique(ids).tolist())
+      opened = np.nonzero(out["segment_id"][j] > 0)[0]
+      segs = [{"id": int(out["segment_id"][j][q]), "category_id": int(out["segment_class"][j][q]) + 1,
+               "isthing": int(out["segment_is_thing"][j][q]), "score": float(out["segment_score"][j][q])}
+              for q in opened if int(out["segment_id"][j][q]) in present]
+      pan.add(i0 + j, stem + ".png", ids, segs)
+      classes = {s["id"]: s["category_id"] - 1 for s in segs}
+      writers.overlay(pics[j], ids, classes, model.names).save(os.path.join(out_dir, "overlays", stem + ".png"))
+    progress(min(i0 + bs, len(files)), len(files), start)
+  pan.close()
+  with open(os.path.join(out_dir, "names.txt"), "w") as fh:
+    fh.write("".join(n + "\n" for n in model.names))
+  return len(files)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--model", required=True, help="export directory written by scripts/export.py")
+  p.add_argument("--images", required=True, help="folder of images")
+  p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--vocab", help="names file (one class a line) to swap in")
+  p.add_argument("--things", help="names file of the thing classes of --vocab")
+  args = p.parse_args(argv)
+  model = loader.ExportedModel(args.model)
+  if args.vocab:
+    swap_vocabulary(model, args.vocab, args.things)
+  return predict_folder(model, args.images, args.out)
+
+
+if __name__ == "__main__":
+  try:
+    n = main()
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(f"wrote predictions of {n} images")

@@ -1,0 +1,144 @@
+"""The exported StableHLO function equals the in-framework model; the loader needs only jax + numpy.
+
+Checked with DataSeg (tiny config, fresh weights) when dataseg_jax.models.dataseg is importable, and
+always with a small stand-in that has DataSeg's apply contract.
+"""
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from configs import toy  # noqa: E402
+from dataseg_jax.evaluation import postprocess  # noqa: E402
+from dataseg_jax.export import exporter  # noqa: E402
+from dataseg_jax.export import loader  # noqa: E402
+from test_eval_evaluator import StandIn  # noqa: E402
+
+SIZE, C, C_MAX, D = 64, 5, 7, 8
+THINGS = np.array([True, False, True, False, True])
+
+
+def _config():
+  c = toy.get_config()
+  c.data.eval_size = SIZE
+  c.model.embed_dim = D
+  c.model.num_queries = 8
+  c.data.max_segments = 8
+  c.eval.object_mask_threshold = 0.2
+  c.eval.overlap_threshold = 0.3
+  c.eval.instance_topk = 16
+  return c
+
+
+def _models():
+  out = [("standin", lambda c: StandIn())]
+  try:
+    from dataseg_jax.models import dataseg
+  except ImportError:
+    return out
+  return out + [("dataseg", lambda c: dataseg.DataSeg(c.model))]
+
+
+@pytest.fixture(scope="module", params=[m[0] for m in _models()])
+def exported(request, tmp_path_factory):
+  make = dict(_models())[request.param]
+  c = _config()
+  model = make(c)
+  rng = np.random.default_rng(0)
+  emb = rng.normal(size=(C, D)).astype(np.float32)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, SIZE, SIZE, 3), jnp.uint8), jnp.asarray(emb),
+                         jnp.ones((2, C), bool))
+  out = tmp_path_factory.mktemp("export")
+  exporter.export_model(c, variables, [f"class {k}" for k in range(C)], emb, THINGS, str(out), batch_size=2,
+                        max_classes=C_MAX, model=model)
+  return c, model, variables, emb, out
+
+
+def _reference(c, model, variables, emb, images, things):
+  """The in-framework model and post-processing on the unpadded vocabulary."""
+  cm = jnp.ones((len(images), len(emb)), bool)
+  raw = model.apply(variables, jnp.asarray(images), jnp.asarray(emb), cm, train=False)
+  logits, masks = raw["pred_logits"][-1], raw["pred_masks"][-1]
+  up = postprocess.upsample_masks(masks, (SIZE, SIZE))
+  pan = postprocess.panoptic_inference(logits, up, jnp.asarray(things), object_mask_threshold=0.2,
+                                       overlap_threshold=0.3)
+  return {"logits": np.asarray(logits), "masks": np.asarray(masks),
+          "semantic": np.asarray(postprocess.semantic_inference(logits, up, cm)["labels"]),
+          "panoptic": jax.tree.map(np.asarray, pan),
+          "instance": jax.tree.map(np.asarray, postprocess.instance_inference(logits, up, cm, topk=16))}
+
+
+def _compare(got, ref, c_used):
+  np.testing.assert_allclose(got["pred_logits"][..., :c_used], ref["logits"][..., :c_used], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(got["pred_logits"][..., -1], ref["logits"][..., -1], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(got["pred_masks"], ref["masks"], atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(got["semantic"], ref["semantic"])
+  for k in ("panoptic_seg", "segment_id", "segment_is_thing"):
+    np.testing.assert_array_equal(got[k], ref["panoptic"][k])
+  np.testing.assert_allclose(got["segment_score"], ref["panoptic"]["segment_score"], atol=1e-5)
+  np.testing.assert_allclose(np.sort(got["instance_scores"], 1), np.sort(ref["instance"]["scores"], 1), atol=1e-5)
+
+
+def test_exported_equals_in_framework_model(exported):
+  c, model, variables, emb, out = exported
+  images = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+  served = loader.ExportedModel(str(out))
+  assert served.names == [f"class {k}" for k in range(C)]
+  got = served(images)
+  _compare(got, _reference(c, model, variables, emb, images, THINGS), C)
+  assert (got["semantic"] < C).all()
+
+
+def test_swapped_vocabulary_equals_in_framework_model(exported):
+  c, model, variables, _, out = exported
+  rng = np.random.default_rng(2)
+  emb = rng.normal(size=(C_MAX, D)).astype(np.float32)
+  things = rng.random(C_MAX) < 0.5
+  served = loader.ExportedModel(str(out))
+  served.set_vocabulary([f"new {k}" for k in range(C_MAX)], emb, things)
+  images = rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+  _compare(served(images), _reference(c, model, variables, emb, images, things), C_MAX)
+  with pytest.raises(ValueError, match="at most 7"):
+    served.set_vocabulary([f"n{k}" for k in range(C_MAX + 1)], np.zeros((C_MAX + 1, D), np.float32), [False] * 8)
+
+
+def test_loader_imports_only_jax_and_numpy(exported):
+  *_, out = exported
+  code = (
+      "import importlib.util, sys, numpy as np\n"
+      f"spec = importlib.util.spec_from_file_location('loader', {str(REPO / 'dataseg_jax/export/loader.py')!r})\n"
+      "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+      f"e = m.ExportedModel({str(out)!r})\n"
+      "r = e(np.zeros((2, e.image_size, e.image_size, 3), np.uint8))\n"
+      "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('flax', 'dataseg_jax', 'data_pipelines',"
+      " 'optax', 'orbax', 'tensorflow'))\n"
+      "print(r['semantic'].shape, bad)\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert proc.stdout.strip() == f"(2, {SIZE}, {SIZE}) []"
+
+
+def test_predict_writes_files_for_a_folder(exported, tmp_path):
+  import predict
+  *_, out = exported
+  rng = np.random.default_rng(3)
+  (tmp_path / "images").mkdir()
+  for k, (h, w) in enumerate([(40, 50), (64, 30), (20, 20)]):
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "images" / f"im{k}.png")
+  n = predict.main(["--model", str(out), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "pred")])
+  assert n == 3
+  assert np.array(Image.open(tmp_path / "pred" / "semantic" / "im1.png")).shape == (64, 30)
+  assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 3
+  pan = json.loads((tmp_path / "pred" / "panoptic.json").read_text())
+  assert [a["file_name"] for a in pan["annotations"]] == ["im0.png", "im1.png", "im2.png"]
