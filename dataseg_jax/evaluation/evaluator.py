@@ -38,24 +38,28 @@ IGNORE = 255
 
 
 def make_infer_fn(model, tasks: tuple, eval_config):
-  """Jitted (variables, images [B, H, W, 3], embeddings [C, D], class_mask [B, C], thing_mask [B, C]) ->
-  per-task post-processed outputs at the image size, from the final decoder layer."""
+  """Jitted (variables, images [B, H, W, 3], embeddings [C, D], class_mask [B, C], local_classes [K] int32,
+  local_things [K] bool) -> per-task post-processed outputs at the image size, from the final decoder layer.
+
+  Post-processing runs on the dataset's own K classes (logits gathered from the union's C, background
+  last), so class ids in the outputs are dataset-local and the [B, K, H, W] semantic scores stay small.
+  """
 
   @jax.jit
-  def infer(variables, images, embeddings, class_mask, thing_mask):
+  def infer(variables, images, embeddings, class_mask, local_classes, local_things):
     out = model.apply(variables, images, embeddings, class_mask, train=False)
-    logits = out["pred_logits"][-1]
+    union_logits = out["pred_logits"][-1]  # [B, Q, C + 1]
+    logits = jnp.concatenate([union_logits[..., local_classes], union_logits[..., -1:]], -1)  # [B, Q, K + 1]
     masks = postprocess.upsample_masks(out["pred_masks"][-1], images.shape[1:3])
     res = {}
     if "semantic" in tasks:
-      res["semantic"] = postprocess.semantic_inference(logits, masks, class_mask)["labels"]
+      res["semantic"] = postprocess.semantic_inference(logits, masks)["labels"]
     if "panoptic" in tasks:
       res["panoptic"] = postprocess.panoptic_inference(
-          logits, masks, thing_mask, object_mask_threshold=float(eval_config.object_mask_threshold),
+          logits, masks, local_things, object_mask_threshold=float(eval_config.object_mask_threshold),
           overlap_threshold=float(eval_config.overlap_threshold))
     if "instance" in tasks:
-      res["instance"] = postprocess.instance_inference(logits, masks, class_mask,
-                                                       topk=int(eval_config.instance_topk))
+      res["instance"] = postprocess.instance_inference(logits, masks, topk=int(eval_config.instance_topk))
     return res
 
   return infer
@@ -83,10 +87,8 @@ class _DatasetEval:
     local_vocab = registry.dataset_vocab(e)
     self.local_names = list(local_vocab.names)
     self.local_thing = np.array(local_vocab.is_thing, bool)
-    l2u = np.asarray(vocab.local_to_union[self.d], np.int64)
-    self.union_to_local = np.full(len(vocab.names), -1, np.int64)
-    self.union_to_local[l2u] = np.arange(len(l2u))
-    self.num_classes = len(l2u)
+    self.local_classes = np.asarray(vocab.local_to_union[self.d], np.int32)
+    self.num_classes = len(self.local_classes)
     self.index = registry.build_index(config, name, "val", local_vocab)
     self.row_of_id = {int(i): r for r, i in enumerate(self.index.image_ids)}
     self.num_overlays = int(config.eval.num_overlays)
@@ -159,7 +161,7 @@ class _DatasetEval:
     size = tuple(int(v) for v in batch["orig_size"][b])
     sem = pan_ids = pan_classes = None
     if "semantic" in self.tasks:
-      sem = self.union_to_local[_resize_nearest(res["semantic"][b][:hv, :wv], size)]
+      sem = _resize_nearest(res["semantic"][b][:hv, :wv], size).astype(np.int64)
       gt = self._gt_semantic(row, image_id)
       self.confusion = self.confusion.merge(
           semantic.SemanticConfusion.from_model_output(sem, gt, self.num_classes, IGNORE))
@@ -171,11 +173,8 @@ class _DatasetEval:
       present = set(np.unique(pan_ids).tolist())
       segs, pan_classes = [], {}
       for q in np.nonzero(p["segment_id"] > 0)[0]:
-        sid, local = int(p["segment_id"][q]), int(self.union_to_local[p["segment_class"][q]])
+        sid, local = int(p["segment_id"][q]), int(p["segment_class"][q])
         if sid not in present:
-          continue
-        if local < 0:
-          pan_ids[pan_ids == sid] = 0
           continue
         segs.append({"id": sid, "category_id": self.category_ids[local], "iscrowd": 0,
                      "isthing": int(self.local_thing[local]), "score": float(p["segment_score"][q])})
@@ -185,10 +184,9 @@ class _DatasetEval:
       self.pq.add_image(gt_ids, gt_segs, pan_ids, segs, f"{self.name} image_id {image_id}")
     if "instance" in self.tasks:
       r = {k: v[b] for k, v in res["instance"].items()}
-      keep = r["valid"] & (self.union_to_local[r["classes"]] >= 0)
-      masks = _resize_nearest(r["masks"][keep][:, :hv, :wv], size)
-      cats = [self.category_ids[self.union_to_local[c]] for c in r["classes"][keep]]
-      self.instance_results += instance.encode_results(image_id, masks, r["scores"][keep], cats)
+      masks = _resize_nearest(r["masks"][:, :hv, :wv], size)
+      cats = [self.category_ids[c] for c in r["classes"]]
+      self.instance_results += instance.encode_results(image_id, masks, r["scores"], cats)
     if self.overlays < self.num_overlays:
       self._overlay(row, stem, sem, pan_ids, pan_classes, size)
 
@@ -272,8 +270,8 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
     seen = 0
     for batch in mixture.eval_batches(config, vocab, name):
       cm = vocab.class_mask[batch["dataset_id"]]
-      tm = vocab.thing_mask[batch["dataset_id"]]
-      res = jax.device_get(infer(variables, batch["image"], embeddings, cm, tm))
+      res = jax.device_get(infer(variables, batch["image"], embeddings, cm, state.local_classes,
+                                 state.local_thing))
       for b in np.nonzero(batch["example_valid"])[0]:
         if max_examples and seen >= max_examples:
           break
