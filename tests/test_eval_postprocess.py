@@ -133,3 +133,11 @@ def test_instance_inference_marks_classes_outside_the_dataset(rng):
   valid, classes = np.asarray(out["valid"]), np.asarray(out["classes"])
   np.testing.assert_array_equal(valid, classes != 1)
   assert valid.sum(1).tolist() == [8, 8, 8]
+
+
+@pytest.mark.parametrize("size", [(64, 80), (13, 20), (16, 20)])
+def test_upsample_masks_equals_torch_interpolate(rng, size):
+  torch = pytest.importorskip("torch")
+  x = rng.normal(size=(2, 3, 16, 20)).astype(np.float32)
+  ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=size, mode="bilinear", align_corners=False)
+  np.testing.assert_allclose(np.asarray(postprocess.upsample_masks(x, size)), ref.numpy(), atol=1e-5)

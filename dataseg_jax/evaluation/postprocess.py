@@ -14,10 +14,23 @@ import jax
 import jax.numpy as jnp
 
 
+def _bilinear_taps(n_in: int, n_out: int):
+  """Source rows i0, i1 [n_out] and weight w of i1 for align_corners=False: src = (i + 0.5) n_in / n_out - 0.5,
+  clamped at 0 (PyTorch's `upsample_bilinear2d`)."""
+  src = jnp.maximum((jnp.arange(n_out, dtype=jnp.float32) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+  i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
+  i1 = jnp.minimum(i0 + 1, n_in - 1)
+  return i0, i1, src - i0
+
+
 def upsample_masks(pred_masks: jnp.ndarray, size: tuple) -> jnp.ndarray:
-  """Bilinear resize of mask logits [B, Q, h, w] -> [B, Q, H, W] (Mask2Former's F.interpolate) [default]."""
-  b, q = pred_masks.shape[:2]
-  return jax.image.resize(pred_masks, (b, q, *size), method="bilinear", antialias=False)
+  """Bilinear resize of mask logits [B, Q, h, w] -> [B, Q, H, W], `F.interpolate(mode='bilinear',
+  align_corners=False)` as Mask2Former [default]; two gathered taps per axis (no dense resize kernels)."""
+  x = pred_masks.astype(jnp.float32)
+  r0, r1, wr = _bilinear_taps(x.shape[2], size[0])
+  x = x[:, :, r0] * (1 - wr)[:, None] + x[:, :, r1] * wr[:, None]
+  c0, c1, wc = _bilinear_taps(x.shape[3], size[1])
+  return x[..., c0] * (1 - wc) + x[..., c1] * wc
 
 
 def _class_probs(pred_logits: jnp.ndarray) -> jnp.ndarray:
@@ -78,12 +91,12 @@ def panoptic_inference(pred_logits, pred_masks, thing_mask, *, object_mask_thres
   masks = jax.nn.sigmoid(pred_masks.astype(jnp.float32))  # [B, Q, H, W]
   prob_masks = jnp.where(keep[:, :, None, None], scores[:, :, None, None] * masks, -1.0)
   mask_ids = jnp.argmax(prob_masks, axis=1)  # [B, H, W]
-  assigned = mask_ids[:, None] == jnp.arange(q)[None, :, None, None]  # [B, Q, H, W]
   own = masks >= 0.5
-  segment = assigned & own
-  mask_area = assigned.sum((2, 3))
   original_area = own.sum((2, 3))
-  final_area = segment.sum((2, 3))
+  pixel_own = jnp.take_along_axis(own, mask_ids[:, None], axis=1)[:, 0]  # [B, H, W]
+  count = jax.vmap(lambda ids, wts: jnp.bincount(ids.ravel(), wts.ravel(), length=q))
+  mask_area = count(mask_ids, jnp.ones_like(mask_ids))  # |{x : x assigned to i}|
+  final_area = count(mask_ids, pixel_own.astype(jnp.int32))  # |{x : assigned to i, sigmoid(m_i(x)) >= 0.5}|
   valid = (keep & (mask_area > 0) & (original_area > 0) & (final_area > 0)
            & (mask_area / jnp.maximum(original_area, 1) >= overlap_threshold))
   thing_mask = jnp.broadcast_to(thing_mask, (b, c1 - 1))
@@ -97,7 +110,6 @@ def panoptic_inference(pred_logits, pred_masks, thing_mask, *, object_mask_thres
   owner = jnp.where(is_thing, jnp.arange(q)[None], first)
   query_id = jnp.where(valid, jnp.take_along_axis(new_id, owner, axis=1), 0)  # [B, Q]
   pixel_query_id = jnp.take_along_axis(query_id, mask_ids.reshape(b, -1), axis=1).reshape(mask_ids.shape)
-  pixel_own = jnp.take_along_axis(own, mask_ids[:, None], axis=1)[:, 0]
   any_keep = keep.any(axis=1)[:, None, None]
   panoptic_seg = jnp.where(pixel_own & any_keep, pixel_query_id, 0).astype(jnp.int32)
   return {

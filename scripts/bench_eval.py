@@ -1,0 +1,124 @@
+"""Benchmarks evaluation: post-processing and metric time per image against the model forward time.
+
+  python scripts/bench_eval.py            # toy and R50 sizes
+  python scripts/bench_eval.py --quick    # fewer repeats
+
+Per size (toy: configs/toy.py, R50: configs/dataseg_r50.py; Q queries, K dataset classes, S x S eval size):
+- postprocess: the evaluator's jitted device work after the model (bilinear upsampling of the final-layer
+  mask logits to S x S, semantic + panoptic + instance inference on K classes), per image;
+- metrics: the evaluator's host work per image for the three tasks (confusion matrix, PQ accumulation,
+  COCO RLE encoding of the top-k instance masks), at S x S;
+- forward: `DataSeg.apply` (final outputs of every layer) per image, when dataseg_jax.models.dataseg exists.
+Target: postprocess + metrics < 20% of forward. Times are medians after compilation, on the default device.
+"""
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from configs import dataseg_r50  # noqa: E402
+from configs import toy  # noqa: E402
+from dataseg_jax.evaluation import instance  # noqa: E402
+from dataseg_jax.evaluation import panoptic  # noqa: E402
+from dataseg_jax.evaluation import postprocess  # noqa: E402
+from dataseg_jax.evaluation import semantic  # noqa: E402
+
+
+def _median(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def _postprocess_fn(eval_config):
+  @jax.jit
+  def fn(logits, masks, things):
+    up = postprocess.upsample_masks(masks, (masks.shape[2] * 4, masks.shape[3] * 4))
+    return (postprocess.semantic_inference(logits, up)["labels"],
+            postprocess.panoptic_inference(logits, up, things,
+                                           object_mask_threshold=float(eval_config.object_mask_threshold),
+                                           overlap_threshold=float(eval_config.overlap_threshold)),
+            postprocess.instance_inference(logits, up, topk=int(eval_config.instance_topk)))
+  return fn
+
+
+def _host_metrics(outputs, k, b):
+  """The evaluator's per-image host work on example `b`, against a synthetic ground truth."""
+  sem, pan, inst = jax.tree.map(np.asarray, outputs)
+  gt = (sem[b] + 1) % k
+  semantic.SemanticConfusion.from_model_output(sem[b], gt, k)
+  stat = panoptic.PQStat({c: {"isthing": int(c % 2)} for c in range(k)})
+  ids = pan["panoptic_seg"][b]
+  opened = np.nonzero(pan["segment_id"][b] > 0)[0]
+  present = set(np.unique(ids).tolist())
+  segs = [{"id": int(pan["segment_id"][b][q]), "category_id": int(pan["segment_class"][b][q])}
+          for q in opened if int(pan["segment_id"][b][q]) in present]
+  stat.add_image(ids, segs, ids, segs)
+  instance.encode_results(0, inst["masks"][b], inst["scores"][b], inst["classes"][b])
+
+
+def _forward_fn(config):
+  try:
+    from dataseg_jax.models import dataseg
+  except ImportError:
+    return None
+  model = dataseg.DataSeg(config.model)
+  s = int(config.data.eval_size)
+  c = 16
+  emb = jnp.ones((c, config.model.embed_dim), jnp.float32) / np.sqrt(config.model.embed_dim)
+  images = jnp.zeros((1, s, s, 3), jnp.uint8)
+  mask = jnp.ones((1, c), bool)
+  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), images, emb, mask))()
+  apply = jax.jit(lambda v, x: model.apply(v, x, emb, mask, train=False))
+  return lambda: apply(variables, images)
+
+
+def bench_size(name, config, num_classes, batch, repeats) -> dict:
+  q, s = int(config.model.num_queries), int(config.data.eval_size)
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(0, 3, (batch, q, num_classes + 1)), jnp.float32)
+  masks = jnp.asarray(rng.normal(0, 3, (batch, q, s // 4, s // 4)), jnp.float32)
+  things = jnp.asarray(np.arange(num_classes) % 2 == 1)
+  fn = _postprocess_fn(config.eval)
+  jax.block_until_ready(fn(logits, masks, things))
+  post = _median(lambda: fn(logits, masks, things), repeats) / batch
+  outputs = jax.device_get(fn(logits, masks, things))
+  metrics = _median(lambda: _host_metrics(outputs, num_classes, 0), repeats)
+  out = {"images": f"{s}x{s}", "queries": q, "classes": num_classes, "batch": batch,
+         "postprocess_s_per_image": round(post, 5), "metrics_s_per_image": round(metrics, 5)}
+  forward = _forward_fn(config)
+  if forward is None:
+    out["forward_s_per_image"] = None
+    out["note"] = "dataseg_jax.models.dataseg not importable: forward not measured"
+    return out
+  jax.block_until_ready(forward())
+  fwd = _median(forward, repeats)
+  out.update({"forward_s_per_image": round(fwd, 5),
+              "eval_images_per_s": round(1.0 / (fwd + post + metrics), 3),
+              "post_and_metrics_over_forward": round((post + metrics) / fwd, 4)})
+  return out
+
+
+def run(quick: bool = False) -> dict:
+  """{'toy': {...}, 'r50': {...}}, see the module docstring."""
+  reps = 2 if quick else 5
+  return {"device": jax.devices()[0].device_kind,
+          "toy": bench_size("toy", toy.get_config(), num_classes=12, batch=8, repeats=reps),
+          "r50": bench_size("r50", dataseg_r50.get_config(), num_classes=150, batch=1, repeats=max(reps // 2, 1))}
+
+
+if __name__ == "__main__":
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true")
+  print(json.dumps(run(parser.parse_args().quick), indent=1))
