@@ -5,7 +5,8 @@
 
 Per size (toy: configs/toy.py, R50: configs/dataseg_r50.py; Q queries, K dataset classes, S x S eval size):
 - postprocess: the evaluator's jitted device work after the model (bilinear upsampling of the final-layer
-  mask logits to S x S, semantic + panoptic + instance inference on K classes), per image;
+  mask logits to S x S, semantic + panoptic + instance inference on K classes), per image; also each task
+  alone (a dataset is evaluated only on its own eval_tasks);
 - metrics: the evaluator's host work per image for the three tasks (confusion matrix, PQ accumulation,
   COCO RLE encoding of the top-k instance masks), at S x S;
 - forward: `DataSeg.apply` (final outputs of every layer) per image, when dataseg_jax.models.dataseg exists.
@@ -41,21 +42,28 @@ def _median(fn, repeats):
   return float(np.median(times))
 
 
-def _postprocess_fn(eval_config):
+def _postprocess_fn(eval_config, tasks=("semantic", "panoptic", "instance")):
+  """The evaluator's device work after the model for a dataset evaluated on `tasks`."""
   @jax.jit
   def fn(logits, masks, things):
     up = postprocess.upsample_masks(masks, (masks.shape[2] * 4, masks.shape[3] * 4))
-    return (postprocess.semantic_inference(logits, up)["labels"],
-            postprocess.panoptic_inference(logits, up, things,
-                                           object_mask_threshold=float(eval_config.object_mask_threshold),
-                                           overlap_threshold=float(eval_config.overlap_threshold)),
-            postprocess.instance_inference(logits, up, topk=int(eval_config.instance_topk)))
+    out = {}
+    if "semantic" in tasks:
+      out["semantic"] = postprocess.semantic_inference(logits, up)["labels"]
+    if "panoptic" in tasks:
+      out["panoptic"] = postprocess.panoptic_inference(
+          logits, up, things, object_mask_threshold=float(eval_config.object_mask_threshold),
+          overlap_threshold=float(eval_config.overlap_threshold))
+    if "instance" in tasks:
+      out["instance"] = postprocess.instance_inference(logits, up, topk=int(eval_config.instance_topk))
+    return out
   return fn
 
 
 def _host_metrics(outputs, k, b):
   """The evaluator's per-image host work on example `b`, against a synthetic ground truth."""
-  sem, pan, inst = jax.tree.map(np.asarray, outputs)
+  outputs = jax.tree.map(np.asarray, outputs)
+  sem, pan, inst = outputs["semantic"], outputs["panoptic"], outputs["instance"]
   gt = (sem[b] + 1) % k
   semantic.SemanticConfusion.from_model_output(sem[b], gt, k)
   stat = panoptic.PQStat({c: {"isthing": int(c % 2)} for c in range(k)})
@@ -97,6 +105,10 @@ def bench_size(name, config, num_classes, batch, repeats) -> dict:
   metrics = _median(lambda: _host_metrics(outputs, num_classes, 0), repeats)
   out = {"images": f"{s}x{s}", "queries": q, "classes": num_classes, "batch": batch,
          "postprocess_s_per_image": round(post, 5), "metrics_s_per_image": round(metrics, 5)}
+  for task in ("semantic", "panoptic", "instance"):
+    one = _postprocess_fn(config.eval, (task,))
+    jax.block_until_ready(one(logits, masks, things))
+    out[f"postprocess_{task}_only_s_per_image"] = round(_median(lambda: one(logits, masks, things), repeats) / batch, 5)
   forward = _forward_fn(config)
   if forward is None:
     out["forward_s_per_image"] = None
