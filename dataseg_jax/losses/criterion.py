@@ -150,27 +150,26 @@ def layer_losses(logits: jax.Array, masks: jax.Array, ex: dict, points: tuple,
   return out
 
 
-def criterion_with_points(outputs: dict, batch: dict, config: ml_collections.ConfigDict,
-                          points: Points):
-  """`criterion` with the random coordinates given (tests fix them to compare with references)."""
-  logits = outputs["pred_logits"]
-  masks = outputs["pred_masks"]
-  if not config.loss.deep_supervision:
-    logits, masks = logits[-1:], masks[-1:]
-  num_layers, batch_size, q = logits.shape[:3]
-  n = batch["seg_class"].shape[-1]
+def _check_shapes(logits: jax.Array, batch: dict) -> None:
+  q, n = logits.shape[2], batch["seg_class"].shape[-1]
   if n > q:
     raise ValueError(f"criterion: {n} target segments per example but only {q} queries; "
                      "lower config.data.max_segments or raise config.model.num_queries")
+
+
+def _weighted_terms(logits: jax.Array, masks: jax.Array, batch: dict, config: ml_collections.ConfigDict,
+                    draw, per_layer_inputs):
+  """Sums every layer's losses and applies weights and normalisers; `draw(x)` gives one layer's points.
+
+  Layers run one after another (lax.map), each vmapped over the batch and rematerialised in the
+  backward pass, and each draws its own points: at the paper's sizes one layer's importance sampling
+  holds B x Q x 3P samples (B=16, Q=100, P=12544: 60M), so vmapping the layers, keeping every
+  layer's residuals or drawing every layer's points up front would multiply the peak memory by L.
+  """
   ex = {k: batch[k] for k in _example_keys()}
-  pts = (points.match[-num_layers:], points.over[-num_layers:], points.tail[-num_layers:])
   per_example = jax.vmap(lambda lg, m, e, p: layer_losses(lg, m, e, p, config))
-  # Layers run one after another (lax.map), each vmapped over the batch and rematerialised in the
-  # backward pass: at the paper's sizes one layer's point sampling holds B x Q x 3P samples (B=16,
-  # Q=100, P=12544: 60M), so vmapping the layers, or keeping every layer's residuals, would multiply
-  # the peak memory by L.
-  layer = jax.checkpoint(lambda a: per_example(a[0], a[1], ex, a[2]))
-  sums = jax.lax.map(layer, (logits, masks, pts))  # each [L, B]
+  layer = jax.checkpoint(lambda a: per_example(a[0], a[1], ex, draw(a[2])))
+  sums = jax.lax.map(layer, (logits, masks, per_layer_inputs))  # each [L, B]
 
   lc = config.loss
   num_masks = jnp.maximum(jnp.sum(batch["seg_valid"].astype(jnp.float32)), 1.0)
@@ -183,6 +182,26 @@ def criterion_with_points(outputs: dict, batch: dict, config: ml_collections.Con
   }
   loss = sum(jnp.sum(t) for t in terms.values())
   return loss, terms
+
+
+def _layers(outputs: dict, config: ml_collections.ConfigDict):
+  logits, masks = outputs["pred_logits"], outputs["pred_masks"]
+  if not config.loss.deep_supervision:
+    logits, masks = logits[-1:], masks[-1:]
+  return logits, masks
+
+
+def criterion_with_points(outputs: dict, batch: dict, config: ml_collections.ConfigDict,
+                          points: Points):
+  """`criterion` with the random coordinates given (tests fix them to compare with references).
+
+  `points` has one entry per layer of `outputs`; without deep supervision only the last is used.
+  """
+  logits, masks = _layers(outputs, config)
+  _check_shapes(logits, batch)
+  num_layers = logits.shape[0]
+  xs = (points.match[-num_layers:], points.over[-num_layers:], points.tail[-num_layers:])
+  return _weighted_terms(logits, masks, batch, config, lambda x: x, xs)
 
 
 def criterion(outputs: dict, batch: dict, config: ml_collections.ConfigDict, rng: jax.Array):
@@ -199,6 +218,12 @@ def criterion(outputs: dict, batch: dict, config: ml_collections.ConfigDict, rng
     (loss float32 [], terms {name: float32 [B]}) with loss == sum of all terms; weights applied, summed
     over decoder layers.
   """
-  num_layers, batch_size = outputs["pred_logits"].shape[:2]
-  points = draw_points(rng, num_layers, batch_size, batch["seg_class"].shape[-1], config)
-  return criterion_with_points(outputs, batch, config, points)
+  logits, masks = _layers(outputs, config)
+  _check_shapes(logits, batch)
+  num_layers, batch_size = logits.shape[:2]
+  num_targets = batch["seg_class"].shape[-1]
+
+  def draw(key):
+    return tuple(p[0] for p in draw_points(key, 1, batch_size, num_targets, config))
+
+  return _weighted_terms(logits, masks, batch, config, draw, jax.random.split(rng, num_layers))
