@@ -1,0 +1,40 @@
+"""Text-embedding classifier: the only dataset-specific part of DaTaSeg [paper].
+
+logit(q, c) = cos(W e_q, t_c) / tau for the frozen text embedding t_c of class c, and cos(W e_q, t_bg) / tau
+for ONE learnable background embedding shared by every dataset [paper]; tau is learned (log-parametrised,
+initialised to `temperature`, 0.01 [default]); the background vector is L2-normalised like the others
+[default]. Classes outside the example's dataset get the finite logit -1e9 (probability exactly 0).
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from dataseg_jax.models.layers import dense
+
+MASKED_LOGIT = -1e9
+
+
+def l2_normalize(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class TextClassifier(nn.Module):
+  """(queries [..., B, Q, D_q], class_embeddings [C, D], class_mask [B, C]) -> logits [..., B, Q, C + 1] float32."""
+  embed_dim: int
+  temperature: float = 0.01
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries, class_embeddings, class_mask):
+    if class_embeddings.ndim != 2 or class_embeddings.shape[-1] != self.embed_dim:
+      raise ValueError(f"class_embeddings have shape {class_embeddings.shape} but config.model.embed_dim="
+                       f"{self.embed_dim}; embed the vocabulary with the encoder the config names or set "
+                       f"model.embed_dim to the embedding width")
+    background = self.param("background", nn.initializers.normal(1.0), (self.embed_dim,))
+    log_tau = self.param("log_temperature", nn.initializers.constant(np.log(self.temperature)), ())
+    q = l2_normalize(dense(self.embed_dim, ("embed", "vocab_embed"), self.dtype, name="proj")(queries)
+                     .astype(jnp.float32))
+    table = l2_normalize(jnp.concatenate([class_embeddings.astype(jnp.float32), background[None]], 0))
+    logits = jnp.einsum("...bqd,cd->...bqc", q, table) / jnp.exp(log_tau)
+    allowed = jnp.concatenate([class_mask, jnp.ones((*class_mask.shape[:-1], 1), bool)], -1)  # background always
+    return jnp.where(allowed[:, None, :], logits, MASKED_LOGIT)

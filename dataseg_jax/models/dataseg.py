@@ -1,0 +1,74 @@
+"""DataSeg: the whole DaTaSeg network [paper: a Mask2Former-style universal segmenter, all parameters shared].
+
+  variables = DataSeg(config.model).init(rng, images, class_embeddings, class_mask)
+  out = DataSeg(config.model).apply(variables, images, class_embeddings, class_mask, train=False)
+
+images uint8/float [B, H, W, 3] raw RGB 0..255 (normalised here with the ImageNet mean and std);
+class_embeddings float32 [C, D] frozen text embeddings (an input, not a parameter, so a vocabulary can be
+swapped at inference); class_mask bool [B, C]. Returns
+  pred_logits float32 [L, B, Q, C + 1]  (index C = the shared background; other datasets' classes at -1e9)
+  pred_masks  float32 [L, B, Q, H/4, W/4]
+with L = decoder.num_layers + 1 (initial queries first, last layer last).
+
+Parameters: top-level `backbone`, `pixel_decoder`, `transformer_decoder`, `classifier`; float32, with
+activations in `config.dtype`. Logical axis names on kernels (for `config.mesh` sharding rules): `embed`
+(model width), `mlp` (FFN hidden), `heads` (attention projections), `conv_in` / `conv_out` (backbone
+channels), `queries`, `vocab_embed` (text-embedding width).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dataseg_jax.models import classifier as classifier_lib
+from dataseg_jax.models import pixel_decoder as pixel_decoder_lib
+from dataseg_jax.models import resnet
+from dataseg_jax.models import transformer_decoder as decoder_lib
+from dataseg_jax.models import vit
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def build_backbone(cfg: ml_collections.ConfigDict, dtype) -> nn.Module:
+  b = cfg.backbone
+  if b.name == "resnet":
+    return resnet.ResNet(b.depth, b.width, b.remat, dtype, name="backbone")
+  if b.name == "vit":
+    return vit.ViTDet(b.patch_size, b.hidden_dim, b.num_layers, b.num_heads, b.mlp_dim, b.window_size,
+                      tuple(b.global_blocks), b.rel_pos, b.remat, cfg.hidden_dim, dtype, name="backbone")
+  raise ValueError(f"config.model.backbone.name: unknown backbone {b.name!r}; expected 'resnet' or 'vit'")
+
+
+class DataSeg(nn.Module):
+  config: ml_collections.ConfigDict  # config.model
+
+  @nn.compact
+  def __call__(self, images, class_embeddings, class_mask, *, train: bool = False):
+    del train  # no dropout or batch statistics: train and eval are the same function [default: dropout 0]
+    cfg = self.config
+    if cfg.num_queries <= 0:
+      raise ValueError(f"config.model.num_queries: must be > 0, got {cfg.num_queries}")
+    dtype = jnp.dtype(cfg.dtype)
+    x = (images.astype(jnp.float32) - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    feats = build_backbone(cfg, dtype)(x.astype(dtype))
+    pd = cfg.pixel_decoder
+    memory, mask_features = pixel_decoder_lib.PixelDecoder(
+        cfg.hidden_dim, cfg.mask_dim, pd.num_layers, pd.num_heads, pd.num_points, pd.ffn_dim, dtype,
+        name="pixel_decoder")(feats)
+    dc = cfg.decoder
+    queries, masks = decoder_lib.TransformerDecoder(
+        cfg.num_queries, dc.num_layers, dc.num_heads, dc.ffn_dim, cfg.mask_dim, dtype,
+        name="transformer_decoder")(memory, mask_features)
+    logits = classifier_lib.TextClassifier(cfg.embed_dim, cfg.temperature, dtype, name="classifier")(
+        queries, class_embeddings, class_mask)
+    return {"pred_logits": logits.astype(jnp.float32), "pred_masks": masks.astype(jnp.float32)}
+
+
+def count_flops(model: DataSeg, variables, images, class_embeddings, class_mask) -> float:
+  """Forward FLOPs of one call, from XLA's cost analysis of the compiled function (0 when unavailable)."""
+  fn = jax.jit(lambda v, i, e, m: model.apply(v, i, e, m))
+  analysis = fn.lower(variables, images, class_embeddings, class_mask).compile().cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", 0.0))

@@ -1,0 +1,75 @@
+"""Small shared layers: logically-partitioned Dense, 2-D sine position encoding, multi-head attention, MLP."""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def dense(features: int, axes=("embed", "mlp"), dtype=jnp.float32, use_bias=True, name=None,
+          kernel_init=nn.initializers.xavier_uniform()) -> nn.Dense:
+  """nn.Dense whose kernel carries logical axis names (`config.mesh` shards by them)."""
+  return nn.Dense(features, dtype=dtype, use_bias=use_bias, name=name,
+                  kernel_init=nn.with_logical_partitioning(kernel_init, axes))
+
+
+def sine_position_encoding(height: int, width: int, dim: int, temperature: float = 10000.0) -> jnp.ndarray:
+  """DETR's normalised 2-D sine encoding [default: Mask2Former PositionEmbeddingSine(normalize=True)].
+
+  pos_y(i, 2k) = sin(y_i / T^(2k/d')), pos_y(i, 2k+1) = cos(...), with y_i = (i + 0.5) / H * 2 pi and d' = dim/2;
+  the same for x; output concat(pos_y, pos_x) of shape [H, W, dim].
+  """
+  half = dim // 2
+  scale = 2 * math.pi
+  y = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height * scale
+  x = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width * scale
+  dim_t = temperature ** (2 * (jnp.arange(half) // 2) / half)
+
+  def encode(v):  # [n] -> [n, half], interleaved sin/cos
+    p = v[:, None] / dim_t
+    return jnp.stack([jnp.sin(p[:, 0::2]), jnp.cos(p[:, 1::2])], -1).reshape(v.shape[0], half)
+
+  py, px = encode(y), encode(x)
+  return jnp.concatenate([jnp.broadcast_to(py[:, None], (height, width, half)),
+                          jnp.broadcast_to(px[None, :], (height, width, half))], -1)
+
+
+class Attention(nn.Module):
+  """Multi-head attention softmax(q k^T / sqrt(d_h) + bias) v with an optional boolean `mask` (True = attend).
+
+  q: [B, Lq, D], k / v: [B, Lk, D], mask broadcastable to [B, heads, Lq, Lk].
+  """
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, q, k, v, mask=None):
+    d = q.shape[-1]
+    h = self.num_heads
+    split = lambda t: t.reshape(*t.shape[:-1], h, d // h)
+    q = split(dense(d, ("embed", "heads"), self.dtype, name="q")(q))
+    k = split(dense(d, ("embed", "heads"), self.dtype, name="k")(k))
+    v = split(dense(d, ("embed", "heads"), self.dtype, name="v")(v))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // h)
+    if mask is not None:
+      logits = jnp.where(mask, logits, -1e9)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(*q.shape[:-2], d)
+    return dense(d, ("heads", "embed"), self.dtype, name="out")(out)
+
+
+class MLP(nn.Module):
+  """`num_layers` Dense layers with ReLU between them (Mask2Former's MLP)."""
+  hidden_dim: int
+  out_dim: int
+  num_layers: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(self.num_layers):
+      last = i == self.num_layers - 1
+      x = dense(self.out_dim if last else self.hidden_dim, ("embed", "mlp"), self.dtype, name=f"layer{i}")(x)
+      if not last:
+        x = nn.relu(x)
+    return x
