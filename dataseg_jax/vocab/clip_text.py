@@ -297,7 +297,8 @@ class CLIPTextEncoder:
 
   def __init__(self, path, batch_size: int = 64):
     import tokenizers  # pylint: disable=g-import-not-at-top
-    self.config, self.params, tokenizer_json = load_weights(path)
+    self.config, params, tokenizer_json = load_weights(path)
+    self.params = jax.device_put(params)
     self.tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_json))
     self.tokenizer.no_padding()
     self.tokenizer.enable_truncation(max_length=self.config.context_length)

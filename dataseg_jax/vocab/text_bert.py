@@ -154,9 +154,9 @@ def minilm_weights_id() -> str:
   return f"{MINILM_PACKAGE}:all-MiniLM-L6-v2:{path.stat().st_size}"
 
 
-def _bucket(n: int, step: int = 16) -> int:
-  """Rounds a length up to a multiple of `step`, so few distinct shapes are compiled."""
-  return max(step, -(-n // step) * step)
+def _bucket(n: int, smallest: int = 8) -> int:
+  """Rounds a length up to a power of two (at least `smallest`), so few distinct shapes are compiled."""
+  return max(smallest, 1 << max(0, n - 1).bit_length())
 
 
 class SentenceEncoder:
@@ -167,7 +167,7 @@ class SentenceEncoder:
     import tokenizers  # pylint: disable=g-import-not-at-top
     model_dir = pathlib.Path(model_dir)
     self.config = BertConfig.from_hf(json.loads((model_dir / "config.json").read_text()))
-    self.params = params_from_state_dict(load_file(str(model_dir / "model.safetensors")), self.config)
+    self.params = jax.device_put(params_from_state_dict(load_file(str(model_dir / "model.safetensors")), self.config))
     self.tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     self.tokenizer.no_padding()
     self.tokenizer.enable_truncation(max_length=min(max_length, self.config.max_position))
@@ -187,19 +187,23 @@ class SentenceEncoder:
     return ids, mask
 
   def __call__(self, texts) -> np.ndarray:
+    """Texts [N] -> float32 [N, D]; batches run in order of token count so little padding is computed."""
     texts = list(texts)
     if not texts:
       return np.zeros((0, self.config.hidden_size), np.float32)
     ids, mask = self.tokenize(texts)
-    out = []
-    for i in range(0, len(texts), self.batch_size):
-      bi, bm = ids[i:i + self.batch_size], mask[i:i + self.batch_size]
-      n, t = bi.shape[0], int(bm.sum(1).max())
-      b, tb = self.batch_size if len(texts) > self.batch_size else _bucket(n, 8), _bucket(t)
-      pi, pm = np.zeros((b, tb), np.int32), np.zeros((b, tb), np.int32)
-      pi[:n, :t], pm[:n, :t] = bi[:, :t], bm[:, :t]
-      out.append(np.asarray(self._embed(self.params, pi, pm))[:n])
-    return np.concatenate(out).astype(np.float32)
+    lengths = mask.sum(1)
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(texts), self.config.hidden_size), np.float32)
+    b = min(self.batch_size, _bucket(len(texts)))
+    for i in range(0, len(texts), b):
+      rows = order[i:i + b]
+      t = _bucket(int(lengths[rows].max()))
+      pi, pm = np.zeros((b, t), np.int32), np.zeros((b, t), np.int32)
+      width = min(t, ids.shape[1])
+      pi[:len(rows), :width], pm[:len(rows), :width] = ids[rows, :width], mask[rows, :width]
+      out[rows] = np.asarray(self._embed(self.params, pi, pm))[:len(rows)]
+    return out
 
 
 @functools.lru_cache(maxsize=1)
