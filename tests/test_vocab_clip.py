@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dataseg_jax.vocab import clip_text
+from dataseg_jax.vocab import embeddings
 
 VOCAB = 40  # tiny word-level vocabulary; the last id is end-of-text, the one before start-of-text
 WORDS = ["a", "photo", "of", "the", "{}", ".", "cat", "dog", "traffic", "light", "wall", "sky", "person", "tree"]
@@ -189,6 +190,11 @@ def test_clip_encoder_loads_hf_and_openclip_directories(tmp_path):
     ref_oc = oc(torch.from_numpy(ids)).numpy()
   np.testing.assert_allclose(clip_text.CLIPTextEncoder(hf_dir)(texts), _normalised(ref_hf), atol=1e-5)
   np.testing.assert_allclose(clip_text.CLIPTextEncoder(oc_dir)(texts), _normalised(ref_oc), atol=1e-5)
+  got = embeddings.embed_names(["cat", "dog"], encoder="clip", prompts=("a photo of a {}.", "{}"), clip_weights=hf_dir,
+                               cache_dir=tmp_path / "cache")
+  enc = clip_text.CLIPTextEncoder(hf_dir)(["a photo of a cat.", "a photo of a dog.", "cat", "dog"]).reshape(2, 2, -1)
+  np.testing.assert_allclose(got, _normalised(enc.sum(0)), atol=1e-6)
+  assert len(list((tmp_path / "cache").glob("clip-2-*.npz"))) == 1
   single = tmp_path / "single"
   single.mkdir()
   _write_tokenizer(single)
