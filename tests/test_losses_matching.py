@@ -22,6 +22,17 @@ def test_matching_total_cost_equals_scipy(q, n, rng):
     np.testing.assert_allclose(cost[match, np.arange(n)].sum(), cost[rows, cols].sum(), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("q,n", SHAPES)
+def test_accelerator_path_total_cost_equals_scipy(q, n, rng):
+  """The optax solver that accelerators lower to (the CPU lowers to scipy itself), run here under jit + vmap."""
+  cost = np.stack([rng.normal(size=(q, n)), rng.integers(0, 5, (q, n))]).astype(np.float32)
+  match = np.asarray(jax.jit(jax.vmap(matching._optax_match))(jnp.asarray(cost)))
+  for c, m in zip(cost, match):
+    assert len(set(m.tolist())) == n, "a prediction was matched twice"
+    rows, cols = linear_sum_assignment(c)
+    np.testing.assert_allclose(c[m, np.arange(n)].sum(), c[rows, cols].sum(), rtol=1e-5, atol=1e-4)
+
+
 def test_matching_batch_vmapped_equals_scipy_per_example(rng):
   cost = rng.normal(size=(6, 10, 4)).astype(np.float32)
   match = np.asarray(jax.jit(matching.hungarian_match_batch)(jnp.asarray(cost)))

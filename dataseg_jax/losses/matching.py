@@ -1,13 +1,18 @@
 """Hungarian matching on device: Mask2Former's costs, padding that never matches, no gradient.
 
-The assignment is `optax.assignment.hungarian_algorithm` (exact, cubic, a `while_loop` that jits and
-vmaps), run per example inside the jitted step instead of scipy on the host [default: DaTaSeg says
-"bipartite matching", Mask2Former's matcher.py uses scipy on the CPU]. Costs are built by
+On accelerators the assignment is `optax.assignment.hungarian_algorithm` (exact, cubic, a `while_loop`
+that jits and vmaps), run per example inside the jitted step instead of scipy on the host [default:
+DaTaSeg says "bipartite matching", Mask2Former's matcher.py uses scipy on the CPU]. When the step is
+compiled for the CPU, where device memory is host memory, the same call lowers to a `pure_callback` into
+scipy's `linear_sum_assignment` (the while-loop solver is ~10x slower than scipy there); the choice is
+made by `jax.lax.platform_dependent` at lowering, so one function serves every platform. Costs are built by
 `criterion.py` from the pairwise terms of `mask_losses.py` and `box_projection.py`.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from scipy import optimize
 
 
 def class_cost(log_probs: jax.Array, target_class: jax.Array) -> jax.Array:
@@ -69,9 +74,32 @@ def hungarian_match(cost: jax.Array) -> jax.Array:
                      "config.validate refuses data.max_segments > model.num_queries")
   if n == 0:
     return jnp.zeros((0,), jnp.int32)
-  rows, cols = optax.assignment.hungarian_algorithm(jax.lax.stop_gradient(cost))
-  match = jnp.zeros((n,), jnp.int32).at[cols].set(rows.astype(jnp.int32))
+  cost = jax.lax.stop_gradient(cost)
+  match = jax.lax.platform_dependent(cost, cpu=_scipy_match, default=_optax_match)
   return jax.lax.stop_gradient(match)
+
+
+def _optax_match(cost: jax.Array) -> jax.Array:
+  """[Q, N] -> [N] with optax's on-device Hungarian algorithm."""
+  rows, cols = optax.assignment.hungarian_algorithm(cost)
+  return jnp.zeros((cost.shape[1],), jnp.int32).at[cols].set(rows.astype(jnp.int32))
+
+
+def _scipy_match_host(cost: np.ndarray) -> np.ndarray:
+  """[..., Q, N] -> [..., N]: scipy's linear_sum_assignment per matrix (the CPU path's callback)."""
+  cost = np.asarray(cost, np.float64)
+  flat = cost.reshape(-1, *cost.shape[-2:])
+  out = np.empty((flat.shape[0], cost.shape[-1]), np.int32)
+  for i, c in enumerate(flat):
+    rows, cols = optimize.linear_sum_assignment(c)
+    out[i, cols] = rows
+  return out.reshape(*cost.shape[:-2], cost.shape[-1])
+
+
+def _scipy_match(cost: jax.Array) -> jax.Array:
+  """[Q, N] -> [N] through a `pure_callback` to scipy; vmaps by handing scipy the whole batch at once."""
+  shape = jax.ShapeDtypeStruct(cost.shape[:-2] + cost.shape[-1:], jnp.int32)
+  return jax.pure_callback(_scipy_match_host, shape, cost, vmap_method="expand_dims")
 
 
 def hungarian_match_batch(cost: jax.Array) -> jax.Array:
