@@ -10,6 +10,7 @@ stored array shapes against the current config first, so a checkpoint written by
 with a message naming the first mismatching parameter instead of an orbax traceback.
 """
 import json
+import logging
 import os
 
 import flax
@@ -18,6 +19,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+
+
+class _DropOrbaxInfo(logging.Filter):
+  """Drops orbax's INFO records (dozens per save); its warnings and errors still show."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+_ORBAX_FILTER = _DropOrbaxInfo()
+
+
+def quiet_orbax_logs() -> None:
+  """Installs `_DropOrbaxInfo` on the absl logger (orbax logs through absl) once."""
+  logger = logging.getLogger("absl")
+  if _ORBAX_FILTER not in logger.filters:
+    logger.addFilter(_ORBAX_FILTER)
 
 
 def _handlers() -> dict:
@@ -30,6 +48,7 @@ def checkpoint_dir(workdir: str) -> str:
 
 def make_manager(workdir: str, config=None) -> ocp.CheckpointManager:
   """An async `CheckpointManager` keeping `config.keep_checkpoints`; read-only when `config` is None."""
+  quiet_orbax_logs()
   if config is None:
     return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=_handlers(),
                                  options=ocp.CheckpointManagerOptions(read_only=True))
