@@ -139,3 +139,20 @@ def test_embed_vocab_script_writes_loadable_npz(tmp_path):
   (tmp_path / "bad.npz").write_bytes(b"garbage")
   with pytest.raises(ValueError, match="not a readable .npz"):
     embeddings.load_embeddings(tmp_path / "bad.npz")
+
+
+def test_load_vocabulary_reads_names_files_and_embed_vocab_npz(tmp_path):
+  names_file = tmp_path / "user.txt"
+  names_file.write_text("zebra\nstreet lamp\n")
+  vocab = embeddings.load_vocabulary(names_file, encoder="hash", prompts=("{}",), dim=8)
+  assert vocab.names == ["zebra", "street lamp"] and vocab.embeddings.shape == (2, 8)
+  np.testing.assert_array_equal(vocab.embeddings, embeddings.embed_names(vocab.names, "hash", ("{}",), dim=8))
+  out = tmp_path / "user.npz"
+  embed_vocab.main(["--names", str(names_file), "--encoder", "hash", "--dim", "8", "--out", str(out)])
+  loaded = embeddings.load_vocabulary(out, encoder="hash")
+  assert loaded.names == vocab.names and loaded.prompts == embeddings.DEFAULT_PROMPTS
+  with pytest.raises(ValueError, match="embedded with encoder 'hash' but the model uses 'minilm'"):
+    embeddings.load_vocabulary(out, encoder="minilm")
+  names_file.write_text("zebra\nZebra\n")
+  with pytest.raises(ValueError, match="line 2 'Zebra' duplicates line 1"):
+    embeddings.load_vocabulary(names_file, encoder="hash")

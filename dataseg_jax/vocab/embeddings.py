@@ -176,3 +176,23 @@ def embed_names(names, encoder: str = "minilm", prompts=DEFAULT_PROMPTS, cache_d
   if path is not None:
     save_embeddings(path, NameEmbeddings(names, emb, encoder, prompts, wid))
   return emb
+
+
+def load_vocabulary(path, encoder: str = "minilm", prompts=DEFAULT_PROMPTS, cache_dir=None, clip_weights=None,
+                    dim: int = 384) -> NameEmbeddings:
+  """A user vocabulary for inference: a names file (validated, then embedded) or an .npz of embed_vocab.py.
+
+  `encoder` is the model's text encoder; an .npz made with another encoder is refused, since the model's
+  classifier only understands the embedding space it was trained with.
+  """
+  from dataseg_jax.vocab import names as names_lib  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path)
+  if path.suffix == ".npz":
+    loaded = load_embeddings(path)
+    if loaded.encoder != encoder:
+      raise ValueError(f"{path} was embedded with encoder {loaded.encoder!r} but the model uses {encoder!r}; "
+                       f"re-run scripts/embed_vocab.py with --encoder {encoder}")
+    return loaded
+  names = names_lib.read_names(path)
+  emb = embed_names(names, encoder=encoder, prompts=prompts, cache_dir=cache_dir, clip_weights=clip_weights, dim=dim)
+  return NameEmbeddings(names, emb, encoder, tuple(prompts), weights_id(encoder, clip_weights, dim))
