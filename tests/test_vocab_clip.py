@@ -7,6 +7,7 @@ names) for the OpenCLIP layout.
 import collections
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -199,8 +200,12 @@ def test_clip_encoder_loads_hf_and_openclip_directories(tmp_path):
   single.mkdir()
   _write_tokenizer(single)
   save_file(_state_dict(oc), str(single / "weights.safetensors"))
-  config, _, _ = clip_text.load_weights(single / "weights.safetensors")
+  config, params, _ = clip_text.load_weights(single / "weights.safetensors")
   assert (config.heads, config.hidden_act, config.eos_token_id) == (1, "quick_gelu", None)  # width 32 // 64 -> 1
+  torch.save({"state_dict": {"module." + k: v for k, v in oc.state_dict().items()}}, single / "weights.bin")
+  _, from_torch, _ = clip_text.load_weights(single / "weights.bin")
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(from_torch)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_clip_weights_errors_say_what_to_do(tmp_path):

@@ -230,9 +230,13 @@ def read_state_dict(path) -> dict:
   except ImportError:
     raise ImportError(f"reading {path} needs torch; convert it to .safetensors or install the parity extra "
                       "(`pip install -e .[parity]`)") from None
-  obj = torch.load(str(path), map_location="cpu", weights_only=False)
-  if isinstance(obj, torch.jit.ScriptModule):
-    obj = obj.state_dict()
+  try:
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+  except Exception:  # pylint: disable=broad-except  # OpenAI's .pt files are TorchScript archives
+    try:
+      obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"{path} is neither a torch state dict nor a TorchScript archive ({e})") from None
   if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
     obj = obj["state_dict"]
   if not isinstance(obj, dict):
