@@ -111,9 +111,10 @@ def _layer_count(keys, pattern: str) -> int:
 
 def detect_layout(sd: dict) -> str:
   """'hf' (text_model.* keys), 'openclip' (transformer.resblocks.* keys), or a ValueError naming both."""
-  if any(k.startswith("text_model.") for k in sd):
+  keys = [k[len("module."):] if k.startswith("module.") else k for k in sd]
+  if any(k.startswith("text_model.") for k in keys):
     return "hf"
-  if any(k.startswith(("transformer.resblocks.", "text.transformer.resblocks.")) for k in sd):
+  if any(k.startswith(("transformer.resblocks.", "text.transformer.resblocks.")) for k in keys):
     return "openclip"
   raise ValueError("cannot tell the CLIP layout: expected Hugging Face keys 'text_model.*' or OpenCLIP keys "
                    f"'transformer.resblocks.*'; the state dict starts with {sorted(sd)[:5]}")
