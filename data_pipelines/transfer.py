@@ -159,7 +159,7 @@ def prepare_cityscapes_panoptic(src, out, split: str = "val") -> int:
             "(python -m cityscapesscripts.preparation.createPanopticImgs)")
   data = json.loads(_require(root / "gtFine" / f"cityscapes_panoptic_{split}.json", "panoptic JSON",
                              layout).read_text())
-  png_dir = _require(root / "gtFine" / f"cityscapes_panoptic_{split}", "panoptic PNG folder", layout)
+  _require(root / "gtFine" / f"cityscapes_panoptic_{split}", "panoptic PNG folder", layout)  # checked, not read here
   images = _cityscapes_images(root, split)
   image_dir = out / "images" / split
   image_dir.mkdir(parents=True, exist_ok=True)

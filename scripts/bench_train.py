@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dataseg_jax import config as config_lib
 from dataseg_jax import contract
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"

@@ -8,7 +8,6 @@ interrupted training run resumes from its last checkpoint.
 """
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import sys

@@ -38,9 +38,7 @@ def run(config, workdir: str, step=None) -> dict:
   manager.close()
   variables = checkpointing.restore_variables(workdir, step)
   vocab = registry.build_vocab(config)
-  class_embeddings = embeddings.embed_names(
-      vocab.names, encoder=config.vocab.encoder, prompts=tuple(config.vocab.prompts),
-      cache_dir=config.vocab.cache_dir or os.path.join(workdir, "vocab_cache"))
+  class_embeddings = embeddings.embed_for_config(vocab.names, config, workdir)
   metrics = evaluator.evaluate(config, variables, vocab, class_embeddings, workdir, step)
   writer = metric_writers.create_default_writer(os.path.join(workdir, "eval"))
   writer.write_scalars(step, metrics)

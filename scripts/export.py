@@ -7,7 +7,6 @@ The directory runs without the training code: `dataseg_jax/export/loader.py` (ja
 `scripts/predict.py --model exported/toy --images DIR --out DIR [--vocab names.txt]`.
 """
 import logging
-import os
 import sys
 
 import numpy as np
@@ -36,8 +35,7 @@ def run(config, workdir, out, step=None, batch_size=1, max_classes=0, outputs="p
   config_lib.validate(config)
   variables = checkpointing.restore_variables(workdir, step)
   vocab = registry.build_vocab(config)
-  emb = embeddings.embed_names(vocab.names, encoder=config.vocab.encoder, prompts=tuple(config.vocab.prompts),
-                               cache_dir=config.vocab.cache_dir or os.path.join(workdir, "vocab_cache"))
+  emb = embeddings.embed_for_config(vocab.names, config, workdir)
   things = np.asarray(vocab.thing_mask).any(0)
   return exporter.export_model(config, variables, vocab.names, emb, things, out, batch_size=batch_size,
                                max_classes=max_classes, outputs=outputs)

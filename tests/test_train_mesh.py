@@ -5,7 +5,6 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from jax.sharding import AxisType, PartitionSpec as P

@@ -76,9 +76,7 @@ def build_components(config, workdir: str) -> Components:
   from dataseg_jax.vocab import embeddings
 
   vocab = registry.build_vocab(config)
-  class_embeddings = embeddings.embed_names(
-      vocab.names, encoder=config.vocab.encoder, prompts=tuple(config.vocab.prompts),
-      cache_dir=config.vocab.cache_dir or os.path.join(workdir, "vocab_cache"))
+  class_embeddings = embeddings.embed_for_config(vocab.names, config, workdir)
   return Components(
       model=dataseg.DataSeg(config.model),
       loss_fn=lambda outputs, batch, rng: criterion.criterion(outputs, batch, config, rng),

@@ -196,3 +196,13 @@ def load_vocabulary(path, encoder: str = "minilm", prompts=DEFAULT_PROMPTS, cach
   names = names_lib.read_names(path)
   emb = embed_names(names, encoder=encoder, prompts=prompts, cache_dir=cache_dir, clip_weights=clip_weights, dim=dim)
   return NameEmbeddings(names, emb, encoder, tuple(prompts), weights_id(encoder, clip_weights, dim))
+
+
+def embed_for_config(names, config, workdir: str) -> np.ndarray:
+  """`embed_names` with a run's `config.vocab` (encoder, prompts, CLIP weights), cached in the run's workdir
+  (`config.vocab.cache_dir` when set, else WORKDIR/vocab_cache): the one call training, evaluation and
+  export share, so all three embed a vocabulary identically."""
+  v = config.vocab
+  return embed_names(list(names), encoder=v.encoder, prompts=tuple(v.prompts),
+                     cache_dir=v.cache_dir or os.path.join(workdir, "vocab_cache"),
+                     clip_weights=v.clip_weights or None)
