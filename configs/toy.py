@@ -4,6 +4,9 @@
   python scripts/train.py --config configs/toy.py --workdir workdirs/toy
   python scripts/eval.py --config configs/toy.py --workdir workdirs/toy
 
+Expected (800 steps, seed 0, 2 CPU cores, about 5-9 min of training): toy_ade 78 mIoU, toy_coco 58 PQ,
+toy_o365 32 mask AP from boxes only, toy_ade 50 PQ from semantic labels only (weak transfer).
+
 Datasets (written by make_toy_data.py in native formats): toy_ade (semantic PNGs), toy_coco
 (COCO panoptic), toy_o365 (COCO detection JSON, boxes only; held-out instance masks for the
 weak-transfer evaluation).
@@ -47,9 +50,9 @@ def toy_datasets() -> ml_collections.ConfigDict:
 def get_config(arg=None):
   """`arg` names one dataset to train alone (single-dataset baseline), e.g. `configs/toy.py:toy_ade`."""
   c = config_lib.base_config()
-  c.total_steps = 1500
+  c.total_steps = 800
   c.log_every_steps = 50
-  c.checkpoint_every_steps = 250
+  c.checkpoint_every_steps = 200
   c.data_dir = "data/toy"  # root of relative dataset paths
 
   m = c.model
