@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.mask_dim = 256
   m.embed_dim = 384                   # text-embedding width (384 MiniLM, 768 CLIP ViT-L/14)
   m.temperature = 0.01                # [default] initial cosine-logit temperature (learned)
+  m.classifier = "text"               # [paper] frozen text embeddings; 'learned': ablation, a learned table
   m.dtype = "bfloat16"                # activation dtype; params stay float32
 
   # ---------------------------------------------------------------- losses
@@ -213,6 +214,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"model.num_queries={m.num_queries} queries; lower data.max_segments or raise num_queries")
   if m.embed_dim <= 0:
     fail("model.embed_dim", f"must be > 0, got {m.embed_dim}")
+  if m.classifier not in ("text", "learned"):
+    fail("model.classifier", f"must be 'text' or 'learned', got {m.classifier!r}")
   if m.dtype not in ("float32", "bfloat16"):
     fail("model.dtype", f"must be 'float32' or 'bfloat16', got {m.dtype!r}")
   if d.image_size % 32:

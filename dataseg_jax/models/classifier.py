@@ -4,6 +4,9 @@ logit(q, c) = cos(W e_q, t_c) / tau for the frozen text embedding t_c of class c
 for ONE learnable background embedding shared by every dataset [paper]; tau is learned (log-parametrised,
 initialised to `temperature`, 0.01 [default]); the background vector is L2-normalised like the others
 [default]. Classes outside the example's dataset get the finite logit -1e9 (probability exactly 0).
+
+`learned=True` is the ablation of docs/results.md: the class table is a learned parameter [C, D] (one row
+per union class, initialised at random) instead of the text embeddings, whose values are then unused.
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -22,6 +25,7 @@ class TextClassifier(nn.Module):
   """(queries [..., B, Q, D_q], class_embeddings [C, D], class_mask [B, C]) -> logits [..., B, Q, C + 1] float32."""
   embed_dim: int
   temperature: float = 0.01
+  learned: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -34,6 +38,8 @@ class TextClassifier(nn.Module):
     log_tau = self.param("log_temperature", nn.initializers.constant(np.log(self.temperature)), ())
     q = l2_normalize(dense(self.embed_dim, ("embed", "vocab_embed"), self.dtype, name="proj")(queries)
                      .astype(jnp.float32))
+    if self.learned:
+      class_embeddings = self.param("class_table", nn.initializers.normal(1.0), class_embeddings.shape)
     table = l2_normalize(jnp.concatenate([class_embeddings.astype(jnp.float32), background[None]], 0))
     logits = jnp.einsum("...bqd,cd->...bqc", q, table) / jnp.exp(log_tau)
     allowed = jnp.concatenate([class_mask, jnp.ones((*class_mask.shape[:-1], 1), bool)], -1)  # background always

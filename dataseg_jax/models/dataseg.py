@@ -60,8 +60,9 @@ class DataSeg(nn.Module):
     queries, masks = decoder_lib.TransformerDecoder(
         cfg.num_queries, dc.num_layers, dc.num_heads, dc.ffn_dim, cfg.mask_dim, dtype,
         name="transformer_decoder")(memory, mask_features)
-    logits = classifier_lib.TextClassifier(cfg.embed_dim, cfg.temperature, dtype, name="classifier")(
-        queries, class_embeddings, class_mask)
+    classifier = classifier_lib.TextClassifier(cfg.embed_dim, cfg.temperature, cfg.classifier == "learned", dtype,
+                                               name="classifier")
+    logits = classifier(queries, class_embeddings, class_mask)
     return {"pred_logits": logits.astype(jnp.float32), "pred_masks": masks.astype(jnp.float32)}
 
 
