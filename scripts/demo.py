@@ -9,6 +9,7 @@ interrupted training run resumes from its last checkpoint.
 import argparse
 import json
 import pathlib
+import runpy
 import subprocess
 import sys
 import time
@@ -29,33 +30,39 @@ def run(*args: str) -> None:
     sys.exit(f"demo: step failed ({proc.returncode}): {' '.join(cmd)}")
 
 
-def trivial_baselines(metrics: dict) -> dict:
-  """What predicting nothing scores: PQ 0, AP 0; mIoU of labelling every pixel with the most frequent class.
-
-  The majority-class mIoU is 100 * IoU(majority class) / K, with IoU = (pixels of that class) / (all labelled
-  pixels), an upper bound that we compute from the confusion matrix the evaluation wrote (`*/semantic/majority_mIoU`)
-  when present, else report 100 / K as a stand-in bound for a uniform label distribution.
-  """
+def trivial_baselines(metrics: dict, num_classes: dict) -> dict:
+  """What a model that learned nothing scores: predicting nothing gives PQ 0 and AP 0; labelling every pixel
+  with one class gives mIoU <= 100 / K for a dataset whose K classes all occur in its val split (that class's
+  IoU is at most 1, every other class's is 0)."""
   base = {}
   for key in metrics:
-    name, task, metric = key.split("/", 2)
+    name, _, metric = key.split("/", 2)
     if metric in ("PQ", "AP", "box_AP"):
       base[key] = 0.0
-    elif metric == "mIoU":
-      base[key] = metrics.get(f"{name}/{task}/majority_mIoU", None)
+    elif metric == "mIoU" and name in num_classes:
+      base[key] = 100.0 / num_classes[name]
   return base
 
 
-def results_table(metrics: dict) -> str:
+def results_table(metrics: dict, num_classes: dict) -> str:
   keep = ("mIoU", "PQ", "PQ_th", "PQ_st", "AP", "AP50", "box_AP")
-  base = trivial_baselines(metrics)
-  rows = ["| dataset | task | metric | value | trivial baseline |", "|---|---|---|---|---|"]
+  base = trivial_baselines(metrics, num_classes)
+  rows = ["| dataset | task | metric | value | trivial baseline (at most) |", "|---|---|---|---|---|"]
   for key in sorted(metrics):
     name, task, metric = key.split("/", 2)
     if metric in keep:
       b = base.get(key)
       rows.append(f"| {name} | {task} | {metric} | {metrics[key]:.1f} | {'-' if b is None else f'{b:.1f}'} |")
   return "\n".join(rows)
+
+
+def dataset_sizes(config_path: str, data_dir: str) -> dict:
+  """Number of classes of each dataset entry of the config (its own vocabulary)."""
+  from data_pipelines import registry
+  config = runpy.run_path(str(REPO / config_path))["get_config"]()
+  config.data_dir = data_dir
+  vocab = registry.build_vocab(config)
+  return {name: len(ids) for name, ids in zip(vocab.datasets, vocab.local_to_union)}
 
 
 def main():
@@ -91,7 +98,7 @@ def main():
       str(workdir / "predictions"))
 
   stage(5, n, "results", t0)
-  print(results_table(metrics))
+  print(results_table(metrics, dataset_sizes(a.config, a.data_dir)))
   print(f"\nprediction files and overlays: {workdir / 'eval'} and {workdir / 'predictions'}")
   print(f"TensorBoard: {sys.executable} -m tensorboard.main --logdir {workdir}")
   print(f"demo finished in {time.time() - t0:.0f} s")
