@@ -71,8 +71,9 @@ def _outlines(ids: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, segment_ids: np.ndarray, segment_classes: dict, names=None, alpha: float = 0.5,
-            colours: np.ndarray = None) -> Image.Image:
-  """The image [H, W, 3] uint8 blended with one colour per class, white segment outlines and optional labels.
+            colours: np.ndarray = None, min_side: int = 384) -> Image.Image:
+  """The image [H, W, 3] uint8 beside a copy blended with one colour per class, white segment outlines and
+  optional labels; images with a side under `min_side` are enlarged (integer factor) so a person can read them.
 
   Args:
     segment_ids: int [H, W] (0 void, left as is); for semantic maps pass class id + 1.
@@ -83,6 +84,10 @@ def overlay(image: np.ndarray, segment_ids: np.ndarray, segment_classes: dict, n
   ids = np.asarray(segment_ids)
   if image.shape[:2] != ids.shape:
     raise ValueError(f"overlay: image is {image.shape[:2]} but the segment map is {ids.shape}")
+  factor = max(1, -(-min_side // min(image.shape[:2])))
+  if factor > 1:
+    image = np.repeat(np.repeat(image, factor, 0), factor, 1)
+    ids = np.repeat(np.repeat(ids, factor, 0), factor, 1)
   n = max(segment_classes.values(), default=0) + 1
   colours = class_colours(max(n, len(names or ()))) if colours is None else colours
   out = image.astype(np.float32)
@@ -97,4 +102,7 @@ def overlay(image: np.ndarray, segment_ids: np.ndarray, segment_classes: dict, n
       ys, xs = np.nonzero(ids == sid)
       if len(ys):
         draw.text((float(xs.mean()), float(ys.mean())), str(names[cls]), fill=(255, 255, 255))
-  return pic
+  both = Image.new("RGB", (2 * pic.width, pic.height))
+  both.paste(Image.fromarray(image), (0, 0))
+  both.paste(pic, (pic.width, 0))
+  return both
