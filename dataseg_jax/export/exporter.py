@@ -13,6 +13,7 @@ at S x S ('semantic' [B, S, S], 'panoptic_seg' [B, S, S] with 'segment_id' / 'se
 import json
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,7 +87,7 @@ def export_model(config, variables, names, embeddings, things, out_dir: str, *, 
     raise ValueError(f"max_classes={c_max} is smaller than the vocabulary ({c} names)")
   size = int(config.data.eval_size)
   fn = jax.jit(inference_fn(model, config.eval, outputs))
-  params = variables["params"]
+  params = flax.core.meta.unbox(variables["params"])  # plain arrays: logical-axis boxes do not serialize
   args = (jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), params),
           jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
           jax.ShapeDtypeStruct((c_max, dim), jnp.float32),
