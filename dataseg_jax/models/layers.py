@@ -1,9 +1,10 @@
-"""Small shared layers: logically-partitioned Dense, 2-D sine position encoding, multi-head attention, MLP."""
+"""Small shared layers: logically-partitioned Dense, 2-D sine position encoding, bilinear resize, attention, MLP."""
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def dense(features: int, axes=("embed", "mlp"), dtype=jnp.float32, use_bias=True, name=None,
@@ -32,6 +33,33 @@ def sine_position_encoding(height: int, width: int, dim: int, temperature: float
   py, px = encode(y), encode(x)
   return jnp.concatenate([jnp.broadcast_to(py[:, None], (height, width, half)),
                           jnp.broadcast_to(px[None, :], (height, width, half))], -1)
+
+
+def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out, in] weights of torch `F.interpolate(mode='bilinear', align_corners=False)` along one axis.
+
+  Source coordinate s = (i + 0.5) in / out - 0.5, clamped below at 0; taps floor(s) and floor(s) + 1 (clamped to
+  the last pixel) with weights 1 - frac(s), frac(s). No antialiasing, also when downsampling (torch's default).
+  """
+  src = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+  i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  i1 = np.minimum(i0 + 1, in_size - 1)
+  frac = src - i0
+  mat = np.zeros((out_size, in_size), np.float32)
+  np.add.at(mat, (np.arange(out_size), i0), 1 - frac)
+  np.add.at(mat, (np.arange(out_size), i1), frac)
+  return mat
+
+
+def resize_bilinear(x: jnp.ndarray, size, channels_last: bool) -> jnp.ndarray:
+  """Bilinear resize of [..., H, W] (or [B, H, W, C] when `channels_last`) to `size` = (H', W'), as torch
+  `F.interpolate(mode='bilinear', align_corners=False)` [default: Mask2Former]; two small matmuls."""
+  h, w = (x.shape[1:3] if channels_last else x.shape[-2:])
+  my = jnp.asarray(interpolation_matrix(h, size[0]), x.dtype)
+  mx = jnp.asarray(interpolation_matrix(w, size[1]), x.dtype)
+  if channels_last:
+    return jnp.einsum("Yy,byxc,Xx->bYXc", my, x, mx)
+  return jnp.einsum("Yy,...yx,Xx->...YX", my, x, mx)
 
 
 class Attention(nn.Module):

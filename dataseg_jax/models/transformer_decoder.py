@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dataseg_jax.models.layers import MLP, Attention, dense, sine_position_encoding
+from dataseg_jax.models.layers import MLP, Attention, dense, resize_bilinear, sine_position_encoding
 
 
 class DecoderLayer(nn.Module):
@@ -35,10 +35,11 @@ class DecoderLayer(nn.Module):
 def attention_mask(mask_logits: jnp.ndarray, size) -> jnp.ndarray:
   """mask_logits [B, Q, h, w] -> bool [B, 1, Q, H_l * W_l]: True where sigmoid(bilinear resize) >= 0.5.
 
+  The resize is torch's `F.interpolate(bilinear, align_corners=False)` without antialiasing, as Mask2Former.
   A query whose resized mask is empty everywhere attends everywhere (Mask2Former's fix for empty masks).
   """
   b, q = mask_logits.shape[:2]
-  resized = jax.image.resize(mask_logits.astype(jnp.float32), (b, q, *size), "bilinear")
+  resized = resize_bilinear(mask_logits.astype(jnp.float32), size, channels_last=False)
   keep = jax.lax.stop_gradient(resized.reshape(b, q, -1) >= 0.0)
   keep = keep | ~jnp.any(keep, -1, keepdims=True)
   return keep[:, None]
