@@ -1,6 +1,7 @@
 """Plain ViT with ViTDet's simple feature pyramid [default: Li et al. 2022, ViTDet].
 
-Patch embedding (stride 16) + absolute position embedding, `num_layers` pre-norm blocks with windowed
+Patch embedding (stride 16) + absolute position embedding, `num_layers` pre-norm blocks (exact-erf GELU, as
+torch nn.GELU in MAE/ViTDet) with windowed
 attention (non-overlapping `window_size` windows, zero padded) except the `global_blocks`, optional
 decomposed relative position bias (ViTDet/MViTv2: bias(q, k) = q . R_h[q_y - k_y] + q . R_w[q_x - k_x]).
 The simple feature pyramid builds strides 4, 8, 16, 32 from the last stride-16 map: two / one transposed
@@ -82,7 +83,7 @@ class Block(nn.Module):
     x = x + y
     y = nn.LayerNorm(dtype=self.dtype, name="norm2")(x)
     y = dense(self.mlp_dim, ("embed", "mlp"), self.dtype, name="fc1")(y)
-    return x + dense(c, ("mlp", "embed"), self.dtype, name="fc2")(nn.gelu(y))
+    return x + dense(c, ("mlp", "embed"), self.dtype, name="fc2")(nn.gelu(y, approximate=False))
 
 
 class ViTDet(nn.Module):
@@ -111,7 +112,7 @@ class ViTDet(nn.Module):
       window = 0 if i in tuple(self.global_blocks) else self.window_size
       x = block(self.num_heads, self.mlp_dim, window, self.rel_pos, self.dtype, name=f"block_{i}")(x)
     up4 = nn.ConvTranspose(d // 2, (2, 2), (2, 2), dtype=self.dtype, name="sfp_4_up1")(x)
-    up4 = nn.gelu(nn.LayerNorm(dtype=self.dtype, name="sfp_4_norm")(up4))
+    up4 = nn.gelu(nn.LayerNorm(dtype=self.dtype, name="sfp_4_norm")(up4), approximate=False)
     up4 = nn.ConvTranspose(d // 4, (2, 2), (2, 2), dtype=self.dtype, name="sfp_4_up2")(up4)
     levels = {
         "res2": up4,
