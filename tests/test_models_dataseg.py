@@ -1,0 +1,172 @@
+"""DataSeg end to end on tiny configs: shapes and dtypes, class masking, seeds, bf16, masked attention, bad configs."""
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import toy
+from dataseg_jax import config as config_lib
+from dataseg_jax.models import dataseg
+from dataseg_jax.models import layers
+from dataseg_jax.models import transformer_decoder
+
+C = 7  # union classes
+
+
+def tiny(name: str):
+  """(config.model, image size): the toy config, a width-8 ResNet-50, and tiny ViTDets."""
+  c = toy.get_config()
+  m = c.model
+  size = 128
+  if name == "r50":
+    m.backbone.depth, m.backbone.width = 50, 8
+    size = 64
+  elif name.startswith("vit"):
+    b = m.backbone
+    b.name, b.patch_size, b.hidden_dim, b.num_layers, b.num_heads, b.mlp_dim = "vit", 16, 64, 2, 2, 128
+    b.window_size, b.global_blocks, b.rel_pos = 2, (1,), name == "vit_relpos"
+    size = 64
+  if name != "toy":
+    m.hidden_dim = m.mask_dim = 32
+    m.num_queries, m.embed_dim = 6, 16
+    m.pixel_decoder.num_layers, m.pixel_decoder.num_heads, m.pixel_decoder.ffn_dim = 1, 2, 32
+    m.decoder.num_layers, m.decoder.num_heads, m.decoder.ffn_dim = 2, 2, 32
+  return m, size
+
+
+def inputs(m, size, batch=2, seed=0):
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.integers(0, 256, (batch, size, size, 3)), jnp.uint8)
+  embeddings = jnp.asarray(rng.normal(size=(C, m.embed_dim)), jnp.float32)
+  class_mask = jnp.asarray([[True] * 4 + [False] * 3, [False] * 4 + [True] * 3][:batch])
+  return images, embeddings, class_mask
+
+
+def init_apply(m, size, seed=0, batch=2):
+  model = dataseg.DataSeg(m)
+  args = inputs(m, size, batch)
+  variables = jax.jit(model.init)(jax.random.key(seed), *args)
+  return variables, jax.jit(model.apply)(variables, *args)
+
+
+@pytest.mark.parametrize("name", ["toy", pytest.param("r50", marks=pytest.mark.slow), "vit_relpos", "vit_norelpos"])
+def test_output_shapes_and_dtypes(name):
+  m, size = tiny(name)
+  variables, out = init_apply(m, size)
+  layers_ = m.decoder.num_layers + 1
+  assert out["pred_logits"].shape == (layers_, 2, m.num_queries, C + 1)
+  assert out["pred_masks"].shape == (layers_, 2, m.num_queries, size // 4, size // 4)
+  assert out["pred_logits"].dtype == jnp.float32 and out["pred_masks"].dtype == jnp.float32
+  assert set(variables["params"]) == {"backbone", "pixel_decoder", "transformer_decoder", "classifier"}
+  assert np.isfinite(np.asarray(out["pred_masks"])).all()
+  if name == "vit_relpos":
+    assert "rel_pos_h" in variables["params"]["backbone"]["block_0"]["attn"]
+
+
+def test_other_datasets_classes_get_zero_probability_background_allowed():
+  m, size = tiny("toy")
+  _, out = init_apply(m, size)
+  _, _, class_mask = inputs(m, size)
+  prob = np.asarray(jax.nn.softmax(out["pred_logits"], -1))
+  allowed = np.concatenate([np.asarray(class_mask), np.ones((2, 1), bool)], -1)  # background always allowed
+  for b in range(2):
+    assert (prob[:, b][..., ~allowed[b]] == 0.0).all()
+    assert (prob[:, b][..., allowed[b]] > 0.0).all()
+  assert np.isfinite(np.asarray(out["pred_logits"])).all()
+
+
+def test_same_seed_same_outputs_different_seed_different():
+  m, size = tiny("toy")
+  _, a = init_apply(m, size, seed=0)
+  _, b = init_apply(m, size, seed=0)
+  _, c = init_apply(m, size, seed=1)
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+    assert not np.allclose(np.asarray(a[k]), np.asarray(c[k]))
+
+
+def test_bfloat16_activations_float32_params_and_outputs():
+  m, size = tiny("toy")
+  m.dtype = "bfloat16"
+  variables, out = init_apply(m, size)
+  dtypes = {x.dtype for x in jax.tree.leaves(flax.core.meta.unbox(variables))}
+  assert dtypes == {jnp.dtype(jnp.float32)}
+  for k in ("pred_logits", "pred_masks"):
+    assert out[k].dtype == jnp.float32
+    assert np.isfinite(np.asarray(out[k])).all()
+
+
+def test_cross_attention_ignores_pixels_outside_query_mask():
+  rng = np.random.default_rng(0)
+  b, q, s, d = 2, 3, 10, 8
+  x, mem = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((b, q, d), (b, s, d)))
+  mask = rng.random((b, 1, q, s)) < 0.5
+  mask[:, :, :, 0] = True
+  attn = layers.Attention(2)
+  params = attn.init(jax.random.key(0), x, mem, mem, mask)
+  out = attn.apply(params, x, mem, mem, mask)
+  for bi in range(b):
+    for qi in range(q):
+      outside = ~mask[bi, 0, qi]
+      perturbed = np.asarray(mem).copy()
+      perturbed[bi, outside] += 100 * rng.normal(size=(outside.sum(), d))
+      new = attn.apply(params, x, perturbed, perturbed, mask)
+      np.testing.assert_allclose(np.asarray(new[bi, qi]), np.asarray(out[bi, qi]), atol=1e-5)
+      others = [j for j in range(q) if (mask[bi, 0, j] & outside).any()]
+      if others:  # a query that does look at the perturbed pixels sees the change
+        assert not np.allclose(np.asarray(new[bi, others]), np.asarray(out[bi, others]))
+
+
+def test_decoder_layer_ignores_memory_masked_for_every_query():
+  rng = np.random.default_rng(1)
+  b, q, s, d = 2, 4, 12, 8
+  x, qpos = (jnp.asarray(rng.normal(size=(b, q, d)), jnp.float32) for _ in range(2))
+  mem, mpos = (jnp.asarray(rng.normal(size=(b, s, d)), jnp.float32) for _ in range(2))
+  mask = np.ones((b, 1, q, s), bool)
+  mask[..., 5:] = False  # no query may look at pixels 5..11
+  layer = transformer_decoder.DecoderLayer(2, 16)
+  params = layer.init(jax.random.key(0), x, qpos, mem, mpos, mask)
+  out = layer.apply(params, x, qpos, mem, mpos, mask)
+  perturbed = np.asarray(mem).copy()
+  perturbed[:, 5:] = rng.normal(size=(b, s - 5, d)) * 50
+  np.testing.assert_allclose(np.asarray(layer.apply(params, x, qpos, perturbed, mpos, mask)), np.asarray(out),
+                             atol=1e-5)
+  changed = np.asarray(mem).copy()
+  changed[:, :5] += 1.0
+  assert not np.allclose(np.asarray(layer.apply(params, x, qpos, changed, mpos, mask)), np.asarray(out))
+
+
+def test_attention_mask_threshold_and_empty_mask_attends_everywhere():
+  logits = np.full((1, 2, 8, 8), -5.0, np.float32)
+  logits[0, 0, :4, :4] = 5.0  # query 0: top-left quarter; query 1: empty
+  keep = np.asarray(transformer_decoder.attention_mask(jnp.asarray(logits), (2, 2)))
+  assert keep.shape == (1, 1, 2, 4)
+  np.testing.assert_array_equal(keep[0, 0, 0], [True, False, False, False])
+  assert keep[0, 0, 1].all()
+
+
+def test_embedding_width_mismatch_names_embed_dim():
+  m, size = tiny("toy")
+  images, embeddings, class_mask = inputs(m, size)
+  with pytest.raises(ValueError, match=r"config\.model\.embed_dim"):
+    jax.eval_shape(dataseg.DataSeg(m).init, jax.random.key(0), images, embeddings[:, :-1], class_mask)
+
+
+def test_unknown_backbone_names_key():
+  m, size = tiny("toy")
+  m.backbone.name = "swin"
+  with pytest.raises(ValueError, match=r"config\.model\.backbone\.name"):
+    jax.eval_shape(dataseg.DataSeg(m).init, jax.random.key(0), *inputs(m, size))
+  c = toy.get_config()
+  c.model.backbone.name = "swin"
+  with pytest.raises(ValueError, match=r"config\.model\.backbone\.name"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("queries", [0, -3])
+def test_nonpositive_queries_caught_by_validate(queries):
+  c = toy.get_config()
+  c.model.num_queries = queries
+  with pytest.raises(ValueError, match=r"config\.model\.num_queries"):
+    config_lib.validate(c)
