@@ -121,6 +121,15 @@ def _conv(w: np.ndarray) -> dict:
 def convert_torchvision_resnet(state_dict, depth: int = 50) -> dict:
   """A torchvision ResNet state dict (numpy or torch tensors; `fc.*` ignored) -> this module's params."""
   sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()}
+  if depth not in STAGES:
+    raise ValueError(f"depth {depth} is not a ResNet depth; expected one of {sorted(STAGES)}")
+  try:
+    return _convert(sd, depth)
+  except KeyError as e:
+    raise ValueError(f"state dict has no {e.args[0]!r}: not a torchvision ResNet-{depth} (wrong --depth?)") from None
+
+
+def _convert(sd: dict, depth: int) -> dict:
   kind, blocks = STAGES[depth]
   convs = ("conv1", "conv2") if kind == "basic" else ("conv1", "conv2", "conv3")
   params = {"conv1": _conv(sd["conv1.weight"]), "bn1": _fold_bn(sd, "bn1")}
