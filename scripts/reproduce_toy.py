@@ -98,10 +98,10 @@ def main():
     subprocess.run([sys.executable, "scripts/make_toy_data.py", "--out", a.data_dir], cwd=REPO, check=True)
   seeds = [int(s) for s in a.seeds.split(",")]
   variants = [v for v in a.variants.split(",") if v]
-  runs, t0, total, done = {}, time.time(), len(seeds) * len(variants), 0
-  for variant in variants:
-    runs[variant] = {}
-    for seed in seeds:
+  t0, total, done = time.time(), len(seeds) * len(variants), 0
+  runs = {v: {} for v in variants}
+  for seed in seeds:  # seed-major: a run cut short still has every variant at the first seeds
+    for variant in variants:
       runs[variant][seed] = run_one(variant, seed, a.steps, a.data_dir, root)
       done += 1
       eta = (time.time() - t0) / done * (total - done)
