@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.backbone.global_blocks = (2, 5, 8, 11)  # vit: blocks with global attention
   m.backbone.rel_pos = False          # vit: decomposed relative position bias
   m.backbone.remat = False            # rematerialise each backbone block
+  m.backbone.init_from = ""           # .npz from scripts/convert_weights.py ('' = random init)
   m.hidden_dim = 256                  # pixel + transformer decoder width [default]
   m.num_queries = 100                 # [default] 200 for large backbones
   m.pixel_decoder = ml_collections.ConfigDict()

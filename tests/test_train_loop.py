@@ -242,3 +242,25 @@ def test_toy_model_loss_falls_on_toy_data(tmp_path, toy_data):
   losses = [v for _, v in logged_scalars(tmp_path, "loss")]
   assert len(losses) == 30
   assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_backbone_init_from_a_converted_npz_replaces_the_random_init(tmp_path):
+  from dataseg_jax.models import checkpoint_io
+  c = config(total=2)
+  fresh = loop.train(c, str(tmp_path / "fresh"), components(c))
+  assert fresh["step"] == 2
+  backbone = checkpoint_io.unflatten_params(
+      {k: v + 1.0 for k, v in checkpoint_io.flatten_params(
+          checkpointing.restore_variables(str(tmp_path / "fresh"))["params"]["backbone"]).items()})
+  checkpoint_io.save_params_npz(tmp_path / "backbone.npz", backbone)
+  c.total_steps = 1
+  c.optimizer.learning_rate = 0.0  # the state after one step is the initial state
+  with c.unlocked():
+    c.model.backbone.init_from = str(tmp_path / "backbone.npz")
+  loop.train(c, str(tmp_path / "pretrained"), components(c))
+  got = checkpointing.restore_variables(str(tmp_path / "pretrained"))["params"]["backbone"]
+  jax.tree.map(np.testing.assert_array_equal, got, backbone)
+  with c.unlocked():
+    c.model.backbone.init_from = str(tmp_path / "missing.npz")
+  with pytest.raises(FileNotFoundError, match="init_from"):
+    loop.train(c, str(tmp_path / "bad"), components(c))

@@ -138,16 +138,35 @@ def init_state(config, components: Components, mesh, tx, image_shape):
   example_mask = jnp.asarray(components.vocab.class_mask[:1])
   embeddings = jnp.asarray(components.class_embeddings)
 
-  def create():
+  def create(backbone=None):
+    """A fresh state; `backbone` (converted pretrained weights, see `pretrained_backbone`) replaces the init."""
     variables = components.model.init({"params": init_rng, "dropout": init_rng}, images, embeddings, example_mask,
                                       train=False)
     params = flax.core.meta.unbox(variables["params"])
+    if backbone is not None:
+      params = {**params, "backbone": backbone}
     return state_lib.create(params, tx, train_rng, float(config.optimizer.ema_decay))
 
   abstract = jax.eval_shape(create)
   shardings = mesh_lib.state_shardings(abstract, mesh, config.mesh.param_sharding)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return abstract, shardings, jax.jit(create, out_shardings=shardings)
+
+
+def pretrained_backbone(config, abstract_state):
+  """The backbone params of `config.model.backbone.init_from` (a scripts/convert_weights.py .npz) merged over
+  zeros of the model's backbone shapes, or None when unset; a key or shape the model lacks stops at start."""
+  path = config.model.backbone.get("init_from", "")
+  if not path:
+    return None
+  from dataseg_jax.models import checkpoint_io
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config.model.backbone.init_from={path!r} does not exist; write it with "
+                            f"scripts/convert_weights.py or leave the key empty to start from random weights")
+  zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state.params["backbone"])
+  merged = checkpoint_io.merge_into(zeros, checkpoint_io.load_params_npz(path), "backbone")
+  logging.info("backbone initialised from %s", path)
+  return merged
 
 
 def longest_streak_exceeded(history: list[dict], limit: int) -> int:
@@ -203,7 +222,7 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
   iterator = components.make_iterator(jax.process_index(), jax.process_count())
   latest = manager.latest_step()
   if latest is None:
-    state = create()
+    state = create(pretrained_backbone(config, abstract))
   else:
     state, data_state = checkpointing.restore(manager, latest, abstract, workdir)
     iterator.set_state(data_state)
