@@ -44,6 +44,12 @@ def toy_datasets() -> ml_collections.ConfigDict:
       val_annotations="toy_o365/annotations/val.json",
       val_instances="toy_o365/annotations/val_instances.json",
       ratio=1.0, eval_tasks=("instance",))
+  ds.toy_heldout = config_lib.dataset_entry(
+      format="semantic_png", task="semantic",
+      val_images="toy_heldout/images/validation",
+      val_annotations="toy_heldout/annotations/validation",
+      names="toy_heldout/names.txt", thing_classes="toy_heldout/things.txt",
+      reduce_zero_label=True, ratio=0.0, eval_tasks=("semantic",))  # evaluation only: open vocabulary
   return ds
 
 
