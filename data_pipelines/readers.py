@@ -45,6 +45,7 @@ class BadInput:
       raise ValueError(f"config.data.on_bad_example must be 'skip' or 'error', got {policy!r}")
     self.policy, self.dataset = policy, dataset
     self.counts = collections.Counter()
+    self.messages = []  # (reason, message) of every skipped item, for scripts/check_dataset.py
 
   def __call__(self, reason: str, where: str, fix: str) -> None:
     """Reports one bad item: `reason` (a short key), `where` (file, image, annotation), `fix` (advice)."""
@@ -52,6 +53,7 @@ class BadInput:
     if self.policy == "error":
       raise ValueError(msg + " (or set config.data.on_bad_example='skip' to count and skip such items)")
     self.counts[reason] += 1
+    self.messages.append((reason, msg))
     if self.counts[reason] <= 5:
       logging.warning("skipped (%d so far): %s", self.counts[reason], msg)
 

@@ -109,8 +109,11 @@ def build_vocab(config: ml_collections.ConfigDict) -> vocabulary.UnionVocab:
 
 
 def build_index(config: ml_collections.ConfigDict, name: str, split: str,
-                vocab: vocabulary.DatasetVocab = None) -> readers.Index:
-  """Index of split 'train' or 'val' of dataset `name` (for 'val' with `val_instances`: those masks)."""
+                vocab: vocabulary.DatasetVocab = None, bad: readers.BadInput = None) -> readers.Index:
+  """Index of split 'train' or 'val' of dataset `name` (for 'val' with `val_instances`: those masks).
+
+  `bad` overrides the bad-input policy of `config.data.on_bad_example` (check_dataset.py passes a 'skip' one
+  and reads its messages)."""
   e = resolve_entry(config, name)
   if split not in ("train", "val"):
     raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -119,7 +122,7 @@ def build_index(config: ml_collections.ConfigDict, name: str, split: str,
     raise ValueError(f"config.data.datasets.{name}.{split}_images is empty; set the {split} image folder")
   readers.require_dir(images, f"{name} {split} images", e.format)
   vocab = vocab or dataset_vocab(e)
-  bad = readers.BadInput(config.data.on_bad_example, f"{name}/{split}")
+  bad = bad or readers.BadInput(config.data.on_bad_example, f"{name}/{split}")
   names = list(vocab.names) if e.names else None
   if e.format == "semantic_png":
     return readers.read_semantic_png(name, split, images, e[f"{split}_annotations"], vocab, bad)

@@ -1,0 +1,110 @@
+"""Validates the datasets of a config before training: layout, images, labels, boxes, empty images.
+
+  python scripts/check_dataset.py --config configs/toy.py [--dataset toy_ade] [--out DIR] [--config.data_dir=...]
+
+For each dataset entry (or just --dataset) and each configured split it builds the same index the training
+pipeline builds (`data_pipelines.registry.build_index`, every bad item counted rather than fatal) and decodes
+every example through the pipeline's own `decode_example`, so it finds exactly what training would trip on:
+a missing folder or file, an undecodable or non-RGB image, a label value outside the names file, an unknown
+category, an empty annotation list, a box of zero size or outside its image. It prints, per split, counts,
+class frequencies and every problem with its file and the fix, writes a few overlay pictures to --out
+(default ./check_dataset/), and exits 1 when there are errors, 0 when there are only warnings.
+Empty images are warnings (training skips them); everything else is an error.
+"""
+import collections
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+import numpy as np
+from PIL import Image, ImageDraw
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].")
+_DATASET = flags.DEFINE_string("dataset", None, "Only this dataset entry (default: all).")
+_OUT = flags.DEFINE_string("out", "check_dataset", "Folder for overlay pictures.")
+_OVERLAYS = flags.DEFINE_integer("overlays", 3, "Overlay pictures per split.")
+flags.mark_flags_as_required(["config"])
+
+WARNINGS = ("empty_annotations",)
+
+
+def check_split(config, name: str, split: str, out_dir: str, num_overlays: int) -> tuple:
+  """-> (problems [(severity, reason, message)], class counts {name: n}, number of images)."""
+  import tensorflow as tf
+  from data_pipelines import pipeline, readers, registry
+
+  bad = readers.BadInput("skip", f"{name}/{split}")
+  try:
+    index = registry.build_index(config, name, split, bad=bad)
+  except (FileNotFoundError, ValueError) as e:
+    return [("error", "layout", str(e))], {}, 0
+  problems = [("warning" if r in WARNINGS else "error", r, m) for r, m in bad.messages]
+  entry = registry.resolve_entry(config, name)
+  tables = pipeline.Tables(index)
+  counts = collections.Counter()
+  for r in range(len(index)):
+    try:
+      ex = pipeline.decode_example(index, tables, r, bool(entry.reduce_zero_label))
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+      msg = " ".join(str(e.message).split())[:300]
+      problems.append(("error", "undecodable_or_invalid", f"{index.image_paths[r]}: {msg}"))
+      continue
+    if ex["idmap"] is not None and index.format == "semantic_png":
+      ids = np.unique(ex["idmap"].numpy())
+      counts.update({index.vocab.names[i]: 1 for i in ids if i >= 0})
+    else:
+      counts.update(index.vocab.names[c] for c in ex["seg_class"].numpy())
+    if r < num_overlays:
+      save_overlay(ex, index.vocab.names, os.path.join(out_dir, f"{name}_{split}_{r}.png"))
+  return problems, counts, len(index)
+
+
+def save_overlay(ex, names, path) -> None:
+  """The image with its label map tinted (one colour per segment) and its boxes drawn with class names."""
+  image = ex["image"].numpy().astype(np.float32)
+  if ex["idmap"] is not None:
+    idmap = ex["idmap"].numpy()
+    colours = np.random.default_rng(0).integers(0, 255, (max(int(idmap.max()) + 1, 1), 3))
+    m = idmap >= 0
+    image[m] = 0.5 * image[m] + 0.5 * colours[idmap[m]]
+  pic = Image.fromarray(image.astype(np.uint8))
+  draw = ImageDraw.Draw(pic)
+  if not ex["has_mask"]:
+    for box, c in zip(ex["boxes"].numpy(), ex["seg_class"].numpy()):
+      draw.rectangle([float(v) for v in box], outline=(255, 255, 0))
+      draw.text((float(box[0]) + 2, float(box[1]) + 1), names[c], fill=(255, 255, 0))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  pic.save(path)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.ERROR)
+  config = _CONFIG.value
+  names = [_DATASET.value] if _DATASET.value else list(config.data.datasets)
+  unknown = [n for n in names if n not in config.data.datasets]
+  if unknown:
+    sys.exit(f"error: --dataset {unknown[0]} is not in the config; expected one of {list(config.data.datasets)}")
+  errors = warnings = 0
+  for name in names:
+    entry = config.data.datasets[name]
+    splits = [s for s in ("train", "val") if entry[f"{s}_images"] and (s == "val" or entry.ratio > 0)]
+    for split in splits:
+      problems, counts, n = check_split(config, name, split, _OUT.value, _OVERLAYS.value)
+      by_reason = collections.Counter(r for _, r, _ in problems)
+      print(f"\n{name}/{split}: {n} images, {sum(counts.values())} segments"
+            + (f"; problems: {dict(by_reason)}" if problems else "; no problems"))
+      if counts:
+        print("  class frequencies (segments or images): " +
+              ", ".join(f"{c} {k}" for c, k in sorted(counts.items(), key=lambda kv: -kv[1])))
+      for severity, reason, message in problems:
+        print(f"  {severity.upper()} {reason}: {message}")
+      errors += sum(s == "error" for s, _, _ in problems)
+      warnings += sum(s == "warning" for s, _, _ in problems)
+  print(f"\n{errors} errors, {warnings} warnings; overlays in {os.path.abspath(_OUT.value)}")
+  sys.exit(1 if errors else 0)
+
+
+if __name__ == "__main__":
+  app.run(main)
