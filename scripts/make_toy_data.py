@@ -11,7 +11,9 @@ world through different label spaces, with synonyms ('car' / 'automobile', 'wate
   OUT/toy_ade      semantic PNGs, ADEChallengeData2016 layout; names.txt, things.txt
   OUT/toy_coco     COCO panoptic JSON + RGB-id PNGs (a few iscrowd segments)
   OUT/toy_o365     COCO detection JSON (boxes only), plus annotations/val_instances.json with
-                   polygon and RLE masks of the val images (weak-transfer instance evaluation)
+                   RLE masks of the val images (weak-transfer instance evaluation)
+  OUT/toy_city     COCO instances JSON (RLE masks) for train and val, in a fourth label space ('vehicle',
+                   'pedestrian', 'puppy', 'boat'): the worked example of docs/datasets.md
   OUT/toy_heldout  semantic PNGs (validation only) containing classes held out of every
                    training vocabulary; their names in OUT/heldout_names.txt (open vocabulary)
 """
@@ -52,6 +54,7 @@ VOCABS = {
                  "sky-other-merged": "sky", "grass-merged": "grass", "sea": "water", "sand": "sand"},
     "toy_o365": {"human": "person", "car": "car", "dog": "dog", "cat": "cat", "bird": "bird",
                  "boat": "boat", "chair": "chair"},
+    "toy_city": {"vehicle": "car", "pedestrian": "person", "puppy": "dog", "boat": "boat"},
     "toy_heldout": {"sky": "sky", "snow": "snow", "grass": "grass", "person": "person", "car": "car",
                     "umbrella": "umbrella", "clock": "clock"},
 }
@@ -243,8 +246,9 @@ def write_panoptic(out, name, splits, args, rng):
          "categories": cats}))
 
 
-def write_detection(out, name, splits, args, rng):
-  """COCO detection JSON (visible-part boxes), and val instance masks (polygon if unoccluded, else RLE)."""
+def write_detection(out, name, splits, args, rng, prefix="obj365", instance_splits=("val",)):
+  """COCO detection JSON (visible-part boxes) per split, and `<split>_instances.json` with RLE instance masks
+  for the splits in `instance_splits`."""
   vocab = VOCABS[name]
   names = list(vocab)
   cats, ids = _categories(name, panoptic=False)
@@ -257,7 +261,7 @@ def write_detection(out, name, splits, args, rng):
     for i in range(n):
       h, w = _size(args, rng)
       img, _, inst = draw_scene(vocab, h, w, rng)
-      fname = f"obj365_{split}_{i + 1:06d}.jpg"
+      fname = f"{prefix}_{split}_{i + 1:06d}.jpg"
       _save_jpg(root / split / fname, img)
       images.append({"id": image_id, "file_name": fname, "height": h, "width": w})
       for cls, m in inst:
@@ -271,8 +275,8 @@ def write_detection(out, name, splits, args, rng):
       image_id += 1
     doc = {"info": {"description": name}, "licenses": [], "images": images, "categories": cats}
     (root / "annotations" / f"{split}.json").write_text(json.dumps(dict(doc, annotations=boxes)))
-    if split == "val":
-      (root / "annotations" / "val_instances.json").write_text(json.dumps(dict(doc, annotations=masks)))
+    if split in instance_splits:
+      (root / "annotations" / f"{split}_instances.json").write_text(json.dumps(dict(doc, annotations=masks)))
 
 
 def main(argv=None):
@@ -285,7 +289,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  seeds = np.random.SeedSequence(args.seed).spawn(4)
+  seeds = np.random.SeedSequence(args.seed).spawn(5)  # children do not depend on the count
   write_semantic(out, "toy_ade", [("training", args.train), ("validation", args.val)], args,
                  np.random.default_rng(seeds[0]))
   write_panoptic(out, "toy_coco", [("train", args.train), ("val", args.val)], args,
@@ -293,6 +297,8 @@ def main(argv=None):
   write_detection(out, "toy_o365", [("train", args.train), ("val", args.val)], args,
                   np.random.default_rng(seeds[2]))
   write_semantic(out, "toy_heldout", [("validation", args.val)], args, np.random.default_rng(seeds[3]))
+  write_detection(out, "toy_city", [("train", args.train), ("val", args.val)], args, np.random.default_rng(seeds[4]),
+                  prefix="city", instance_splits=("train", "val"))
   (out / "heldout_names.txt").write_text("\n".join(HELDOUT) + "\n")
   print(f"wrote toy benchmark to {os.path.abspath(out)}")
 
