@@ -1,4 +1,7 @@
-"""DataSeg end to end on tiny configs: shapes and dtypes, class masking, seeds, bf16, masked attention, bad configs."""
+"""DataSeg end to end on tiny configs: shapes and dtypes, class masking, seeds, bf16, masked attention, FLOPs,
+bad configs."""
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -86,15 +89,35 @@ def test_same_seed_same_outputs_different_seed_different():
     assert not np.allclose(np.asarray(a[k]), np.asarray(c[k]))
 
 
-def test_bfloat16_activations_float32_params_and_outputs():
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_activation_dtype_switch_keeps_float32_params_and_outputs(dtype):
   m, size = tiny("toy")
-  m.dtype = "bfloat16"
+  m.dtype = dtype
   variables, out = init_apply(m, size)
   dtypes = {x.dtype for x in jax.tree.leaves(flax.core.meta.unbox(variables))}
   assert dtypes == {jnp.dtype(jnp.float32)}
   for k in ("pred_logits", "pred_masks"):
     assert out[k].dtype == jnp.float32
     assert np.isfinite(np.asarray(out[k])).all()
+  top = ("backbone", "pixel_decoder", "transformer_decoder")
+  _, state = jax.jit(functools.partial(dataseg.DataSeg(m).apply, capture_intermediates=lambda mdl, _: mdl.name in top,
+                                       mutable=["intermediates"]))(variables, *inputs(m, size))
+  inter = state["intermediates"]
+  queries, _ = inter["transformer_decoder"]["__call__"][0]  # mask logits are float32 by design
+  activations = [x.dtype for x in jax.tree.leaves((inter["backbone"], inter["pixel_decoder"], queries))]
+  assert set(activations) == {jnp.dtype(dtype)}
+
+
+def test_count_flops_positive_and_linear_in_batch():
+  m, size = tiny("toy")
+  model = dataseg.DataSeg(m)
+  flops = []
+  for batch in (1, 2):
+    args = inputs(m, size // 2, batch)
+    variables = jax.eval_shape(model.init, jax.random.key(0), *args)
+    flops.append(dataseg.count_flops(model, variables, *args))
+  assert flops[0] > 1e6
+  assert flops[1] == pytest.approx(2 * flops[0], rel=0.05)
 
 
 def test_cross_attention_ignores_pixels_outside_query_mask():

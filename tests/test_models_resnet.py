@@ -1,4 +1,5 @@
-"""Converted torchvision-layout ResNet-50 gives PyTorch's features; the .npz converter round-trips."""
+"""Converted torchvision-layout ResNets (50 bottleneck, 18 basic) give PyTorch's features; the .npz converter
+round-trips; remat changes nothing but memory."""
 import pathlib
 import runpy
 
@@ -14,12 +15,33 @@ from dataseg_jax.models import resnet
 WIDTH = 16  # torchvision's layout and key names at a quarter of the width, to keep the test fast
 
 
-def torch_resnet50(width: int):
-  """A pure-torch ResNet-50 (v1.5: stride on the 3x3) whose state-dict keys are torchvision's."""
+def torch_resnet(depth: int, width: int):
+  """A pure-torch ResNet (v1.5: stride on the 3x3) whose state-dict keys are torchvision's."""
   torch = pytest.importorskip("torch")
   nn = torch.nn
+  kind, stages = resnet.STAGES[depth]
+
+  class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride):
+      super().__init__()
+      self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.relu = nn.ReLU()
+      self.downsample = None
+      if stride != 1 or cin != planes:
+        self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+      y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+      return self.relu(y + (x if self.downsample is None else self.downsample(x)))
 
   class Bottleneck(nn.Module):
+    expansion = 4
+
     def __init__(self, cin, planes, stride):
       super().__init__()
       self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
@@ -39,7 +61,9 @@ def torch_resnet50(width: int):
       y = self.bn3(self.conv3(y))
       return self.relu(y + (x if self.downsample is None else self.downsample(x)))
 
-  class ResNet50(nn.Module):
+  block = BasicBlock if kind == "basic" else Bottleneck
+
+  class ResNet(nn.Module):
     def __init__(self):
       super().__init__()
       self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
@@ -47,11 +71,11 @@ def torch_resnet50(width: int):
       self.relu = nn.ReLU()
       self.maxpool = nn.MaxPool2d(3, 2, 1)
       cin = width
-      for s, n in enumerate((3, 4, 6, 3)):
+      for s, n in enumerate(stages):
         blocks = []
         for b in range(n):
-          blocks.append(Bottleneck(cin, width * 2 ** s, 2 if (b == 0 and s > 0) else 1))
-          cin = width * 2 ** s * 4
+          blocks.append(block(cin, width * 2 ** s, 2 if (b == 0 and s > 0) else 1))
+          cin = width * 2 ** s * block.expansion
         setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
       self.fc = nn.Linear(cin, 10)
 
@@ -64,7 +88,7 @@ def torch_resnet50(width: int):
       return feats
 
   torch.manual_seed(0)
-  model = ResNet50()
+  model = ResNet()
   with torch.no_grad():
     for m in model.modules():
       if isinstance(m, nn.BatchNorm2d):  # random statistics and affine, kept O(1) through 16 blocks
@@ -77,17 +101,18 @@ def torch_resnet50(width: int):
   return model.eval()
 
 
-def test_converted_resnet50_matches_pytorch_features():
+@pytest.mark.parametrize("depth", [50, 18])
+def test_converted_resnet_matches_pytorch_features(depth):
   torch = pytest.importorskip("torch")
-  tmodel = torch_resnet50(WIDTH)
+  tmodel = torch_resnet(depth, WIDTH)
   sd = tmodel.state_dict()
-  assert "layer1.0.downsample.0.weight" in sd and "layer4.2.bn3.running_var" in sd  # torchvision names
+  assert "layer2.0.downsample.0.weight" in sd and "layer4.1.bn2.running_var" in sd  # torchvision names
   x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
   with torch.no_grad():
     want = {k: v.permute(0, 2, 3, 1).numpy() for k, v in tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2))).items()}
 
-  params = resnet.convert_torchvision_resnet(sd, depth=50)
-  model = resnet.ResNet(depth=50, width=WIDTH)
+  params = resnet.convert_torchvision_resnet(sd, depth=depth)
+  model = resnet.ResNet(depth=depth, width=WIDTH)
   init = flax.core.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(x))["params"])
   assert jax.tree.map(lambda a: a.shape, init) == jax.tree.map(lambda a: a.shape, params)
   got = jax.jit(model.apply)({"params": params}, jnp.asarray(x))
@@ -99,7 +124,7 @@ def test_converted_resnet50_matches_pytorch_features():
 
 def test_convert_script_npz_roundtrip_and_merge(tmp_path):
   torch = pytest.importorskip("torch")
-  sd = torch_resnet50(WIDTH).state_dict()
+  sd = torch_resnet(50, WIDTH).state_dict()
   torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "r50.pth")
   script = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "scripts" / "convert_weights.py"))
   script["main"](["--from", "torchvision_resnet", "--depth", "50", "--input", str(tmp_path / "r50.pth"),
@@ -120,8 +145,24 @@ def test_convert_script_npz_roundtrip_and_merge(tmp_path):
 
 def test_wrong_depth_state_dict_is_a_clear_error():
   torch = pytest.importorskip("torch")
-  sd = torch_resnet50(WIDTH).state_dict()
+  sd = torch_resnet(50, WIDTH).state_dict()
   with pytest.raises(ValueError, match="ResNet-101"):
     resnet.convert_torchvision_resnet(sd, depth=101)
   with pytest.raises(ValueError, match="ResNet-18"):
     resnet.convert_torchvision_resnet(sd, depth=18)
+
+
+def test_remat_gives_the_same_features_and_gradients():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 32, 32, 3)), jnp.float32)
+  plain, remat = resnet.ResNet(depth=10, width=8), resnet.ResNet(depth=10, width=8, remat=True)
+  params = plain.init(jax.random.key(0), x)["params"]
+
+  def loss(model, p):
+    return sum(jnp.sum(f ** 2) for f in model.apply({"params": p}, x).values())
+
+  assert "remat" in str(jax.make_jaxpr(lambda p: loss(remat, p))(params))
+  assert "remat" not in str(jax.make_jaxpr(lambda p: loss(plain, p))(params))
+  want = jax.jit(jax.grad(lambda p: loss(plain, p)))(params)
+  got = jax.jit(jax.grad(lambda p: loss(remat, p)))(params)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):  # equal up to float reassociation
+    np.testing.assert_allclose(np.asarray(g) / np.abs(w).max(), np.asarray(w) / np.abs(w).max(), atol=1e-5)
