@@ -193,3 +193,20 @@ def test_nonpositive_queries_caught_by_validate(queries):
   c.model.num_queries = queries
   with pytest.raises(ValueError, match=r"config\.model\.num_queries"):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize("name", ["toy", "vit_relpos"])
+def test_every_matrix_parameter_has_logical_axis_names(name):
+  m, size = tiny(name)
+  m.classifier = "learned"
+  variables = jax.eval_shape(dataseg.DataSeg(m).init, jax.random.key(0), *inputs(m, size))
+  boxed = lambda x: isinstance(x, flax.core.meta.Partitioned)
+  unnamed, names = [], set()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables["params"], is_leaf=boxed)[0]:
+    if boxed(leaf):
+      assert len(leaf.names) == leaf.value.ndim, jax.tree_util.keystr(path)
+      names.update(n for n in leaf.names if n)
+    elif len(leaf.shape) >= 2:
+      unnamed.append(jax.tree_util.keystr(path))
+  assert not unnamed
+  assert names >= {"embed", "mlp", "heads", "conv_in", "conv_out", "queries", "vocab_embed", "classes"}

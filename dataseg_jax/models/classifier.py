@@ -34,12 +34,14 @@ class TextClassifier(nn.Module):
       raise ValueError(f"class_embeddings have shape {class_embeddings.shape} but config.model.embed_dim="
                        f"{self.embed_dim}; embed the vocabulary with the encoder the config names or set "
                        f"model.embed_dim to the embedding width")
-    background = self.param("background", nn.initializers.normal(1.0), (self.embed_dim,))
+    background = self.param("background", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab_embed",)),
+                            (self.embed_dim,))
     log_tau = self.param("log_temperature", nn.initializers.constant(np.log(self.temperature)), ())
     q = l2_normalize(dense(self.embed_dim, ("embed", "vocab_embed"), self.dtype, name="proj")(queries)
                      .astype(jnp.float32))
     if self.learned:
-      class_embeddings = self.param("class_table", nn.initializers.normal(1.0), class_embeddings.shape)
+      class_embeddings = self.param("class_table", nn.with_logical_partitioning(
+          nn.initializers.normal(1.0), ("classes", "vocab_embed")), class_embeddings.shape)
     table = l2_normalize(jnp.concatenate([class_embeddings.astype(jnp.float32), background[None]], 0))
     logits = jnp.einsum("...bqd,cd->...bqc", q, table) / jnp.exp(log_tau)
     allowed = jnp.concatenate([class_mask, jnp.ones((*class_mask.shape[:-1], 1), bool)], -1)  # background always

@@ -11,9 +11,16 @@ swapped at inference); class_mask bool [B, C]. Returns
 with L = decoder.num_layers + 1 (initial queries first, last layer last).
 
 Parameters: top-level `backbone`, `pixel_decoder`, `transformer_decoder`, `classifier`; float32, with
-activations in `config.dtype`. Logical axis names on kernels (for `config.mesh` sharding rules): `embed`
-(model width), `mlp` (FFN hidden), `heads` (attention projections), `conv_in` / `conv_out` (backbone
-channels), `queries`, `vocab_embed` (text-embedding width).
+activations in `config.dtype`. Every parameter with two or more axes carries logical axis names
+(`nn.with_logical_partitioning`; unbox with `flax.core.meta.unbox`), for sharding rules by name:
+  embed        model width (decoder / ViT hidden), on Dense kernels, position and level embeddings
+  mlp          FFN hidden width, mask-feature and mask-embedding MLP outputs
+  heads        attention projections (q, k, v, out; deformable offsets and weights)
+  conv_in, conv_out   convolution channels (every conv kernel [kh, kw, conv_in, conv_out]; ResNet 1x1 Dense)
+  queries      the learnable query features and positions
+  vocab_embed  text-embedding width (classifier projection, background, learned class table)
+  classes      rows of the learned class table (config.model.classifier='learned')
+None marks an axis that is never sharded (kernel height and width, ViT relative-position tables).
 """
 import flax.linen as nn
 import jax

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from dataseg_jax.models.layers import dense, resize_bilinear, sine_position_encoding
+from dataseg_jax.models.resnet import conv_kernel_init
 
 
 def _bilinear_taps(loc, heights, widths):
@@ -114,11 +115,11 @@ class MSDeformAttn(nn.Module):
     b, lq, d = query.shape
     m, nl, p = self.num_heads, self.num_levels, self.num_points
     value = dense(d, ("embed", "heads"), self.dtype, name="value_proj")(values_flat).reshape(b, -1, m, d // m)
-    offsets = nn.Dense(m * nl * p * 2, dtype=jnp.float32, name="sampling_offsets",
-                       kernel_init=nn.initializers.zeros, bias_init=_offset_bias_init(m, nl, p))(query)
+    offsets = nn.Dense(m * nl * p * 2, dtype=jnp.float32, name="sampling_offsets", bias_init=_offset_bias_init(m, nl, p),
+                       kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "heads")))(query)
     offsets = offsets.reshape(b, lq, m, nl, p, 2)
     attn = nn.Dense(m * nl * p, dtype=jnp.float32, name="attention_weights",
-                    kernel_init=nn.initializers.zeros)(query)
+                    kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "heads")))(query)
     attn = jax.nn.softmax(attn.reshape(b, lq, m, nl * p), -1).reshape(b, lq, m, nl, p)
     normaliser = jnp.array([[w, h] for h, w in shapes], jnp.float32)  # [L, 2] as (x, y)
     loc = reference[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
@@ -182,7 +183,8 @@ class PixelDecoder(nn.Module):
     d = self.hidden_dim
     names = ("res5", "res4", "res3")  # coarse to fine, Mask2Former's order
     srcs, shapes, pos = [], [], []
-    level_embed = self.param("level_embed", nn.initializers.normal(1.0), (len(names), d))
+    level_embed = self.param("level_embed", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
+                             (len(names), d))
     for i, n in enumerate(names):
       x = dense(d, ("conv_in", "embed"), self.dtype, name=f"input_proj_{i}")(feats[n])
       x = nn.GroupNorm(32 if d % 32 == 0 else 1, dtype=self.dtype, name=f"input_norm_{i}")(x)
@@ -205,7 +207,8 @@ class PixelDecoder(nn.Module):
         dense(d, ("conv_in", "embed"), self.dtype, use_bias=False, name="lateral")(feats["res2"]))
     b, h4, w4, _ = lateral.shape
     y = lateral + resize_bilinear(memory[-1], (h4, w4), channels_last=True)
-    y = nn.Conv(d, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="output_conv")(y)
+    y = nn.Conv(d, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="output_conv",
+                kernel_init=conv_kernel_init())(y)
     y = nn.relu(nn.GroupNorm(32 if d % 32 == 0 else 1, dtype=self.dtype, name="output_norm")(y))
     mask_features = dense(self.mask_dim, ("embed", "mlp"), self.dtype, name="mask_features")(y)
     return memory, mask_features

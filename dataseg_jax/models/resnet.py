@@ -1,9 +1,11 @@
 """ResNet backbone (torchvision v1.5 layout: stride on the 3x3 conv) returning strides 4, 8, 16, 32.
 
-Batch norm is frozen [default: Mask2Former / detectron2 FrozenBatchNorm2d]: statistics never update, and
-each BN is stored folded as a per-channel affine `scale`, `bias` (y = x * scale + bias, with
-scale = gamma / sqrt(var + eps), bias = beta - mean * scale when converted from torchvision). The affine
-stays trainable, the statistics do not exist at run time, so the train step touches only `params`.
+Batch norm is frozen [default: Mask2Former / detectron2 FrozenBatchNorm2d]: the running statistics never
+update. Each BN is stored folded as a per-channel affine `scale`, `bias` in `params` (y = x * scale + bias,
+with scale = gamma / sqrt(var + eps), bias = beta - mean * scale when converted from torchvision), so there is
+no `batch_stats` collection for a train step to carry or mutate: the model has `params` only. Unlike
+detectron2, where gamma and beta are buffers too, the folded affine is trainable (at the backbone's learning
+rate; train/optimizer.py applies no weight decay to 1-D leaves).
 1x1 convolutions are Dense layers over channels (after a stride-2 subsample where needed): the same
 function, and XLA-CPU computes their weight gradients about twice as fast.
 """
@@ -32,6 +34,11 @@ class FrozenBN(nn.Module):
     return x * scale.astype(self.dtype) + bias.astype(self.dtype)
 
 
+def conv_kernel_init(init=nn.initializers.lecun_normal()):
+  """`init` for a conv kernel [kh, kw, C_in, C_out] with logical axes (None, None, 'conv_in', 'conv_out')."""
+  return nn.with_logical_partitioning(init, (None, None, "conv_in", "conv_out"))
+
+
 def conv(features: int, kernel: int, stride: int, dtype, name: str):
   """k x k convolution, no bias, padding k // 2 (torchvision); 1x1 ones are Dense (see module docstring)."""
   if kernel == 1:
@@ -40,9 +47,8 @@ def conv(features: int, kernel: int, stride: int, dtype, name: str):
     return (lambda x: d(x[:, ::stride, ::stride])) if stride > 1 else d
   p = kernel // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)), use_bias=False,
-                 dtype=dtype, name=name, kernel_init=nn.with_logical_partitioning(
-                     nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                     (None, None, "conv_in", "conv_out")))
+                 dtype=dtype, name=name,
+                 kernel_init=conv_kernel_init(nn.initializers.variance_scaling(2.0, "fan_out", "normal")))
 
 
 class BasicBlock(nn.Module):

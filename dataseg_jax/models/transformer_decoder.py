@@ -62,7 +62,8 @@ class TransformerDecoder(nn.Module):
                                                                        ("queries", "embed")), (self.num_queries, d))
     query_pos = self.param("query_pos", nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                      ("queries", "embed")), (self.num_queries, d))
-    level_embed = self.param("level_embed", nn.initializers.normal(1.0), (len(memory), d))
+    level_embed = self.param("level_embed", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
+                             (len(memory), d))
     mems, mem_pos, sizes = [], [], []
     for i, m in enumerate(memory):
       h, w = m.shape[1:3]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from dataseg_jax.models.layers import dense
+from dataseg_jax.models.resnet import conv_kernel_init
 
 
 def window_partition(x, window: int):
@@ -48,8 +49,8 @@ class RelPosAttention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(dh)
     if self.rel_pos:
-      rh = self.param("rel_pos_h", nn.initializers.zeros, (2 * h - 1, dh))
-      rw = self.param("rel_pos_w", nn.initializers.zeros, (2 * w - 1, dh))
+      rh = self.param("rel_pos_h", nn.with_logical_partitioning(nn.initializers.zeros, (None, None)), (2 * h - 1, dh))
+      rw = self.param("rel_pos_w", nn.with_logical_partitioning(nn.initializers.zeros, (None, None)), (2 * w - 1, dh))
       idx_h = jnp.arange(h)[:, None] - jnp.arange(h)[None, :] + h - 1
       idx_w = jnp.arange(w)[:, None] - jnp.arange(w)[None, :] + w - 1
       qg = q.reshape(b, h, w, nh, dh).astype(jnp.float32)
@@ -86,6 +87,11 @@ class Block(nn.Module):
     return x + dense(c, ("mlp", "embed"), self.dtype, name="fc2")(nn.gelu(y, approximate=False))
 
 
+def up2x2(features: int, dtype, name: str) -> nn.ConvTranspose:
+  """2x2 transposed convolution, stride 2 (the simple feature pyramid's upsampling)."""
+  return nn.ConvTranspose(features, (2, 2), (2, 2), dtype=dtype, name=name, kernel_init=conv_kernel_init())
+
+
 class ViTDet(nn.Module):
   """images [B, H, W, 3] (normalised) -> {'res2': stride 4, 'res3': 8, 'res4': 16, 'res5': 32}, `out_dim` channels."""
   patch_size: int = 16
@@ -103,20 +109,22 @@ class ViTDet(nn.Module):
   @nn.compact
   def __call__(self, x):
     p, d = self.patch_size, self.hidden_dim
-    x = nn.Conv(d, (p, p), (p, p), dtype=self.dtype, name="patch_embed")(x.astype(self.dtype))
+    x = nn.Conv(d, (p, p), (p, p), dtype=self.dtype, name="patch_embed",
+                kernel_init=conv_kernel_init())(x.astype(self.dtype))
     b, h, w, _ = x.shape
-    pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, h, w, d))
+    pos = self.param("pos_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, None, "embed")),
+                     (1, h, w, d))
     x = x + pos.astype(self.dtype)
     block = nn.remat(Block) if self.remat else Block
     for i in range(self.num_layers):
       window = 0 if i in tuple(self.global_blocks) else self.window_size
       x = block(self.num_heads, self.mlp_dim, window, self.rel_pos, self.dtype, name=f"block_{i}")(x)
-    up4 = nn.ConvTranspose(d // 2, (2, 2), (2, 2), dtype=self.dtype, name="sfp_4_up1")(x)
+    up4 = up2x2(d // 2, self.dtype, "sfp_4_up1")(x)
     up4 = nn.gelu(nn.LayerNorm(dtype=self.dtype, name="sfp_4_norm")(up4), approximate=False)
-    up4 = nn.ConvTranspose(d // 4, (2, 2), (2, 2), dtype=self.dtype, name="sfp_4_up2")(up4)
+    up4 = up2x2(d // 4, self.dtype, "sfp_4_up2")(up4)
     levels = {
         "res2": up4,
-        "res3": nn.ConvTranspose(d // 2, (2, 2), (2, 2), dtype=self.dtype, name="sfp_8_up")(x),
+        "res3": up2x2(d // 2, self.dtype, "sfp_8_up")(x),
         "res4": x,
         "res5": nn.max_pool(x, (2, 2), (2, 2)),
     }
@@ -124,6 +132,7 @@ class ViTDet(nn.Module):
     for name, f in levels.items():
       f = nn.LayerNorm(dtype=self.dtype, name=f"{name}_norm1")(
           dense(self.out_dim, ("conv_in", "conv_out"), self.dtype, use_bias=False, name=f"{name}_lateral")(f))
-      f = nn.Conv(self.out_dim, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name=f"{name}_output")(f)
+      f = nn.Conv(self.out_dim, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name=f"{name}_output",
+                  kernel_init=conv_kernel_init())(f)
       out[name] = nn.LayerNorm(dtype=self.dtype, name=f"{name}_norm2")(f)
     return out
