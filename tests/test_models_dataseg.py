@@ -188,11 +188,13 @@ def test_unknown_backbone_names_key():
 
 
 @pytest.mark.parametrize("queries", [0, -3])
-def test_nonpositive_queries_caught_by_validate(queries):
+def test_nonpositive_queries_names_key_in_validate_and_model(queries):
   c = toy.get_config()
   c.model.num_queries = queries
   with pytest.raises(ValueError, match=r"config\.model\.num_queries"):
     config_lib.validate(c)
+  with pytest.raises(ValueError, match=r"config\.model\.num_queries"):
+    jax.eval_shape(dataseg.DataSeg(c.model).init, jax.random.key(0), *inputs(c.model, 64))
 
 
 @pytest.mark.parametrize("name", ["toy", "vit_relpos"])
