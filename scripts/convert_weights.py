@@ -2,6 +2,7 @@
 
   python scripts/convert_weights.py --from torchvision_resnet --depth 50 \
       --input resnet50-0676ba61.pth --output backbone.npz
+  python scripts/convert_weights.py --from torchvision_resnet50 --input resnet50.pth --output backbone.npz
 
 The output is a flat `.npz` with '/'-joined keys (`layer1_0/conv1/kernel`, ...) of the Flax `backbone`
 parameters: BN folded into a per-channel scale and bias (frozen BN), 1x1 convs as Dense kernels. Read it back
@@ -31,17 +32,25 @@ def load_state_dict(path: pathlib.Path) -> dict:
   return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+SOURCES = ["torchvision_resnet"] + [f"torchvision_resnet{d}" for d in sorted(resnet.STAGES) if d >= 18]
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--from", dest="source", required=True, choices=["torchvision_resnet"])
-  p.add_argument("--depth", type=int, default=50, choices=sorted(resnet.STAGES))
+  p.add_argument("--from", dest="source", required=True, choices=SOURCES,
+                 help="torchvision_resnet with --depth, or the depth in the name (torchvision_resnet50)")
+  p.add_argument("--depth", type=int, default=None, choices=sorted(resnet.STAGES), help="default 50")
   p.add_argument("--input", required=True, type=pathlib.Path)
   p.add_argument("--output", required=True, type=pathlib.Path)
   a = p.parse_args(argv)
-  params = resnet.convert_torchvision_resnet(load_state_dict(a.input), a.depth)
+  named = int(a.source.removeprefix("torchvision_resnet") or 0) or None
+  if named and a.depth and named != a.depth:
+    p.error(f"--from {a.source} names depth {named} but --depth is {a.depth}")
+  depth = named or a.depth or 50
+  params = resnet.convert_torchvision_resnet(load_state_dict(a.input), depth)
   checkpoint_io.save_params_npz(a.output, params)
   n = sum(v.size for v in checkpoint_io.flatten_params(params).values())
-  print(f"wrote {a.output}: ResNet-{a.depth} backbone, {n / 1e6:.2f} M parameters")
+  print(f"wrote {a.output}: ResNet-{depth} backbone, {n / 1e6:.2f} M parameters")
 
 
 if __name__ == "__main__":

@@ -132,6 +132,12 @@ def test_convert_script_npz_roundtrip_and_merge(tmp_path):
   loaded = checkpoint_io.load_params_npz(tmp_path / "backbone.npz")
   direct = resnet.convert_torchvision_resnet(sd, 50)
   jax.tree.map(np.testing.assert_array_equal, loaded, direct)
+  script["main"](["--from", "torchvision_resnet50", "--input", str(tmp_path / "r50.pth"),
+                  "--output", str(tmp_path / "named.npz")])
+  jax.tree.map(np.testing.assert_array_equal, checkpoint_io.load_params_npz(tmp_path / "named.npz"), direct)
+  with pytest.raises(SystemExit):  # the name and --depth disagree
+    script["main"](["--from", "torchvision_resnet50", "--depth", "101", "--input", str(tmp_path / "r50.pth"),
+                    "--output", str(tmp_path / "bad.npz")])
 
   init = flax.core.meta.unbox(jax.eval_shape(resnet.ResNet(50, WIDTH).init, jax.random.key(0),
                                              jnp.zeros((1, 64, 64, 3)))["params"])
