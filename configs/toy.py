@@ -25,6 +25,7 @@ def toy_datasets() -> ml_collections.ConfigDict:
       train_annotations="toy_ade/annotations/training",
       val_images="toy_ade/images/validation",
       val_annotations="toy_ade/annotations/validation",
+      val_panoptic_annotations="toy_ade/panoptic_val.json", val_panoptic_dir="toy_ade/panoptic_val",
       names="toy_ade/names.txt", thing_classes="toy_ade/things.txt",
       reduce_zero_label=True, ratio=1.0, eval_tasks=("semantic", "panoptic"))
   ds.toy_coco = config_lib.dataset_entry(

@@ -22,6 +22,7 @@ import pathlib
 
 from absl import logging
 import numpy as np
+from PIL import Image
 
 from dataseg_jax.vocab import vocabulary
 
@@ -68,7 +69,10 @@ class Index:
   `image_ids[r]`, `sizes[r]` = (height, width) from the JSON (-1 when unknown), and the rows
   `seg_splits[r]:seg_splits[r+1]` of the per-segment tables: `seg_ids` (panoptic segment id),
   `seg_class` (dataset-local class index), `seg_crowd`, `boxes` [S, 4] pixel (x0, y0, x1, y1),
-  `instance_anns` (coco_instances: the raw annotation dicts per image, for rasterising)."""
+  `instance_anns` (coco_instances: the raw annotation dicts per image, for rasterising), and
+  `panoptic_gt` (a semantic_png val split with `val_panoptic_annotations`: per image r a dict
+  {'png': path, 'image_id': the JSON's id, 'segments_info': [{'id', 'category_id' (the JSON's),
+  'class' (dataset-local index), 'iscrowd'}]}; read the pixels with `load_panoptic_gt`)."""
   dataset: str
   format: str
   split: str
@@ -84,6 +88,7 @@ class Index:
   boxes: np.ndarray
   instance_anns: list
   skipped: collections.Counter
+  panoptic_gt: list = dataclasses.field(default_factory=list)
 
   def __len__(self):
     return len(self.image_paths)
@@ -145,12 +150,18 @@ def _listdir(path) -> set:
   return set(os.listdir(path))
 
 
-def read_semantic_png(dataset, split, images_dir, labels_dir, vocab, bad: BadInput) -> Index:
-  """ADE-style folders: every image with a same-stem PNG label; unmatched images are bad input."""
+def read_semantic_png(dataset, split, images_dir, labels_dir, vocab, bad: BadInput,
+                      panoptic: tuple = None) -> Index:
+  """ADE-style folders: every image with a same-stem PNG label; unmatched images are bad input.
+
+  `panoptic` = (COCO panoptic JSON, PNG dir) adds each image's panoptic ground truth (`Index.panoptic_gt`,
+  matched by file stem); an image without it is bad input ('missing_panoptic_annotation').
+  """
   images_dir = require_dir(images_dir, f"{split} images", "semantic_png")
   labels_dir = require_dir(labels_dir, f"{split} annotations", "semantic_png")
   labels = {os.path.splitext(f)[0]: f for f in _listdir(labels_dir) if f.lower().endswith(".png")}
-  image_paths, label_paths = [], []
+  gt = _semantic_panoptic_gt(panoptic, vocab, bad) if panoptic else None
+  image_paths, label_paths, panoptic_gt = [], [], []
   for f in sorted(_listdir(images_dir)):
     stem, ext = os.path.splitext(f)
     if ext.lower() not in IMAGE_EXTS:
@@ -159,6 +170,14 @@ def read_semantic_png(dataset, split, images_dir, labels_dir, vocab, bad: BadInp
       bad("missing_annotation", f"{images_dir / f} has no {labels_dir / (stem + '.png')}",
           "Add the label PNG or remove the image.")
       continue
+    if gt is not None:
+      if stem not in gt:
+        bad("missing_panoptic_annotation", f"{images_dir / f} has no annotation in {panoptic[0]}",
+            "Add its panoptic PNG and an 'annotations' entry, or remove the image; the image is skipped.")
+        continue
+      if gt[stem] is None:  # its PNG is missing, reported above
+        continue
+      panoptic_gt.append(gt[stem])
     image_paths.append(str(images_dir / f))
     label_paths.append(str(labels_dir / labels[stem]))
   if not image_paths:
@@ -168,7 +187,74 @@ def read_semantic_png(dataset, split, images_dir, labels_dir, vocab, bad: BadInp
   bad.log_summary(split)
   return Index(dataset, "semantic_png", split, vocab, image_paths, label_paths,
                image_ids=np.arange(n, dtype=np.int64), sizes=np.full((n, 2), -1, np.int32),
-               instance_anns=[], skipped=bad.counts, **_empty_tables(n))
+               instance_anns=[], skipped=bad.counts, panoptic_gt=panoptic_gt, **_empty_tables(n))
+
+
+def _semantic_panoptic_gt(panoptic: tuple, vocab, bad: BadInput) -> dict:
+  """{image file stem: panoptic_gt entry} of a COCO panoptic JSON for a semantic_png dataset.
+
+  The JSON's categories sorted by id are the names file's classes in order (ADE's own panoptic JSON
+  uses ids 0..149, the toy one label values 1..K); a different count is an error, a different name a
+  logged warning. Segments of unknown categories are bad input and left out (their pixels are void); an
+  annotation whose PNG is missing is bad input and maps its stem to None.
+  """
+  json_path, png_dir = panoptic
+  data = load_json(json_path, "coco_panoptic")
+  png_dir = require_dir(png_dir, "val panoptic PNG", "coco_panoptic")
+  cats = sorted(data["categories"], key=lambda c: c["id"])
+  if len(cats) != len(vocab.names):
+    raise ValueError(f"{json_path} has {len(cats)} categories but the dataset's names file has "
+                     f"{len(vocab.names)} classes; the panoptic categories, sorted by id, must be the "
+                     "names file's classes in order")
+  renamed = [(c["name"], n) for c, n in zip(cats, vocab.names)
+             if vocabulary.normalise_name(c["name"]) != vocabulary.normalise_name(n)]
+  if renamed:
+    logging.warning("%s: %d category names differ from the names file (JSON, names file): %s", json_path,
+                    len(renamed), renamed[:5])
+  cat_index = {int(c["id"]): k for k, c in enumerate(cats)}
+  stems = {im["id"]: os.path.splitext(im["file_name"])[0] for im in data["images"]}
+  pngs = _listdir(png_dir)
+  out = {}
+  for ann in data["annotations"]:
+    where = f"{json_path} image_id {ann['image_id']}"
+    if ann["image_id"] not in stems:
+      bad("unknown_image", where, "The annotation names an image_id missing from 'images'; fix the JSON.")
+      continue
+    if ann["file_name"] not in pngs:
+      bad("missing_annotation", f"{png_dir / ann['file_name']}", "Add the panoptic PNG or drop the image.")
+      out[stems[ann["image_id"]]] = None
+      continue
+    segs = []
+    for s in ann["segments_info"]:
+      if s["category_id"] not in cat_index:
+        bad("unknown_category", f"{where} segment {s['id']} category_id {s['category_id']}",
+            "Add the category to 'categories' or fix the segment; the segment is treated as void.")
+        continue
+      segs.append({"id": int(s["id"]), "category_id": int(s["category_id"]), "class": cat_index[s["category_id"]],
+                   "iscrowd": int(s.get("iscrowd", 0))})
+    out[stems[ann["image_id"]]] = {"png": str(png_dir / ann["file_name"]), "image_id": ann["image_id"],
+                                   "segments_info": segs}
+  return out
+
+
+def load_panoptic_gt(entry: dict, image_size=None) -> np.ndarray:
+  """Segment ids [H, W] int64 of one `Index.panoptic_gt` entry (id = R + 256 G + 256^2 B, 0 void).
+
+  Pixels whose id is not listed in `segments_info` become 0 (void). A PNG that does not decode, or whose
+  size differs from `image_size` (H, W) when given, is a ValueError naming the file.
+  """
+  path = entry["png"]
+  try:
+    with Image.open(path) as im:
+      rgb = np.asarray(im.convert("RGB"), np.int64)
+  except (OSError, SyntaxError) as e:
+    raise ValueError(f"{path}: panoptic PNG does not decode ({e}); re-export it as an RGB PNG") from None
+  if image_size is not None and tuple(rgb.shape[:2]) != tuple(image_size):
+    raise ValueError(f"{path}: panoptic PNG is {rgb.shape[1]}x{rgb.shape[0]} but its image is "
+                     f"{image_size[1]}x{image_size[0]}; regenerate it at the image's size")
+  ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+  listed = np.array(sorted(s["id"] for s in entry["segments_info"]), np.int64)
+  return np.where(np.isin(ids, listed), ids, 0)
 
 
 def read_coco_panoptic(dataset, split, images_dir, json_path, png_dir, bad: BadInput, names=None) -> Index:

@@ -2,7 +2,15 @@
 
 Each entry of `config.data.datasets` (see `dataseg_jax.config.dataset_entry`) is a folder in one of
 the formats of `readers.FORMATS`, a task, names, and a sampling `ratio` (0: evaluation only, not in
-the training mixture). The union vocabulary is built from all entries in config order.
+the training mixture). The union vocabulary holds the training entries (ratio > 0) in config order, then
+the evaluation-only entries (ratio 0 with `eval_tasks`); a ratio-0 entry without `eval_tasks` is unused and
+left out. So the union rows and class masks of the training datasets do not depend on evaluation-only
+entries, and names that only those have (held-out, open-vocabulary classes) are in no training
+dataset's `class_mask`: their rows are masked out of every training example.
+
+Panoptic ground truth of a semantic-only dataset (weak transfer): `val_panoptic_annotations` (COCO
+panoptic JSON) and `val_panoptic_dir` (its PNGs) on a `semantic_png` entry attach it to the val index
+(`readers.Index.panoptic_gt`, matched by file stem).
 
 Names: `entry.names` is a names file (one class per line in label order), or '' to take them from
 the annotation JSON (COCO formats) or, for `semantic_png`, from `objectInfo150.txt`/`names.txt` in
@@ -23,7 +31,8 @@ from dataseg_jax import contract
 from dataseg_jax.vocab import vocabulary
 
 _PATH_KEYS = ("train_images", "train_annotations", "train_panoptic_dir", "val_images",
-              "val_annotations", "val_panoptic_dir", "val_instances", "names", "thing_classes")
+              "val_annotations", "val_panoptic_dir", "val_instances", "val_panoptic_annotations", "names",
+              "thing_classes")
 TASKS_BY_FORMAT = {
     "semantic_png": ("semantic",),
     "coco_panoptic": ("panoptic", "semantic", "instance"),
@@ -46,9 +55,17 @@ def resolve_entry(config: ml_collections.ConfigDict, name: str) -> ml_collection
                      f"expected one of {TASKS_BY_FORMAT[e.format]}")
   if e.ratio < 0:
     raise ValueError(f"{where}.ratio: must be >= 0 (0 = evaluation only), got {e.ratio}")
+  if "val_panoptic_annotations" not in e:
+    e.val_panoptic_annotations = ""
+  if e.val_panoptic_annotations and e.format != "semantic_png":
+    raise ValueError(f"{where}.val_panoptic_annotations is for semantic_png entries; a {e.format} entry "
+                     "takes its val ground truth from val_annotations")
+  if e.val_panoptic_annotations and not e.val_panoptic_dir:
+    raise ValueError(f"{where}.val_panoptic_dir is empty; set it to the folder of the PNGs of "
+                     f"val_panoptic_annotations={e.val_panoptic_annotations!r}")
   root = pathlib.Path(os.path.expanduser(config.data_dir or "."))
   for key in _PATH_KEYS:
-    if e[key]:
+    if e.get(key):
       e[key] = str(root / os.path.expanduser(e[key]))
   return e
 
@@ -98,12 +115,26 @@ def dataset_vocab(entry) -> vocabulary.DatasetVocab:
   return vocab
 
 
+def vocab_datasets(config: ml_collections.ConfigDict) -> tuple:
+  """(training entries: ratio > 0, evaluation-only entries: ratio 0 with eval_tasks), each in config order."""
+  ds = config.data.datasets
+  train = [n for n in ds if ds[n].ratio > 0]
+  eval_only = [n for n in ds if ds[n].ratio == 0 and tuple(ds[n].eval_tasks)]
+  unused = [n for n in ds if ds[n].ratio == 0 and not tuple(ds[n].eval_tasks)]
+  if unused:
+    logging.warning("datasets %s have ratio 0 and no eval_tasks: left out of the vocabulary", unused)
+  return train, eval_only
+
+
 def build_vocab(config: ml_collections.ConfigDict) -> vocabulary.UnionVocab:
-  """UnionVocab over every entry of `config.data.datasets`, in config order; logs its summary."""
+  """UnionVocab over the training then the evaluation-only entries (see the module docstring); logs it."""
   if not config.data.datasets:
     raise ValueError("config.data.datasets is empty; add at least one dataset entry")
-  vocabs = {name: dataset_vocab(resolve_entry(config, name)) for name in config.data.datasets}
-  union = vocabulary.UnionVocab.from_datasets(vocabs)
+  train, eval_only = vocab_datasets(config)
+  if not train + eval_only:
+    raise ValueError("no dataset entry has ratio > 0 or eval_tasks; give an entry a ratio to train on it")
+  vocabs = {name: dataset_vocab(resolve_entry(config, name)) for name in train + eval_only}
+  union = vocabulary.UnionVocab.from_datasets(vocabs, eval_only=eval_only)
   logging.info("%s", union.summary())
   return union
 
@@ -125,7 +156,10 @@ def build_index(config: ml_collections.ConfigDict, name: str, split: str,
   bad = bad or readers.BadInput(config.data.on_bad_example, f"{name}/{split}")
   names = list(vocab.names) if e.names else None
   if e.format == "semantic_png":
-    return readers.read_semantic_png(name, split, images, e[f"{split}_annotations"], vocab, bad)
+    panoptic = None
+    if split == "val" and e.val_panoptic_annotations:
+      panoptic = (e.val_panoptic_annotations, e.val_panoptic_dir)
+    return readers.read_semantic_png(name, split, images, e[f"{split}_annotations"], vocab, bad, panoptic)
   if e.format == "coco_panoptic":
     return readers.read_coco_panoptic(name, split, images, e[f"{split}_annotations"],
                                       e[f"{split}_panoptic_dir"], bad, names)

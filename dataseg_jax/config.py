@@ -135,6 +135,7 @@ def dataset_entry(**kw) -> ml_collections.ConfigDict:
   e.val_annotations = ""
   e.val_panoptic_dir = ""
   e.val_instances = ""      # COCO instances JSON with masks for weak-transfer instance eval
+  e.val_panoptic_annotations = ""  # semantic_png: COCO panoptic JSON of the val images (PNGs in val_panoptic_dir)
   e.names = ""              # names file; '' -> from the annotation JSON
   e.thing_classes = ""      # names file of thing classes where the format cannot say
   e.reduce_zero_label = False  # semantic_png: label 0 is void, k -> class k-1

@@ -8,7 +8,9 @@ has its own colour, texture and shape, so a tiny model can learn them. Three dat
 world through different label spaces, with synonyms ('car' / 'automobile', 'water' / 'sea',
 'person' / 'human') and shared names ('sky', 'dog'):
 
-  OUT/toy_ade      semantic PNGs, ADEChallengeData2016 layout; names.txt, things.txt
+  OUT/toy_ade      semantic PNGs, ADEChallengeData2016 layout; names.txt, things.txt; and for the
+                   validation split panoptic ground truth (panoptic_val.json + panoptic_val/*.png, COCO
+                   panoptic format, category id = label value) for the weak-transfer panoptic evaluation
   OUT/toy_coco     COCO panoptic JSON + RGB-id PNGs (a few iscrowd segments)
   OUT/toy_o365     COCO detection JSON (boxes only), plus annotations/val_instances.json with
                    RLE masks of the val images (weak-transfer instance evaluation)
@@ -162,14 +164,22 @@ def _size(args, rng):
   return args.size, int(round(args.size * rng.uniform(0.8, 1.25) / 8)) * 8
 
 
-def write_semantic(out, name, splits, args, rng):
-  """ADE layout; label k + 1 for local class k, 0 void (a few void blobs of clutter)."""
+def write_semantic(out, name, splits, args, rng, panoptic_splits=()):
+  """ADE layout; label k + 1 for local class k, 0 void (a few void blobs of clutter).
+
+  For the splits in `panoptic_splits` also `panoptic_<tag>.json` + `panoptic_<tag>/` (see `semantic_panoptic`).
+  """
   vocab = VOCABS[name]
   root = out / name
+  cats = [{"id": k + 1, "name": n, "isthing": int(WORLD[vocab[n]][2] is not None),
+           "color": list(WORLD[vocab[n]][0])} for k, n in enumerate(vocab)]
   for split, n in splits:
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
     tag = "train" if split == "training" else "val"
+    pan_images, pan_anns = [], []
+    if split in panoptic_splits:
+      (root / f"panoptic_{tag}").mkdir(parents=True, exist_ok=True)
     for i in range(n):
       h, w = _size(args, rng)
       img, label, inst = draw_scene(vocab, h, w, rng)
@@ -181,8 +191,41 @@ def write_semantic(out, name, splits, args, rng):
       stem = f"ADE_{tag}_{i + 1:08d}"
       _save_jpg(root / "images" / split / f"{stem}.jpg", img)
       Image.fromarray((label + 1).astype(np.uint8)).save(root / "annotations" / split / f"{stem}.png")
+      if split in panoptic_splits:
+        rgb, info = semantic_panoptic(label, inst, [c["isthing"] for c in cats])
+        Image.fromarray(rgb).save(root / f"panoptic_{tag}" / f"{stem}.png")
+        pan_images.append({"id": i + 1, "file_name": f"{stem}.jpg", "height": h, "width": w})
+        pan_anns.append({"image_id": i + 1, "file_name": f"{stem}.png", "segments_info": info})
+    if split in panoptic_splits:
+      (root / f"panoptic_{tag}.json").write_text(json.dumps(
+          {"info": {"description": f"{name} panoptic"}, "licenses": [], "images": pan_images,
+           "annotations": pan_anns, "categories": cats}))
   (root / "names.txt").write_text("\n".join(vocab) + "\n")
   (root / "things.txt").write_text("\n".join(n for n in vocab if WORLD[vocab[n]][2]) + "\n")
+
+
+def semantic_panoptic(label, instances, isthing):
+  """Panoptic ground truth of a semantic label map -> (RGB PNG uint8 [h, w, 3], segments_info).
+
+  Stuff class k: one segment of all its pixels; things: one segment per drawn instance (its visible,
+  labelled pixels), so touching instances of a class stay apart and an occluded one split in two stays
+  one. Id = (k + 1) * 1000 + j (j: instance number; 0 for stuff), 0 void; category id = k + 1.
+  """
+  ids = np.zeros(label.shape, np.int64)
+  info = []
+  segs = [(int(k), label == k) for k in np.unique(label[label >= 0]) if not isthing[k]]
+  segs += [(c, m & (label == c)) for c, m in instances]
+  count = {}
+  for k, m in segs:
+    if not m.any():
+      continue
+    j = count[k] = count.get(k, -1) + 1
+    sid = (k + 1) * 1000 + j
+    ids[m] = sid
+    info.append({"id": sid, "category_id": k + 1, "iscrowd": 0, "isthing": int(isthing[k]),
+                 "bbox": _bbox(m), "area": int(m.sum())})
+  rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+  return rgb, info
 
 
 def _categories(name, panoptic):
@@ -291,7 +334,7 @@ def main(argv=None):
   out.mkdir(parents=True, exist_ok=True)
   seeds = np.random.SeedSequence(args.seed).spawn(5)  # children do not depend on the count
   write_semantic(out, "toy_ade", [("training", args.train), ("validation", args.val)], args,
-                 np.random.default_rng(seeds[0]))
+                 np.random.default_rng(seeds[0]), panoptic_splits=("validation",))
   write_panoptic(out, "toy_coco", [("train", args.train), ("val", args.val)], args,
                  np.random.default_rng(seeds[1]))
   write_detection(out, "toy_o365", [("train", args.train), ("val", args.val)], args,

@@ -49,14 +49,85 @@ def test_toy_layout_matches_config_paths(toy_dir):
 
 def test_toy_vocab_has_shared_names_and_synonyms(toy_dir):
   union = registry.build_vocab(common.toy_config(toy_dir))
-  assert union.datasets == ["toy_ade", "toy_coco", "toy_o365"]
+  assert union.datasets == ["toy_ade", "toy_coco", "toy_o365", "toy_heldout"]
+  assert union.eval_only == ("toy_heldout",)
   rows = {n: i for i, n in enumerate(union.names)}
   assert "automobile" in rows and "car" in rows and "human" in rows
-  assert union.class_mask[:, rows["sky"]].tolist() == [True, True, False]  # 'sky-other-merged' -> sky
-  heldout = {"snow", "umbrella", "clock"}
-  assert not heldout & set(union.names)
+  assert union.class_mask[:, rows["sky"]].tolist() == [True, True, False, True]  # 'sky-other-merged' -> sky
   for d, k in enumerate(union.local_to_union):
     assert union.class_mask[d].sum() == len(k) == len(union.local_names[d])
+
+
+def test_heldout_names_are_in_no_training_class_mask(toy_dir):
+  """Evaluation-only entries come last; their own names are rows no training example can predict."""
+  config = common.toy_config(toy_dir)
+  union = registry.build_vocab(config)
+  heldout = [union.names.index(n) for n in ("snow", "umbrella", "clock")]
+  train = [union.dataset_index(n) for n in ("toy_ade", "toy_coco", "toy_o365")]
+  assert min(heldout) == len(union.names) - 3  # after every training row
+  assert not union.class_mask[np.ix_(train, heldout)].any()
+  assert union.class_mask[union.dataset_index("toy_heldout"), heldout].all()
+  # The training rows and masks do not depend on the evaluation-only entry.
+  del config.data.datasets["toy_heldout"]
+  alone = registry.build_vocab(config)
+  assert alone.names == union.names[:len(alone.names)]
+  np.testing.assert_array_equal(alone.class_mask, union.class_mask[:3, :len(alone.names)])
+  # A ratio-0 entry without eval_tasks is unused: not in the vocabulary at all.
+  config = common.toy_config(toy_dir)
+  config.data.datasets.toy_heldout.eval_tasks = ()
+  assert registry.build_vocab(config).datasets == ["toy_ade", "toy_coco", "toy_o365"]
+  assert "umbrella" not in registry.build_vocab(config).names
+
+
+def test_toy_ade_panoptic_ground_truth_is_the_drawn_instances(toy_dir):
+  """toy_ade's val panoptic PNG + JSON: RGB -> id decodes to segments whose class is the semantic label, stuff
+  one segment per class, things one per instance (so it is finer than connected components)."""
+  index = registry.build_index(common.toy_config(toy_dir), "toy_ade", "val")
+  assert len(index.panoptic_gt) == len(index) == 8
+  is_thing = np.asarray(index.vocab.is_thing)
+  for r, gt in enumerate(index.panoptic_gt):
+    label = np.asarray(Image.open(index.label_paths[r]), np.int64) - 1
+    rgb = np.asarray(Image.open(gt["png"]), np.int64)
+    np.testing.assert_array_equal(readers.load_panoptic_gt(gt, label.shape),
+                                  rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2])
+    ids = readers.load_panoptic_gt(gt, label.shape)
+    np.testing.assert_array_equal(ids > 0, label >= 0)  # void (0) exactly where the label is void
+    classes = [s["class"] for s in gt["segments_info"]]
+    for s in gt["segments_info"]:
+      assert s["category_id"] == s["class"] + 1
+      assert (label[ids == s["id"]] == s["class"]).all() and (ids == s["id"]).any()
+    for k in np.unique(label[label >= 0]):
+      assert classes.count(k) >= 1 and (is_thing[k] or classes.count(k) == 1)
+  with open(index.panoptic_gt[0]["png"].rsplit("/", 2)[0] + "/panoptic_val.json") as f:
+    data = json.load(f)
+  assert [c["isthing"] for c in sorted(data["categories"], key=lambda c: c["id"])] == list(map(int, is_thing))
+
+
+def test_panoptic_ground_truth_errors_name_the_file(toy_dir, tmp_path):
+  config = common.toy_config(toy_dir)
+  gt = registry.build_index(config, "toy_ade", "val").panoptic_gt[0]
+  with pytest.raises(ValueError, match="panoptic PNG is .* but its image is"):
+    readers.load_panoptic_gt(gt, (3, 3))
+  bad_png = tmp_path / "bad.png"
+  bad_png.write_bytes(b"not a png")
+  with pytest.raises(ValueError, match="bad.png: panoptic PNG does not decode"):
+    readers.load_panoptic_gt(dict(gt, png=str(bad_png)))
+  doc = json.loads((toy_dir / "toy_ade/panoptic_val.json").read_text())
+  doc["annotations"] = doc["annotations"][1:]
+  doc["categories"] = doc["categories"][:-1]
+  (tmp_path / "pan.json").write_text(json.dumps(doc))
+  config.data.datasets.toy_ade.val_panoptic_annotations = str(tmp_path / "pan.json")
+  with pytest.raises(ValueError, match="pan.json has 9 categories but the dataset's names file has 10"):
+    registry.build_index(config, "toy_ade", "val")
+  doc["categories"] = json.loads((toy_dir / "toy_ade/panoptic_val.json").read_text())["categories"]
+  (tmp_path / "pan.json").write_text(json.dumps(doc))
+  bad = readers.BadInput("skip", "toy_ade/val")
+  index = registry.build_index(config, "toy_ade", "val", bad=bad)
+  assert len(index) == 7 and bad.counts == {"missing_panoptic_annotation": 1}
+  assert "ADE_val_00000001.jpg has no annotation in" in bad.messages[0][1]
+  config.data.datasets.toy_ade.val_panoptic_dir = ""
+  with pytest.raises(ValueError, match="toy_ade.val_panoptic_dir is empty"):
+    registry.build_index(config, "toy_ade", "val")
 
 
 def test_toy_panoptic_reader_areas_match_json(toy_dir):

@@ -94,6 +94,7 @@ class UnionVocab:
   thing_mask: bool `[D, C]`, which of those are things in dataset d.
   local_to_union: list of int32 `[K_d]`, dataset-local class index -> union row.
   local_names: list of tuples, dataset d's own names (as written in its files), `[K_d]`.
+  eval_only: names of the evaluation-only datasets (ratio 0), listed after the training ones.
   """
   names: list
   datasets: list
@@ -101,10 +102,18 @@ class UnionVocab:
   thing_mask: np.ndarray
   local_to_union: list
   local_names: list
+  eval_only: tuple = ()
 
   @classmethod
-  def from_datasets(cls, vocabs: dict) -> "UnionVocab":
-    """`{dataset name: DatasetVocab}` (ordered) -> UnionVocab; rows in order of first appearance."""
+  def from_datasets(cls, vocabs: dict, eval_only=()) -> "UnionVocab":
+    """`{dataset name: DatasetVocab}` (ordered) -> UnionVocab; rows in order of first appearance.
+
+    `eval_only` names datasets that are evaluated but not trained on; they must come after every
+    training dataset in `vocabs`, so the training rows are a prefix that does not depend on them.
+    """
+    order = list(vocabs)
+    if eval_only and order[len(order) - len(eval_only):] != list(eval_only):
+      raise ValueError(f"evaluation-only datasets {list(eval_only)} must be the last of {order}")
     rows, names = {}, []
     for vocab in vocabs.values():
       for name in vocab.names:
@@ -126,7 +135,8 @@ class UnionVocab:
       thing_mask[i, idx] = np.asarray(vocab.is_thing, bool)
       local_to_union.append(idx)
     return cls(names=names, datasets=list(vocabs), class_mask=class_mask, thing_mask=thing_mask,
-               local_to_union=local_to_union, local_names=[tuple(v.names) for v in vocabs.values()])
+               local_to_union=local_to_union, local_names=[tuple(v.names) for v in vocabs.values()],
+               eval_only=tuple(eval_only))
 
   def dataset_index(self, name: str) -> int:
     """Index of dataset `name`, with an error that lists the known datasets."""
@@ -135,11 +145,16 @@ class UnionVocab:
     return self.datasets.index(name)
 
   def summary(self) -> str:
-    """Human-readable table: union size, per-dataset class counts and names shared between datasets."""
-    lines = [f"union vocabulary: {len(self.names)} classes from {len(self.datasets)} datasets"]
+    """Human-readable table: union size and names, per-dataset class counts and names (own name -> union
+    row where they differ), and the rows shared between datasets."""
+    lines = [f"union vocabulary: {len(self.names)} classes from {len(self.datasets)} datasets",
+             "  rows: " + ", ".join(f"{j} {n}" for j, n in enumerate(self.names))]
     for i, d in enumerate(self.datasets):
+      own = ", ".join(n if n == self.names[j] else f"{n} -> {self.names[j]}"
+                      for n, j in zip(self.local_names[i], self.local_to_union[i].tolist()))
       lines.append(f"  {d}: {int(self.class_mask[i].sum())} classes "
-                   f"({int(self.thing_mask[i].sum())} things)")
+                   f"({int(self.thing_mask[i].sum())} things)"
+                   + (", evaluation only" if d in self.eval_only else "") + f": {own}")
     shared = np.nonzero(self.class_mask.sum(0) > 1)[0]
     if len(shared):
       lines.append("  shared rows: " + ", ".join(
