@@ -67,19 +67,19 @@ def decode_example(index: readers.Index, tables: Tables, r, reduce_zero_label: b
     label = tf.cast(tf.io.decode_png(tf.io.read_file(tables.label_paths[r]), channels=1)[..., 0], tf.int32)
     k = len(index.vocab.names)
     _check(tf.reduce_all(tf.equal(tf.shape(label), tf.shape(image)[:2])),
-           "label PNG size differs from its image:", tables.label_paths[r])
+           "label PNG size differs from its image; regenerate it at the image's size:", tables.label_paths[r])
     if reduce_zero_label:  # 0 = void, k -> class k - 1
       idmap = label - 1
     else:  # 255 = void
       idmap = tf.where(label == 255, -1, label)
     _check(tf.reduce_max(idmap) < k, f"label value outside the {k} classes of the names file "
-           "(an unknown category):", tables.label_paths[r])
+           "(an unknown category); fix the label PNG or add the class to the names file:", tables.label_paths[r])
     return dict(image=image, idmap=idmap, seg_class=tf.range(k, dtype=tf.int32),
                 seg_crowd=tf.zeros([k], tf.bool), boxes=tf.zeros([k, 4]), has_mask=True)
   if fmt == "coco_panoptic":
     rgb = tf.cast(tf.io.decode_png(tf.io.read_file(tables.label_paths[r]), channels=3), tf.int32)
     _check(tf.reduce_all(tf.equal(tf.shape(rgb)[:2], tf.shape(image)[:2])),
-           "panoptic PNG size differs from its image:", tables.label_paths[r])
+           "panoptic PNG size differs from its image; regenerate it at the image's size:", tables.label_paths[r])
     idmap = packing.panoptic_idmap(rgb, ids, crowd)
     return dict(image=image, idmap=idmap, seg_class=cls, seg_crowd=crowd, boxes=boxes, has_mask=True)
   if fmt == "coco_instances":

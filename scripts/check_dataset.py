@@ -2,14 +2,17 @@
 
   python scripts/check_dataset.py --config configs/toy.py [--dataset toy_ade] [--out DIR] [--config.data_dir=...]
 
-For each dataset entry (or just --dataset) and each configured split it builds the same index the training
-pipeline builds (`data_pipelines.registry.build_index`, every bad item counted rather than fatal) and decodes
-every example through the pipeline's own `decode_example`, so it finds exactly what training would trip on:
-a missing folder or file, an undecodable or non-RGB image, a label value outside the names file, an unknown
-category, an empty annotation list, a box of zero size or outside its image. It prints, per split, counts,
-class frequencies and every problem with its file and the fix, writes a few overlay pictures to --out
+For each dataset entry (or just --dataset) and each configured split (train only when ratio > 0) it builds
+the same index the training pipeline builds (`data_pipelines.registry.build_index`, every bad item counted
+rather than fatal) and decodes every example through the pipeline's own `decode_example`, so it finds exactly
+what training would trip on: a missing folder or file, an undecodable, truncated, grayscale or RGBA image, a
+label PNG of another size or with a value outside the names file, an unknown category, an empty annotation
+list, a box of zero or negative size or outside its image; and, for a semantic_png entry with
+`val_panoptic_annotations`, every panoptic PNG through `readers.load_panoptic_gt`. It prints, per split,
+counts, class frequencies and every problem with its file and the fix, writes a few overlay pictures to --out
 (default ./check_dataset/), and exits 1 when there are errors, 0 when there are only warnings.
-Empty images are warnings (training skips them); everything else is an error.
+Empty images (no annotation, or a label map that is all void) are warnings (training skips or learns
+nothing from them); everything else is an error.
 """
 import collections
 import os
@@ -20,13 +23,22 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image, ImageDraw
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].")
-_DATASET = flags.DEFINE_string("dataset", None, "Only this dataset entry (default: all).")
-_OUT = flags.DEFINE_string("out", "check_dataset", "Folder for overlay pictures.")
-_OVERLAYS = flags.DEFINE_integer("overlays", 3, "Overlay pictures per split.")
-flags.mark_flags_as_required(["config"])
-
 WARNINGS = ("empty_annotations",)
+# Failures inside `pipeline.decode_example`: (text of its assertion, reason); anything else is 'undecodable_image'.
+_DECODE_REASONS = (("not 3-channel RGB", "not_rgb"), ("outside the", "label_out_of_range"),
+                   ("size differs", "label_size_mismatch"))
+_UNDECODABLE_FIX = ("The file is corrupt or truncated (or not an image); re-export or re-download it, or remove "
+                    "it (training with on_bad_example='skip' skips it).")
+
+
+def decode_problem(path: str, error) -> tuple:
+  """A failed `decode_example` -> (reason, message with the file and the fix)."""
+  msg = " ".join(str(error.message).split())
+  for text, reason in _DECODE_REASONS:
+    if text in msg:  # the pipeline's own assertion ("... Summarized data: b'<message>' b'<file>'")
+      detail = [t.strip(" \"'") for t in msg.split("Summarized data:")[-1].split(" b")]
+      return reason, f"{path}: {' '.join(t for t in detail if t)}"
+  return "undecodable_image", f"{path}: {msg[:200]}. {_UNDECODABLE_FIX}"
 
 
 def check_split(config, name: str, split: str, out_dir: str, num_overlays: int) -> tuple:
@@ -47,12 +59,19 @@ def check_split(config, name: str, split: str, out_dir: str, num_overlays: int) 
     try:
       ex = pipeline.decode_example(index, tables, r, bool(entry.reduce_zero_label))
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-      msg = " ".join(str(e.message).split())[:300]
-      problems.append(("error", "undecodable_or_invalid", f"{index.image_paths[r]}: {msg}"))
+      problems.append(("error",) + decode_problem(index.image_paths[r], e))
       continue
+    if index.panoptic_gt:
+      try:
+        readers.load_panoptic_gt(index.panoptic_gt[r], tuple(ex["image"].shape[:2]))
+      except ValueError as e:
+        problems.append(("error", "bad_panoptic_png", str(e)))
     if ex["idmap"] is not None and index.format == "semantic_png":
       ids = np.unique(ex["idmap"].numpy())
       counts.update({index.vocab.names[i]: 1 for i in ids if i >= 0})
+      if not (ids >= 0).any():
+        problems.append(("warning", "empty_annotations", f"{index.label_paths[r]}: every pixel is void; "
+                         "label the image or remove it (it teaches nothing)"))
     else:
       counts.update(index.vocab.names[c] for c in ex["seg_class"].numpy())
     if r < num_overlays:
@@ -78,33 +97,52 @@ def save_overlay(ex, names, path) -> None:
   pic.save(path)
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.ERROR)
-  config = _CONFIG.value
-  names = [_DATASET.value] if _DATASET.value else list(config.data.datasets)
+def check(config, names, out_dir: str, num_overlays: int = 3, echo=print) -> tuple:
+  """Checks datasets `names` of `config`, reporting through `echo`; -> (number of errors, of warnings)."""
   unknown = [n for n in names if n not in config.data.datasets]
   if unknown:
-    sys.exit(f"error: --dataset {unknown[0]} is not in the config; expected one of {list(config.data.datasets)}")
+    raise ValueError(f"--dataset {unknown[0]} is not in the config; expected one of {list(config.data.datasets)}")
   errors = warnings = 0
   for name in names:
     entry = config.data.datasets[name]
     splits = [s for s in ("train", "val") if entry[f"{s}_images"] and (s == "val" or entry.ratio > 0)]
     for split in splits:
-      problems, counts, n = check_split(config, name, split, _OUT.value, _OVERLAYS.value)
+      problems, counts, n = check_split(config, name, split, out_dir, num_overlays)
       by_reason = collections.Counter(r for _, r, _ in problems)
-      print(f"\n{name}/{split}: {n} images, {sum(counts.values())} segments"
-            + (f"; problems: {dict(by_reason)}" if problems else "; no problems"))
+      echo(f"\n{name}/{split}: {n} images, {sum(counts.values())} segments"
+           + (f"; problems: {dict(by_reason)}" if problems else "; no problems"))
       if counts:
-        print("  class frequencies (segments or images): " +
-              ", ".join(f"{c} {k}" for c, k in sorted(counts.items(), key=lambda kv: -kv[1])))
+        echo("  class frequencies (segments; semantic_png: one per class present): " +
+             ", ".join(f"{c} {k}" for c, k in sorted(counts.items(), key=lambda kv: -kv[1])))
       for severity, reason, message in problems:
-        print(f"  {severity.upper()} {reason}: {message}")
+        echo(f"  {severity.upper()} {reason}: {message}")
       errors += sum(s == "error" for s, _, _ in problems)
       warnings += sum(s == "warning" for s, _, _ in problems)
-  print(f"\n{errors} errors, {warnings} warnings; overlays in {os.path.abspath(_OUT.value)}")
+  echo(f"\n{errors} errors, {warnings} warnings; overlays in {os.path.abspath(out_dir)}")
+  return errors, warnings
+
+
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a script, so tests can import `check` without them."""
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].")
+  flags.DEFINE_string("dataset", None, "Only this dataset entry (default: all).")
+  flags.DEFINE_string("out", "check_dataset", "Folder for overlay pictures.")
+  flags.DEFINE_integer("overlays", 3, "Overlay pictures per split.")
+  flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.ERROR)
+  f = flags.FLAGS
+  names = [f.dataset] if f.dataset else list(f.config.data.datasets)
+  try:
+    errors, _ = check(f.config, names, f.out, f.overlays)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   sys.exit(1 if errors else 0)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
