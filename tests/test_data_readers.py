@@ -214,3 +214,39 @@ def test_detection_reader_boxes_are_x0y0x1y1(toy_dir):
   first = [a for a in data["annotations"] if a["image_id"] == index.image_ids[0]]
   x, y, w, h = first[0]["bbox"]
   np.testing.assert_allclose(index.boxes[0], [x, y, x + w, y + h])
+
+
+def test_overlapping_instances_smaller_on_top_polygon_and_rle(tmp_path):
+  """coco_instances: masks are painted largest first, so where instances overlap the smaller one owns the
+  pixel (whatever the JSON order); polygons, uncompressed and compressed RLE decode like pycocotools."""
+  mask_utils = pytest.importorskip("pycocotools.mask")
+  h, w = 20, 24
+  Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "a.jpg")
+  small = np.zeros((h, w), np.uint8)
+  small[5:10, 6:12] = 1
+  rle = mask_utils.encode(np.asfortranarray(small))
+  rle["counts"] = rle["counts"].decode("ascii")
+  crowd = np.zeros((h, w), np.uint8)
+  crowd[15:19, 18:23] = 1
+  col = crowd.T.reshape(-1)  # uncompressed RLE: run lengths in column-major order, starting with zeros
+  change = np.flatnonzero(np.diff(np.concatenate([[0], col, [1 - col[-1]]])))
+  counts = np.diff(np.concatenate([[0], change])).tolist()
+  anns = [
+      {"id": 1, "image_id": 1, "category_id": 2, "bbox": [6, 5, 6, 5], "area": 30, "iscrowd": 0, "segmentation": rle},
+      {"id": 2, "image_id": 1, "category_id": 1, "bbox": [2, 2, 14, 12], "area": 168, "iscrowd": 0,
+       "segmentation": [[2, 2, 16, 2, 16, 14, 2, 14]]},
+      {"id": 3, "image_id": 1, "category_id": 1, "bbox": [18, 15, 5, 4], "area": 20, "iscrowd": 1,
+       "segmentation": {"size": [h, w], "counts": counts}},
+  ]
+  doc = {"images": [{"id": 1, "file_name": "a.jpg", "height": h, "width": w}], "annotations": anns,
+         "categories": [{"id": 1, "name": "box"}, {"id": 2, "name": "chip"}]}
+  (tmp_path / "inst.json").write_text(json.dumps(doc))
+  index = readers.read_coco_boxes("t", "train", tmp_path, tmp_path / "inst.json", readers.BadInput("error", "t"),
+                                  fmt="coco_instances")
+  idmap = _decode(index, 0)["idmap"]
+  big = mask_utils.decode(mask_utils.frPyObjects(anns[1]["segmentation"], h, w)).max(-1).astype(bool)
+  expected = np.full((h, w), -1)
+  expected[big] = 1
+  expected[small.astype(bool)] = 0  # the smaller instance is on top
+  np.testing.assert_array_equal(idmap, expected)  # the crowd region stays void
+  assert np.array_equal(mask_utils.decode(mask_utils.frPyObjects(anns[2]["segmentation"], h, w)), crowd)
