@@ -37,7 +37,7 @@ def decode_problem(path: str, error) -> tuple:
   for text, reason in _DECODE_REASONS:
     if text in msg:  # the pipeline's own assertion ("... Summarized data: b'<message>' b'<file>'")
       detail = [t.strip(" \"'") for t in msg.split("Summarized data:")[-1].split(" b")]
-      return reason, f"{path}: {' '.join(t for t in detail if t)}"
+      return reason, f"{path}: {' '.join(t for t in detail if t and t != path)}"
   return "undecodable_image", f"{path}: {msg[:200]}. {_UNDECODABLE_FIX}"
 
 
