@@ -19,6 +19,7 @@ Bad examples skipped inside tf.data show up as gaps in the stream positions and 
 (`bad_counts`), as are index-time skips and segments over `max_segments`.
 """
 import collections
+import os
 
 from absl import logging
 import numpy as np
@@ -68,6 +69,18 @@ def dataset_choices(config, steps: int, start_step: int = 0) -> np.ndarray:
   return draws(config.seed, p, start_step * b, steps * b).reshape(steps, b)
 
 
+def split_source(config, name: str, split: str, vocab) -> tuple:
+  """(Index, Tables or None) of split 'train'/'val' of entry `name`: native files, or its prepared TFDS
+  data when the entry sets `tfds_dir` (relative to `config.data_dir`). A val split read from
+  `val_instances` (masks in the JSON) always comes from the native files."""
+  e = registry.resolve_entry(config, name)
+  if not e.get("tfds_dir") or (split == "val" and e.val_instances):
+    return registry.build_index(config, name, split, vocab), None
+  from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
+  tfds_dir = os.path.join(os.path.expanduser(config.data_dir or "."), os.path.expanduser(e.tfds_dir))
+  return tfds_builders.load_split(tfds_dir, name, split, vocab)
+
+
 def _entry_size(config, entry) -> int:
   return int(entry.image_size or config.data.image_size)
 
@@ -88,13 +101,13 @@ class TrainIterator:
     self._entries = {n: registry.resolve_entry(config, n) for n in self.names}
     self._sizes = {n: _entry_size(config, e) for n, e in self._entries.items()}
     self._pad = max(self._sizes.values())
-    self._indexes = {}
+    self._indexes, self._tables = {}, {}
     for n in self.names:
       did = vocab.dataset_index(n)
       local_vocab = registry.dataset_vocab(self._entries[n])
       if list(local_vocab.names) != list(vocab.local_names[did]):
         raise ValueError(f"dataset {n!r}: its names differ from the vocabulary's; rebuild the vocabulary")
-      self._indexes[n] = registry.build_index(config, n, "train", local_vocab)
+      self._indexes[n], self._tables[n] = split_source(config, n, "train", local_vocab)
     self.bad_counts = {n: collections.Counter(self._indexes[n].skipped) for n in self.names}
     self._step = 0
     self._consumed = {n: 0 for n in self.names}
@@ -130,7 +143,7 @@ class TrainIterator:
           self._indexes[name], cfg.data, self._vocab.dataset_index(name), self._vocab,
           start=self._consumed[name], process_index=self._pi, process_count=self._pc, seed=cfg.seed,
           out_size=self._sizes[name], pad_to=pad, reduce_zero_label=e.reduce_zero_label,
-          task=int(contract.task_from_name(e.task)), batch=batch)
+          task=int(contract.task_from_name(e.task)), batch=batch, tables=self._tables[name])
       self._iters[name] = iter(ds.as_numpy_iterator())
     return self._iters[name]
 
@@ -177,12 +190,12 @@ def eval_batches(config, vocab, name: str, process_index: int = 0, process_count
   e = registry.resolve_entry(config, name)
   did = vocab.dataset_index(name)
   local_vocab = registry.dataset_vocab(e)
-  index = registry.build_index(config, name, "val", local_vocab)
+  index, tables = split_source(config, name, "val", local_vocab)
   task = "instance" if e.format == "coco_detection" and e.val_instances else e.task
   size = int(config.data.eval_size)
   ds = pipeline.eval_stream(index, config.data, did, vocab, size=size,
                             reduce_zero_label=e.reduce_zero_label, task=int(contract.task_from_name(task)),
-                            process_index=process_index, process_count=process_count)
+                            process_index=process_index, process_count=process_count, tables=tables)
   bs = int(config.data.eval_batch_size)
   ds = ds.batch(bs).prefetch(max(config.data.prefetch, 1))
   for batch in ds.as_numpy_iterator():

@@ -29,21 +29,26 @@ def _check(cond, message: str, path):
   tf.debugging.Assert(cond, [message, path])
 
 
-def _decode_image(path):
+def _decode_image(data, path):
   """Bytes of a JPEG/PNG -> uint8 [h, w, 3]; a non-RGB image fails with a message naming the file."""
-  img = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
+  img = tf.io.decode_image(data, channels=0, expand_animations=False)
   _check(tf.equal(tf.shape(img)[-1], 3), "image is not 3-channel RGB (grayscale or RGBA); convert it "
          "to RGB or skip it with config.data.on_bad_example='skip':", path)
   return img
 
 
 class Tables:
-  """The index as tensors, gathered per example inside the tf.data map."""
+  """The index as tensors, gathered per example inside the tf.data map (native files).
+
+  `fetch(r)` is the one interface the decoding uses; `tfds_builders.TfdsTables` serves the same
+  rows from prepared TFDS data, so everything after it is one code path.
+  """
 
   def __init__(self, index: readers.Index):
     self.n = len(index)
     self.image_paths = tf.constant(index.image_paths)
     self.label_paths = tf.constant(index.label_paths)
+    self.has_labels = any(index.label_paths)
     self.image_ids = tf.constant(index.image_ids, tf.int64)
     self.seg_splits = tf.constant(index.seg_splits, tf.int64)
     self.seg_ids = tf.constant(index.seg_ids, tf.int32)
@@ -55,31 +60,41 @@ class Tables:
     lo, hi = self.seg_splits[r], self.seg_splits[r + 1]
     return (self.seg_ids[lo:hi], self.seg_class[lo:hi], self.seg_crowd[lo:hi], self.boxes[lo:hi])
 
+  def fetch(self, r) -> dict:
+    """Row r -> encoded image and label bytes, their names for messages, image_id, segment table."""
+    ids, cls, crowd, boxes = self.segments(r)
+    return dict(image=tf.io.read_file(self.image_paths[r]), image_path=self.image_paths[r],
+                label=tf.io.read_file(self.label_paths[r]) if self.has_labels else tf.constant(b""),
+                label_path=self.label_paths[r], image_id=self.image_ids[r], ids=ids, cls=cls,
+                crowd=crowd, boxes=boxes)
+
 
 def decode_example(index: readers.Index, tables: Tables, r, reduce_zero_label: bool):
   """Image row r -> dict(image [h, w, 3] uint8, idmap [h, w] int32 or None, seg_class [M] local,
   seg_crowd [M], boxes [M, 4] pixel x0 y0 x1 y1, has_mask)."""
-  image = _decode_image(tables.image_paths[r])
+  row = tables.fetch(r)
+  image = _decode_image(row["image"], row["image_path"])
   h, w = tf.shape(image)[0], tf.shape(image)[1]
-  ids, cls, crowd, boxes = tables.segments(r)
+  ids, cls, crowd, boxes = row["ids"], row["cls"], row["crowd"], row["boxes"]
+  label_path = row["label_path"]
   fmt = index.format
   if fmt == "semantic_png":
-    label = tf.cast(tf.io.decode_png(tf.io.read_file(tables.label_paths[r]), channels=1)[..., 0], tf.int32)
+    label = tf.cast(tf.io.decode_png(row["label"], channels=1)[..., 0], tf.int32)
     k = len(index.vocab.names)
     _check(tf.reduce_all(tf.equal(tf.shape(label), tf.shape(image)[:2])),
-           "label PNG size differs from its image; regenerate it at the image's size:", tables.label_paths[r])
+           "label PNG size differs from its image; regenerate it at the image's size:", label_path)
     if reduce_zero_label:  # 0 = void, k -> class k - 1
       idmap = label - 1
     else:  # 255 = void
       idmap = tf.where(label == 255, -1, label)
     _check(tf.reduce_max(idmap) < k, f"label value outside the {k} classes of the names file "
-           "(an unknown category); fix the label PNG or add the class to the names file:", tables.label_paths[r])
+           "(an unknown category); fix the label PNG or add the class to the names file:", label_path)
     return dict(image=image, idmap=idmap, seg_class=tf.range(k, dtype=tf.int32),
                 seg_crowd=tf.zeros([k], tf.bool), boxes=tf.zeros([k, 4]), has_mask=True)
   if fmt == "coco_panoptic":
-    rgb = tf.cast(tf.io.decode_png(tf.io.read_file(tables.label_paths[r]), channels=3), tf.int32)
+    rgb = tf.cast(tf.io.decode_png(row["label"], channels=3), tf.int32)
     _check(tf.reduce_all(tf.equal(tf.shape(rgb)[:2], tf.shape(image)[:2])),
-           "panoptic PNG size differs from its image; regenerate it at the image's size:", tables.label_paths[r])
+           "panoptic PNG size differs from its image; regenerate it at the image's size:", label_path)
     idmap = packing.panoptic_idmap(rgb, ids, crowd)
     return dict(image=image, idmap=idmap, seg_class=cls, seg_crowd=crowd, boxes=boxes, has_mask=True)
   if fmt == "coco_instances":
@@ -115,9 +130,13 @@ def _rasterise_fn(index: readers.Index):
 
 
 def make_example_fn(index: readers.Index, cfg, dataset_id: int, vocab_union, *, train: bool,
-                    out_size: int, pad_to: int, seed: int, reduce_zero_label: bool, task: int):
-  """(k, g, r) -> one example in the batch contract (plus `_pos`, `_dropped`; eval: ids, sizes)."""
-  tables = Tables(index)
+                    out_size: int, pad_to: int, seed: int, reduce_zero_label: bool, task: int,
+                    tables: Tables = None):
+  """(k, g, r) -> one example in the batch contract (plus `_pos`, `_dropped`; eval: ids, sizes).
+
+  `tables` serves the rows of `index` (default: its native files; `tfds_builders.TfdsTables` for
+  prepared TFDS data)."""
+  tables = tables or Tables(index)
   local_to_union = tf.constant(vocab_union.local_to_union[dataset_id], tf.int32)
   is_thing = tf.constant(np.asarray(index.vocab.is_thing, bool))
   seed_d = stream_seed(seed, dataset_id)
@@ -153,11 +172,13 @@ def order(k, process_index: int, process_count: int, n: int, seed_d: int):
 
 def train_stream(index: readers.Index, cfg, dataset_id: int, vocab_union, *, start: int,
                  process_index: int, process_count: int, seed: int, out_size: int, pad_to: int,
-                 reduce_zero_label: bool, task: int, batch: int = 0) -> tf.data.Dataset:
+                 reduce_zero_label: bool, task: int, batch: int = 0,
+                 tables: Tables = None) -> tf.data.Dataset:
   """Endless stream of this process's examples from position `start`, batched when `batch` > 0."""
   n, seed_d = len(index), stream_seed(seed, dataset_id)
   fn = make_example_fn(index, cfg, dataset_id, vocab_union, train=True, out_size=out_size,
-                       pad_to=pad_to, seed=seed, reduce_zero_label=reduce_zero_label, task=task)
+                       pad_to=pad_to, seed=seed, reduce_zero_label=reduce_zero_label, task=task,
+                       tables=tables)
 
   def load(k):
     g, r = order(k, process_index, process_count, n, seed_d)
@@ -174,10 +195,10 @@ def train_stream(index: readers.Index, cfg, dataset_id: int, vocab_union, *, sta
 
 def eval_stream(index: readers.Index, cfg, dataset_id: int, vocab_union, *, size: int,
                 reduce_zero_label: bool, task: int, process_index: int = 0,
-                process_count: int = 1) -> tf.data.Dataset:
+                process_count: int = 1, tables: Tables = None) -> tf.data.Dataset:
   """The split in index order (this process's share), resized (longer side) and padded; unbatched."""
   fn = make_example_fn(index, cfg, dataset_id, vocab_union, train=False, out_size=size, pad_to=size,
-                       seed=0, reduce_zero_label=reduce_zero_label, task=task)
+                       seed=0, reduce_zero_label=reduce_zero_label, task=task, tables=tables)
   ds = tf.data.Dataset.range(len(index)).shard(process_count, process_index)
   ds = ds.map(lambda r: fn(r, r, r), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if cfg.on_bad_example == "skip":

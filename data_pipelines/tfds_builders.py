@@ -8,12 +8,23 @@ readers as the direct path (`readers`, with the same bad-input policy) and write
 PNG; coco_panoptic: the RGB-id PNG; absent for box formats), `image_id`, and `segments` (per
 segment: panoptic `id`, dataset-local `class`, `crowd`, `box` pixel x0 y0 x1 y1). Builders are
 built from a config entry and skip TFDS's global registration (nothing registered by side effect).
+
+Records are written unshuffled in the native index's row order, as ArrayRecord (random access), so
+row r of the prepared split is row r of the native index. An entry with `tfds_dir` set trains and
+evaluates from them (`load_split` + `TfdsTables`): the pipeline's order, augmentation, sharding
+and restore are keyed by row and position exactly as for native files, so the batches are the same.
 """
 import argparse
+import collections
+import os
+import pathlib
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from data_pipelines import pipeline
+from data_pipelines import readers
 from data_pipelines import registry
 
 _SPLITS = {"train": "train", "validation": "val"}
@@ -31,6 +42,7 @@ class NativeFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     self._cfg, self._dataset = config, dataset
     self._entry = registry.resolve_entry(config, dataset)
     self.name = dataset
+    kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -47,9 +59,10 @@ class NativeFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       features["label"] = tfds.features.Image(shape=(None, None, 3), encoding_format="png")
     vocab = registry.dataset_vocab(self._entry)
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict(features),
+        features=tfds.features.FeaturesDict(features), disable_shuffling=True,
         metadata=tfds.core.MetadataDict(class_names=list(vocab.names), is_thing=list(vocab.is_thing),
-                                        format=self._entry.format, task=self._entry.task))
+                                        format=self._entry.format, task=self._entry.task,
+                                        formats={}, skipped={}, image_ids={}))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -58,6 +71,9 @@ class NativeFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   def _generate_examples(self, split):
     index = registry.build_index(self._cfg, self._dataset, split)
+    self.info.metadata["formats"][split] = index.format
+    self.info.metadata["skipped"][split] = dict(index.skipped)
+    self.info.metadata["image_ids"][split] = [int(i) for i in index.image_ids]
     for r in range(len(index)):
       lo, hi = index.seg_splits[r], index.seg_splits[r + 1]
       ex = {
@@ -68,7 +84,79 @@ class NativeFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       }
       if index.label_paths[r]:
         ex["label"] = index.label_paths[r]
-      yield int(index.image_ids[r]) if index.format != "semantic_png" else r, ex
+      yield r, ex
+
+
+def _prepared_dir(tfds_dir: str, dataset: str) -> str:
+  """`tfds_dir` (the --out of this module) -> the newest prepared version folder of `dataset`."""
+  root = pathlib.Path(os.path.expanduser(tfds_dir)) / dataset
+  versions = sorted(root.glob("*.*.*/dataset_info.json")) if root.is_dir() else []
+  if not versions:
+    raise ValueError(f"no prepared TFDS data for {dataset!r} under {root} (expected {root}/<version>/"
+                     "dataset_info.json); prepare it with python -m data_pipelines.tfds_builders "
+                     f"--config CONFIG --dataset {dataset} --out {tfds_dir}")
+  return str(versions[-1].parent)
+
+
+def load_split(tfds_dir: str, dataset: str, split: str, vocab) -> tuple:
+  """Prepared split 'train'/'val' of `dataset` -> (readers.Index without file paths, TfdsTables).
+
+  The Index carries what the pipeline needs besides the rows (length, format, vocab, image ids,
+  index-time skip counts); the rows come from the records through `TfdsTables.fetch`.
+  """
+  builder = tfds.builder_from_directory(_prepared_dir(tfds_dir, dataset))
+  meta, tfds_split = builder.info.metadata, {v: k for k, v in _SPLITS.items()}[split]
+  if tfds_split not in builder.info.splits:
+    raise ValueError(f"prepared TFDS data of {dataset!r} at {builder.data_dir} has no {tfds_split!r} split; "
+                     f"set the entry's {split}_images and prepare it again")
+  if not builder.info.disable_shuffling or "image_ids" not in meta:
+    raise ValueError(f"prepared TFDS data of {dataset!r} at {builder.data_dir} was not written in row order by "
+                     "this version of data_pipelines.tfds_builders; prepare it again")
+  if list(meta["class_names"]) != list(vocab.names):
+    raise ValueError(f"prepared TFDS data of {dataset!r} at {builder.data_dir} has other class names than the "
+                     "config entry; prepare it again from this config")
+  source = builder.as_data_source(split=tfds_split, decoders={
+      k: tfds.decode.SkipDecoding() for k in ("image", "label") if k in builder.info.features})
+  n = len(source)
+  if len(meta["image_ids"][split]) != n:
+    raise ValueError(f"prepared TFDS data of {dataset!r} at {builder.data_dir}: {n} records but "
+                     f"{len(meta['image_ids'][split])} image ids in its metadata; prepare it again")
+  where = [f"{builder.data_dir}[{tfds_split}][{r}]" for r in range(n)]
+  tables = TfdsTables(source, np.array(meta["image_ids"][split], np.int64), where,
+                      "label" in builder.info.features)
+  zeros = np.zeros([0], np.int32)
+  index = readers.Index(
+      dataset=dataset, format=meta["formats"][split], split=split, vocab=vocab, image_paths=where,
+      label_paths=where if tables.has_labels else [""] * n, image_ids=tables.image_ids_np,
+      sizes=np.full((n, 2), -1, np.int32), seg_splits=np.zeros([n + 1], np.int64), seg_ids=zeros,
+      seg_class=zeros, seg_crowd=zeros.astype(bool), boxes=np.zeros([0, 4], np.float32),
+      instance_anns=[[] for _ in range(n)], skipped=collections.Counter(meta["skipped"][split]))
+  return index, tables
+
+
+class TfdsTables(pipeline.Tables):
+  """Rows of a prepared split served by random access (same `fetch` as the native tables)."""
+
+  def __init__(self, source, image_ids: np.ndarray, where: list, has_labels: bool):  # pylint: disable=super-init-not-called
+    self._source, self.n, self.has_labels = source, len(image_ids), has_labels
+    self.image_ids_np = image_ids
+    self.image_ids = tf.constant(image_ids, tf.int64)
+    self.where = tf.constant(where)
+
+  def _read(self, r):
+    ex = self._source[int(r)]
+    seg = ex["segments"]
+    return (ex["image"], ex.get("label", b""), np.asarray(seg["id"], np.int32),  # empty: a list
+            np.asarray(seg["class"], np.int32), np.asarray(seg["crowd"], bool),
+            np.asarray(seg["box"], np.float32).reshape(-1, 4))
+
+  def fetch(self, r) -> dict:
+    image, label, ids, cls, crowd, boxes = tf.numpy_function(
+        self._read, [r], [tf.string, tf.string, tf.int32, tf.int32, tf.bool, tf.float32], stateful=False)
+    return dict(image=tf.ensure_shape(image, []), image_path=self.where[r], label=tf.ensure_shape(label, []),
+                label_path=self.where[r], image_id=self.image_ids[r], ids=tf.ensure_shape(ids, [None]),
+                cls=tf.ensure_shape(cls, [None]), crowd=tf.ensure_shape(crowd, [None]),
+                boxes=tf.ensure_shape(boxes, [None, 4]))
 
 
 def build(config, dataset: str, out_dir: str) -> NativeFormatBuilder:
