@@ -5,8 +5,9 @@
 
 Times the real jitted step (DataSeg forward, DaTaSeg criterion, gradients, AdamW) on synthetic batches in
 the batch contract, cycling through the three datasets and their tasks, after one compile. FLOPs come from
-XLA's cost analysis of the compiled step; MFU needs a known accelerator peak (`loop.PEAK_FLOPS`), on CPU
-only the achieved TFLOP/s is reported. `scripts/bench.py` calls `run(quick)`.
+XLA's cost analysis of the CPU lowering (`loop.step_flops`): MFU counts model FLOPs (3 x the forward pass)
+and HFU everything the step does (criterion, remat recompute, optimizer), both over a known accelerator
+peak (`loop.PEAK_FLOPS`); on CPU only the achieved TFLOP/s is reported. `scripts/bench.py` calls `run(quick)`.
 """
 import argparse
 import functools
@@ -113,7 +114,10 @@ def bench(config, steps: int, classes_per_dataset: int = 50) -> dict:
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batches[0], *tables).compile()
   compile_s = time.perf_counter() - t0
-  flops = loop.compiled_flops(compiled)
+  flops = loop.step_flops(jitted, state, batches[0], *tables)
+  forward = jax.jit(lambda p, i, e, m: model.apply({"params": p}, i, e, m))
+  forward_flops = loop.step_flops(forward, state.params, batches[0]["image"], tables[0],
+                                  tables[1][batches[0]["dataset_id"]])
   state, metrics = compiled(state, batches[0], *tables)  # warm-up
   jax.block_until_ready(metrics)
   times = []
@@ -128,13 +132,67 @@ def bench(config, steps: int, classes_per_dataset: int = 50) -> dict:
          "images_per_s": config.data.batch_size / step_s, "loss": float(metrics["loss"]),
          "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
          "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
-  if flops:
-    out["gflops_per_step"] = flops / 1e9
-    out["tflops_per_s_per_device"] = flops / step_s / 1e12
-    peak = loop.peak_flops_per_device()
+  peak = loop.peak_flops_per_device()
+  if forward_flops:  # model FLOPs: forward + backward = 3 x forward (recompute and the criterion not counted)
+    out["model_gflops_per_step"] = 3 * forward_flops / 1e9
+    out["model_tflops_per_s"] = 3 * forward_flops / step_s / 1e12
     if peak:
-      out["mfu"] = flops / step_s / peak
+      out["mfu"] = 3 * forward_flops / step_s / peak
+  if flops:  # everything in the step: criterion, remat recompute and optimizer included
+    out["xla_gflops_per_step"] = flops / 1e9
+    out["xla_tflops_per_s_per_device"] = flops / step_s / 1e12
+    if peak:
+      out["hfu"] = flops / step_s / peak
   return out
+
+
+def breakdown(config, classes_per_dataset: int = 50, repeats: int = 3) -> dict:
+  """Median seconds of the step's parts, each jitted alone: the backbone's forward and forward+backward,
+  the model's forward and forward+backward under a trivial loss (the mean of every output), and the
+  criterion's forward+backward on the model's outputs."""
+  from dataseg_jax.losses import criterion
+  from dataseg_jax.models import dataseg
+
+  vocab, emb = synthetic_vocab(3, classes_per_dataset, config.model.embed_dim)
+  model = dataseg.DataSeg(config.model)
+  batch = jax.tree.map(jnp.asarray, synthetic_batch(config, vocab, 0, np.random.default_rng(0)))
+  emb, mask = jnp.asarray(emb), jnp.asarray(vocab.class_mask)[batch["dataset_id"]]
+  params = jax.jit(lambda: flax_unbox(model.init(jax.random.key(0), batch["image"][:1], emb, mask[:1])))()
+  params = params["params"]
+
+  def timed(fn, *args):
+    compiled = jax.jit(fn).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times.append(time.perf_counter() - t0)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(np.median(times)), float((cost or {}).get("flops", 0.0))
+
+  apply = lambda p: model.apply({"params": p}, batch["image"], emb, mask, train=True,  # noqa: E731
+                                              rngs={"dropout": jax.random.key(1)})
+  out = {}
+  backbone = dataseg.build_backbone(config.model, jnp.dtype(config.model.dtype))
+  x = batch["image"].astype(jnp.dtype(config.model.dtype))
+  feats = lambda p: sum(jnp.mean(f.astype(jnp.float32)) for f in jax.tree.leaves(backbone.apply({"params": p}, x)))  # noqa: E731
+  out["backbone_fwd_s"], _ = timed(feats, params["backbone"])
+  out["backbone_fwd_bwd_s"], _ = timed(jax.grad(feats), params["backbone"])
+  out["model_fwd_s"], fwd_flops = timed(apply, params)
+  dummy = lambda p: sum(jnp.mean(x.astype(jnp.float32)) for x in jax.tree.leaves(apply(p)))  # noqa: E731
+  out["model_fwd_bwd_s"], _ = timed(jax.grad(dummy), params)
+  outputs = jax.jit(apply)(params)
+  loss = lambda o: criterion.criterion(o, batch, config, jax.random.key(2))[0]  # noqa: E731
+  out["criterion_fwd_bwd_s"], _ = timed(jax.value_and_grad(loss), outputs)
+  out["model_gflops_fwd"] = fwd_flops / 1e9
+  return out
+
+
+def flax_unbox(variables):
+  import flax
+  return flax.core.meta.unbox(variables)
 
 
 def run(quick: bool = False) -> dict:

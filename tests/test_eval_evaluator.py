@@ -106,3 +106,13 @@ def test_instance_metrics_equal_cocoeval_on_written_results(evaluated):
   assert json.loads(pathlib.Path(res).read_text())
   assert metrics["toy_o365/instance/AP"] == pytest.approx(instance.coco_evaluate(gt, res, "segm")["AP"], abs=1e-9)
   assert metrics["toy_o365/instance/box_AP"] == pytest.approx(instance.coco_evaluate(gt, res, "bbox")["AP"], abs=1e-9)
+
+
+def test_weak_transfer_pq_uses_the_semantic_datasets_true_instances(evaluated):
+  c, root, workdir, metrics = evaluated
+  e = c.data.datasets.toy_ade
+  out = workdir / "eval" / "7" / "toy_ade"
+  ref = panoptic.pq_compute(str(root / e.val_panoptic_annotations), str(root / e.val_panoptic_dir),
+                            str(out / "panoptic.json"), str(out / "panoptic"))
+  for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
+    assert metrics[f"toy_ade/panoptic/{key}"] == pytest.approx(ref[key], abs=1e-9)

@@ -104,9 +104,16 @@ def test_tiny_loss_falls_and_every_term_is_logged_per_dataset_and_task(tmp_path)
   losses = [v for _, v in logged_scalars(tmp_path, "loss")]
   assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
   for key in ("loss_ce/toy_ade", "loss_mask/toy_o365", "loss_ce/task_panoptic", "lr", "grad_norm",
-              "images_per_s", "step_time_s"):
+              "images_per_s", "step_time_s", "tflops_per_s_per_device"):
     assert key in result, key
   assert checkpointing.make_manager(str(tmp_path)).all_steps() == [16, 20, 24][-c.keep_checkpoints:]
+
+
+def test_step_flops_counts_a_matrix_product_per_device():
+  m, k, n = 64, 48, 32
+  fn = jax.jit(lambda a, b: a @ b)
+  flops = loop.step_flops(fn, jnp.ones((m, k)), jnp.ones((k, n)))
+  assert flops == pytest.approx(2 * m * k * n / jax.device_count(), rel=0.01)
 
 
 def test_sigterm_then_restart_gives_bit_identical_params(tmp_path):

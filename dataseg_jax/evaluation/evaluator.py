@@ -27,6 +27,7 @@ from PIL import Image
 from scipy import ndimage
 
 from data_pipelines import mixture
+from data_pipelines import readers
 from data_pipelines import registry
 from dataseg_jax.evaluation import instance
 from dataseg_jax.evaluation import panoptic
@@ -136,12 +137,21 @@ class _DatasetEval:
     return out
 
   def _gt_panoptic(self, image_id) -> tuple:
-    """(segment ids [H, W], segments_info) of the ground truth."""
+    """(segment ids [H, W], segments_info) of the ground truth: the COCO panoptic PNG and JSON of a
+    coco_panoptic entry or of a semantic_png entry's `val_panoptic_annotations`; otherwise built from the
+    semantic labels, one segment per stuff class and per connected component of a thing class (an
+    approximation of the instances, which such labels do not hold)."""
     if self.gt_panoptic is not None:
       ann = self.gt_panoptic[image_id]
       ids = panoptic.read_png_ids(os.path.join(self.entry.val_panoptic_dir, ann["file_name"]))
       return ids, ann["segments_info"]
-    lab = self._gt_semantic(self.row_of_id[int(image_id)], image_id)
+    row = self.row_of_id[int(image_id)]
+    if self.index.panoptic_gt:
+      gt = self.index.panoptic_gt[row]
+      segs = [{"id": int(s["id"]), "category_id": self.category_ids[s["class"]], "iscrowd": int(s["iscrowd"])}
+              for s in gt["segments_info"]]
+      return readers.load_panoptic_gt(gt), segs
+    lab = self._gt_semantic(row, image_id)
     ids = np.zeros(lab.shape, np.int64)
     segs = []
     for k in np.unique(lab[lab != IGNORE]):
@@ -179,7 +189,8 @@ class _DatasetEval:
         segs.append({"id": sid, "category_id": self.category_ids[local], "iscrowd": 0,
                      "isthing": int(self.local_thing[local]), "score": float(p["segment_score"][q])})
         pan_classes[sid] = local
-      self.pan_writer.add(image_id, stem + ".png", pan_ids, segs)
+      json_id = self.index.panoptic_gt[row]["image_id"] if self.index.panoptic_gt else image_id
+      self.pan_writer.add(json_id, stem + ".png", pan_ids, segs)  # ids of the ground-truth JSON when one exists
       gt_ids, gt_segs = self._gt_panoptic(image_id)
       self.pq.add_image(gt_ids, gt_segs, pan_ids, segs, f"{self.name} image_id {image_id}")
     if "instance" in self.tasks:
