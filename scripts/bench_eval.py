@@ -46,17 +46,8 @@ def _postprocess_fn(eval_config, tasks=("semantic", "panoptic", "instance")):
   """The evaluator's device work after the model for a dataset evaluated on `tasks`."""
   @jax.jit
   def fn(logits, masks, things):
-    up = postprocess.upsample_masks(masks, (masks.shape[2] * 4, masks.shape[3] * 4))
-    out = {}
-    if "semantic" in tasks:
-      out["semantic"] = postprocess.semantic_inference(logits, up)["labels"]
-    if "panoptic" in tasks:
-      out["panoptic"] = postprocess.panoptic_inference(
-          logits, up, things, object_mask_threshold=float(eval_config.object_mask_threshold),
-          overlap_threshold=float(eval_config.overlap_threshold))
-    if "instance" in tasks:
-      out["instance"] = postprocess.instance_inference(logits, up, topk=int(eval_config.instance_topk))
-    return out
+    size = (masks.shape[2] * 4, masks.shape[3] * 4)
+    return postprocess.infer_tasks(logits, masks, size, tasks, things, eval_config)
   return fn
 
 

@@ -51,17 +51,8 @@ def make_infer_fn(model, tasks: tuple, eval_config):
     out = model.apply(variables, images, embeddings, class_mask, train=False)
     union_logits = out["pred_logits"][-1]  # [B, Q, C + 1]
     logits = jnp.concatenate([union_logits[..., local_classes], union_logits[..., -1:]], -1)  # [B, Q, K + 1]
-    masks = postprocess.upsample_masks(out["pred_masks"][-1], images.shape[1:3])
-    res = {}
-    if "semantic" in tasks:
-      res["semantic"] = postprocess.semantic_inference(logits, masks)["labels"]
-    if "panoptic" in tasks:
-      res["panoptic"] = postprocess.panoptic_inference(
-          logits, masks, local_things, object_mask_threshold=float(eval_config.object_mask_threshold),
-          overlap_threshold=float(eval_config.overlap_threshold))
-    if "instance" in tasks:
-      res["instance"] = postprocess.instance_inference(logits, masks, topk=int(eval_config.instance_topk))
-    return res
+    return postprocess.infer_tasks(logits, out["pred_masks"][-1], images.shape[1:3], tasks, local_things,
+                                   eval_config)
 
   return infer
 
