@@ -63,54 +63,59 @@ def _example_keys():
   return ("task", "segment_map", "seg_class", "seg_is_thing", "seg_box", "seg_valid", "seg_has_mask")
 
 
-def match_layer(logits: jax.Array, masks: jax.Array, ex: dict, match_points: jax.Array,
-                config: ml_collections.ConfigDict):
-  """MERGE and Hungarian matching of one example at one layer.
+def merged_predictions(logits: jax.Array, ex: dict, config: ml_collections.ConfigDict):
+  """MERGE of one example's proposals for its task: (groups merge.Groups, merged log_probs [Q, C + 1])."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  groups = merge.merge_groups(log_probs, ex["task"], ex["seg_class"], ex["seg_is_thing"], ex["seg_valid"],
+                              config.loss.merge)
+  return groups, merge.merged_log_probs(log_probs, groups)
+
+
+def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, match_points: jax.Array,
+               config: ml_collections.ConfigDict) -> jax.Array:
+  """The Hungarian cost of one example at one layer, merged predictions against targets (no gradient).
 
   Args:
     logits: [Q, C + 1]; masks: [Q, h, w] mask logits; ex: the example's batch entries (`_example_keys`);
     match_points: [Pm, 2]; config: full config.
 
   Returns:
-    (match [N] int32 slot matched to each target, groups merge.Groups, log_probs [Q, C + 1] merged).
+    [Q, N] float32 `matching.assignment_cost` of the merged predictions (inactive slots and padded
+    targets made harmless).
   """
   mc = config.matcher
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  groups = merge.merge_groups(log_probs, ex["task"], ex["seg_class"], ex["seg_is_thing"], ex["seg_valid"],
-                              config.loss.merge)
-  merged = merge.merged_log_probs(log_probs, groups)
+  logits, masks = jax.lax.stop_gradient((logits, masks))
+  groups, merged = merged_predictions(logits, ex, config)
   q, h, w = masks.shape
   n = ex["seg_class"].shape[0]
-  sg = jax.lax.stop_gradient
-  samples = jax.vmap(mask_losses.point_sample, (0, None))(sg(masks), match_points)  # [Q, Pm]
-  logit, prob = merge.merge_points(samples, jax.tree.map(sg, groups), groups.leader, q)
+  samples = jax.vmap(mask_losses.point_sample, (0, None))(masks, match_points)  # [Q, Pm]
+  logit, prob = merge.merge_points(samples, groups, groups.leader, q)
   labels = mask_losses.sample_segment_masks_shared(ex["segment_map"], n, match_points)  # [N, Pm]
   mask_cost = (mc.mask_cost * mask_losses.pairwise_sigmoid_bce(logit, prob, groups.raw, labels)
                + mc.dice_cost * mask_losses.pairwise_dice(prob, labels))
-  pred_y, pred_x = box_projection.mask_projections(sg(masks))
+  pred_y, pred_x = box_projection.mask_projections(masks)
   box_y, box_x = box_projection.box_projections(ex["seg_box"], h, w)
   proj_cost = mc.projection_cost * box_projection.pairwise_projection_cost(pred_y, pred_x, box_y, box_x)
-  cost = (mc.class_cost * matching.class_cost(sg(merged), ex["seg_class"])
+  cost = (mc.class_cost * matching.class_cost(merged, ex["seg_class"])
           + jnp.where(ex["seg_has_mask"][None, :], mask_cost, proj_cost))
-  match = matching.hungarian_match(matching.assignment_cost(cost, groups.active, ex["seg_valid"]))
-  return match, groups, merged
+  return matching.assignment_cost(cost, groups.active, ex["seg_valid"])
 
 
-def layer_losses(logits: jax.Array, masks: jax.Array, ex: dict, points: tuple,
+def layer_losses(logits: jax.Array, masks: jax.Array, ex: dict, points: tuple, match: jax.Array,
                  config: ml_collections.ConfigDict) -> dict:
   """Unnormalised loss sums of one example at one layer.
 
   Args:
-    logits: [Q, C + 1]; masks: [Q, h, w]; ex: the example's batch entries; points: (match [Pm, 2],
-    over [N, kP, 2], tail [N, T, 2]); config: full config.
+    logits: [Q, C + 1]; masks: [Q, h, w]; ex: the example's batch entries; points: (over [N, kP, 2],
+    tail [N, T, 2]); match: [N] int32 slot matched to each target (`layer_cost`, solved); config: full config.
 
   Returns:
     dict of float32 []: ce_num, ce_den (weighted CE sum and weight sum over merged predictions),
     mask, dice, proj (sums over matched pairs, weights not applied).
   """
-  match_points, over, tail = points
+  over, tail = points
   lc = config.loss
-  match, groups, merged = match_layer(logits, masks, ex, match_points, config)
+  groups, merged = merged_predictions(logits, ex, config)
   q, h, w = masks.shape
   n = match.shape[0]
   num_classes = logits.shape[-1] - 1
@@ -161,15 +166,22 @@ def _weighted_terms(logits: jax.Array, masks: jax.Array, batch: dict, config: ml
                     draw, per_layer_inputs):
   """Sums every layer's losses and applies weights and normalisers; `draw(x)` gives one layer's points.
 
-  Layers run one after another (lax.map), each vmapped over the batch and rematerialised in the
-  backward pass, and each draws its own points: at the paper's sizes one layer's importance sampling
-  holds B x Q x 3P samples (B=16, Q=100, P=12544: 60M), so vmapping the layers, keeping every
-  layer's residuals or drawing every layer's points up front would multiply the peak memory by L.
+  Two passes over the layers (lax.map, each layer vmapped over the batch): the first builds every
+  layer's Hungarian cost without gradient, one batched solve matches all L x B examples at once (a
+  `while_loop` solver takes as many sequential steps for L x B problems as for B), and the second computes
+  the losses with the matches as inputs, rematerialised in the backward pass without solving again. Each
+  layer draws its own points: at the paper's sizes one layer's importance sampling holds B x Q x 3P
+  samples (B=16, Q=100, P=12544: 60M), so vmapping the layers, keeping every layer's residuals or drawing
+  every layer's points up front would multiply the peak memory by L.
   """
   ex = {k: batch[k] for k in _example_keys()}
-  per_example = jax.vmap(lambda lg, m, e, p: layer_losses(lg, m, e, p, config))
-  layer = jax.checkpoint(lambda a: per_example(a[0], a[1], ex, draw(a[2])))
-  sums = jax.lax.map(layer, (logits, masks, per_layer_inputs))  # each [L, B]
+  costs = jax.lax.map(lambda a: jax.vmap(lambda lg, m, e, p: layer_cost(lg, m, e, p, config), (0, 0, 0, 0))(
+      a[0], a[1], ex, draw(a[2])[0]), (logits, masks, per_layer_inputs))  # [L, B, Q, N]
+  matches = matching.hungarian_match_batch(costs.reshape(-1, *costs.shape[2:])).reshape(
+      costs.shape[:2] + costs.shape[3:])  # [L, B, N]
+  per_example = jax.vmap(lambda lg, m, e, p, k: layer_losses(lg, m, e, p, k, config))
+  layer = jax.checkpoint(lambda a: per_example(a[0], a[1], ex, draw(a[2])[1:], a[3]))
+  sums = jax.lax.map(layer, (logits, masks, per_layer_inputs, matches))  # each [L, B]
 
   lc = config.loss
   num_masks = jnp.maximum(jnp.sum(batch["seg_valid"].astype(jnp.float32)), 1.0)
