@@ -88,15 +88,17 @@ def test_semantic_metrics_equal_file_based_evaluation(evaluated):
     assert metrics[f"toy_ade/semantic/{key}"] == pytest.approx(ours[key], abs=1e-9)
 
 
-def test_panoptic_metrics_equal_file_based_pq(evaluated):
+@pytest.mark.parametrize("name,gt_json", [("toy_coco", "val_annotations"),
+                                           ("toy_ade", "val_panoptic_annotations")])  # weak transfer: true instances
+def test_panoptic_metrics_equal_file_based_pq(evaluated, name, gt_json):
   c, root, workdir, metrics = evaluated
-  e = c.data.datasets.toy_coco
-  out = workdir / "eval" / "7" / "toy_coco"
-  ref = panoptic.pq_compute(str(root / e.val_annotations), str(root / e.val_panoptic_dir),
+  e = c.data.datasets[name]
+  out = workdir / "eval" / "7" / name
+  ref = panoptic.pq_compute(str(root / e[gt_json]), str(root / e.val_panoptic_dir),
                             str(out / "panoptic.json"), str(out / "panoptic"))
   assert any(a["segments_info"] for a in json.loads((out / "panoptic.json").read_text())["annotations"])
   for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
-    assert metrics[f"toy_coco/panoptic/{key}"] == pytest.approx(ref[key], abs=1e-9)
+    assert metrics[f"{name}/panoptic/{key}"] == pytest.approx(ref[key], abs=1e-9)
 
 
 def test_instance_metrics_equal_cocoeval_on_written_results(evaluated):
@@ -107,12 +109,3 @@ def test_instance_metrics_equal_cocoeval_on_written_results(evaluated):
   assert metrics["toy_o365/instance/AP"] == pytest.approx(instance.coco_evaluate(gt, res, "segm")["AP"], abs=1e-9)
   assert metrics["toy_o365/instance/box_AP"] == pytest.approx(instance.coco_evaluate(gt, res, "bbox")["AP"], abs=1e-9)
 
-
-def test_weak_transfer_pq_uses_the_semantic_datasets_true_instances(evaluated):
-  c, root, workdir, metrics = evaluated
-  e = c.data.datasets.toy_ade
-  out = workdir / "eval" / "7" / "toy_ade"
-  ref = panoptic.pq_compute(str(root / e.val_panoptic_annotations), str(root / e.val_panoptic_dir),
-                            str(out / "panoptic.json"), str(out / "panoptic"))
-  for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
-    assert metrics[f"toy_ade/panoptic/{key}"] == pytest.approx(ref[key], abs=1e-9)
