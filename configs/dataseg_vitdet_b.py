@@ -4,7 +4,11 @@
       --config.data_dir=/path/to/datasets
 
 Single-dataset baselines: `configs/dataseg_vitdet_b.py:ade`, `:coco`, `:o365`. Initialise the
-backbone from an MAE checkpoint converted with scripts/convert_weights.py.
+backbone from an MAE checkpoint converted for this config:
+
+  python scripts/convert_weights.py --from mae --config configs/dataseg_vitdet_b.py \
+      --input mae_pretrain_vit_base.pth --output vitb.npz
+  python scripts/train.py ... --config.model.backbone.init_from=vitb.npz
 """
 from dataseg_jax import config as config_lib
 

@@ -1,30 +1,54 @@
-"""Converts a torchvision ResNet state dict (a file you have) into this project's backbone parameters.
+"""Converts a pretrained backbone state dict (a file you have) into this project's backbone parameters.
 
   python scripts/convert_weights.py --from torchvision_resnet --depth 50 \
       --input resnet50-0676ba61.pth --output backbone.npz
   python scripts/convert_weights.py --from torchvision_resnet50 --input resnet50.pth --output backbone.npz
+  python scripts/convert_weights.py --from mae --config configs/dataseg_vitdet_b.py \
+      --input mae_pretrain_vit_base.pth --output vitb.npz
+  python scripts/convert_weights.py --from hf_vitdet --config configs/dataseg_vitdet_b.py \
+      --input model.safetensors --output vitb.npz
 
-The output is a flat `.npz` with '/'-joined keys (`layer1_0/conv1/kernel`, ...) of the Flax `backbone`
-parameters: BN folded into a per-channel scale and bias (frozen BN), 1x1 convs as Dense kernels. Read it back
-with `dataseg_jax.models.checkpoint_io.load_params_npz`, and put it into a model's params with
-`checkpoint_io.merge_into(variables['params']['backbone'], loaded)`. torch is needed only here.
+Sources: `torchvision_resnet` (BN folded into a per-channel scale and bias, i.e. frozen BN; 1x1 convs as Dense
+kernels); `mae`: an MAE checkpoint or any timm `VisionTransformer` state dict (cls token, mask token, final norm,
+head and MAE decoder dropped); `hf_vitdet`: a transformers `VitDetModel` / `VitDetBackbone` state dict.
+For the ViTs, `--config` is the config you will train with: its image size (or `--image_size`), window size and
+global blocks fix the sizes of the position embedding (bicubic from the pretraining grid, as ViTDet) and of the
+relative-position tables; the simple feature pyramid, and the relative-position tables of an MAE checkpoint, are
+not in the file and are written from the model's own initialisation (seed `config.seed`; listed when converting),
+so the `.npz` holds the whole backbone.
+
+The output is a flat `.npz` with '/'-joined keys (`layer1_0/conv1/kernel`, `block_0/attn/qkv/kernel`, ...) of the
+Flax `backbone` parameters, for `--config.model.backbone.init_from=FILE.npz`. Read it back with
+`dataseg_jax.models.checkpoint_io.load_params_npz`, and put it into a model's params with
+`checkpoint_io.merge_into(variables['params']['backbone'], loaded)`. torch is needed only to read `.pth` files.
 """
 import argparse
+import importlib.util
 import pathlib
 import sys
 
 from dataseg_jax.models import checkpoint_io
 from dataseg_jax.models import resnet
+from dataseg_jax.models import vit
+
+RESNETS = ["torchvision_resnet"] + [f"torchvision_resnet{d}" for d in sorted(resnet.STAGES) if d >= 18]
+VITS = {"hf_vitdet": vit.convert_hf_vitdet, "mae": vit.convert_mae}
+SOURCES = RESNETS + list(VITS)
+VITDET_B = pathlib.Path(__file__).resolve().parents[1] / "configs" / "dataseg_vitdet_b.py"
 
 
 def load_state_dict(path: pathlib.Path) -> dict:
-  """A `.pth` state dict (or a dict with a 'state_dict' / 'model' entry), read with weights_only=True."""
+  """A `.safetensors` file, or a `.pth` state dict (or a dict with a 'state_dict' / 'model' entry) read with
+  weights_only=True."""
+  if not path.is_file():
+    sys.exit(f"--input {path}: no such file")
+  if path.suffix == ".safetensors":
+    from safetensors.numpy import load_file
+    return load_file(path)
   try:
     import torch
   except ImportError:
     sys.exit("convert_weights.py needs torch to read .pth files: pip install -e .[parity]")
-  if not path.is_file():
-    sys.exit(f"--input {path}: no such file")
   sd = torch.load(path, map_location="cpu", weights_only=True)
   for key in ("state_dict", "model"):
     if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
@@ -32,25 +56,91 @@ def load_state_dict(path: pathlib.Path) -> dict:
   return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-SOURCES = ["torchvision_resnet"] + [f"torchvision_resnet{d}" for d in sorted(resnet.STAGES) if d >= 18]
+def load_config(spec: str):
+  """`get_config([arg])` of a config file given as `path[:arg]`, as scripts/train.py's --config reads it."""
+  path, _, arg = spec.partition(":")
+  if not pathlib.Path(path).is_file():
+    sys.exit(f"--config {path}: no such file")
+  module_spec = importlib.util.spec_from_file_location("config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def convert_vit(source: str, state_dict: dict, config, image_size: int):
+  """(the whole ViTDet backbone of `config.model` at `image_size`, the keys taken from its initialisation).
+
+  Raises ValueError when the checkpoint does not fit the config: a shape differs, it has blocks the config lacks
+  (merge_into), or it lacks part of the trunk (patch embedding, position embedding, a block's norms or linears).
+  """
+  import flax
+  import jax
+  import jax.numpy as jnp
+  from dataseg_jax.models import dataseg
+
+  b = config.model.backbone
+  grid = (image_size // b.patch_size, image_size // b.patch_size)
+  if source == "hf_vitdet":
+    trunk = vit.convert_hf_vitdet(state_dict, grid, b.window_size, tuple(b.global_blocks))
+  else:
+    trunk = VITS[source](state_dict, grid)
+  model = dataseg.build_backbone(config.model, jnp.float32)
+  init = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros((1, image_size, image_size, 3)))
+  init = jax.device_get(flax.core.meta.unbox(init["params"]))
+  params = checkpoint_io.merge_into(init, trunk, "backbone")
+  from_init = sorted(set(checkpoint_io.flatten_params(init)) - set(checkpoint_io.flatten_params(trunk)))
+  lacking = [k for k in from_init if k.startswith(("patch_embed/", "pos_embed", "block_"))
+             and not k.endswith(("/rel_pos_h", "/rel_pos_w"))]
+  if lacking:
+    raise ValueError(f"the checkpoint has no {lacking[:3]}: config.model.backbone (num_layers={b.num_layers}) "
+                     f"is not the checkpoint's ViT")
+  return params, from_init
+
+
+def summarize_keys(keys) -> str:
+  """'sfp_4_up1, res2_lateral, ...; rel_pos_h/w of blocks [0, 1, ...]' for the keys not in the checkpoint."""
+  modules = sorted({k.split("/")[0] for k in keys if not k.startswith("block_")})
+  rel_pos = sorted({int(k.split("/")[0][6:]) for k in keys if k.startswith("block_")})
+  parts = [", ".join(modules)] if modules else []
+  if rel_pos:
+    parts.append(f"rel_pos_h/w of blocks {rel_pos}")
+  return "; ".join(parts)
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--from", dest="source", required=True, choices=SOURCES,
-                 help="torchvision_resnet with --depth, or the depth in the name (torchvision_resnet50)")
-  p.add_argument("--depth", type=int, default=None, choices=sorted(resnet.STAGES), help="default 50")
+                 help="torchvision_resnet with --depth, or the depth in the name (torchvision_resnet50); "
+                      "mae (MAE / timm ViT) or hf_vitdet with --config")
+  p.add_argument("--depth", type=int, default=None, choices=sorted(resnet.STAGES), help="ResNet; default 50")
+  p.add_argument("--config", default=str(VITDET_B),
+                 help="ViT: the training config file[:arg] whose model.backbone and data.image_size the output fits")
+  p.add_argument("--image_size", type=int, default=None, help="ViT: default the config's data.image_size")
   p.add_argument("--input", required=True, type=pathlib.Path)
   p.add_argument("--output", required=True, type=pathlib.Path)
   a = p.parse_args(argv)
-  named = int(a.source.removeprefix("torchvision_resnet") or 0) or None
-  if named and a.depth and named != a.depth:
-    p.error(f"--from {a.source} names depth {named} but --depth is {a.depth}")
-  depth = named or a.depth or 50
-  params = resnet.convert_torchvision_resnet(load_state_dict(a.input), depth)
+  try:
+    if a.source in VITS:
+      config = load_config(a.config)
+      if config.model.backbone.name != "vit":
+        p.error(f"--from {a.source} needs a ViT config; {a.config} has backbone {config.model.backbone.name!r}")
+      size = a.image_size or config.data.image_size
+      params, from_init = convert_vit(a.source, load_state_dict(a.input), config, size)
+      what = f"ViT backbone for {pathlib.Path(a.config).name} at {size} px"
+      if from_init:
+        print(f"not in the checkpoint, from the model's initialisation: {summarize_keys(from_init)}")
+    else:
+      named = int(a.source.removeprefix("torchvision_resnet") or 0) or None
+      if named and a.depth and named != a.depth:
+        p.error(f"--from {a.source} names depth {named} but --depth is {a.depth}")
+      depth = named or a.depth or 50
+      params = resnet.convert_torchvision_resnet(load_state_dict(a.input), depth)
+      what = f"ResNet-{depth} backbone"
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   checkpoint_io.save_params_npz(a.output, params)
   n = sum(v.size for v in checkpoint_io.flatten_params(params).values())
-  print(f"wrote {a.output}: ResNet-{depth} backbone, {n / 1e6:.2f} M parameters")
+  print(f"wrote {a.output}: {what}, {n / 1e6:.2f} M parameters")
 
 
 if __name__ == "__main__":

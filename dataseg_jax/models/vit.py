@@ -6,14 +6,19 @@ attention (non-overlapping `window_size` windows, zero padded) except the `globa
 decomposed relative position bias (ViTDet/MViTv2: bias(q, k) = q . R_h[q_y - k_y] + q . R_w[q_x - k_x]).
 The simple feature pyramid builds strides 4, 8, 16, 32 from the last stride-16 map: two / one transposed
 2x2 convs, identity, 2x2 max pool; each followed by a 1x1 and a 3x3 conv with LayerNorm.
+
+The position embedding is a parameter of the model's own token grid (ViTDet instead keeps the pretraining grid and
+resizes it on every call); `convert_hf_vitdet` and `convert_mae` map pretrained plain-ViT state dicts onto the
+trunk and do that resize once, at conversion (scripts/convert_weights.py).
 """
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from dataseg_jax.models.layers import dense
+from dataseg_jax.models.layers import dense, interpolation_matrix
 from dataseg_jax.models.resnet import conv_kernel_init
 
 
@@ -136,3 +141,145 @@ class ViTDet(nn.Module):
                   kernel_init=conv_kernel_init())(f)
       out[name] = nn.LayerNorm(dtype=self.dtype, name=f"{name}_norm2")(f)
     return out
+
+
+# Pretrained plain-ViT weights -> the trunk of `ViTDet` (patch_embed, pos_embed, block_i). Pure numpy on a state
+# dict of numpy arrays or torch tensors; scripts/convert_weights.py reads the files. The simple feature pyramid is
+# never in such a checkpoint, nor are relative-position tables in MAE/timm ones (ViTDet starts them at zero).
+
+HF_VITDET = "Hugging Face transformers VitDetModel"
+MAE = "MAE / timm VisionTransformer"
+MAE_IGNORED = ("cls_token", "mask_token", "norm.", "fc_norm.", "head.", "decoder_")  # pretraining-only parts
+
+
+class _StateDict:
+  """A state dict as float32 numpy arrays that remembers which keys were read, so that keys nobody read (a block
+  this model lacks) fail loudly, and names the layout it expected when a key is missing."""
+
+  def __init__(self, state_dict, layout: str):
+    self.layout = layout
+    self.arrays = {k: np.asarray(v.detach().float().cpu().numpy() if hasattr(v, "detach") else v, np.float32)
+                   for k, v in state_dict.items()}
+    self.read = set()
+
+  def __contains__(self, key):
+    return key in self.arrays
+
+  def __getitem__(self, key):
+    if key not in self.arrays:
+      raise ValueError(f"state dict has no {key!r}: not a {self.layout} state dict (have e.g. "
+                       f"{sorted(self.arrays)[:4]})")
+    self.read.add(key)
+    return self.arrays[key]
+
+  def num_blocks(self, prefix: str) -> int:
+    """1 + the largest N of the keys `{prefix}.N.*` (0 when there are none)."""
+    ids = [int(k[len(prefix) + 1:].split(".")[0]) for k in self.arrays if k.startswith(prefix + ".")]
+    return max(ids, default=-1) + 1
+
+  def check_all_read(self, ignored=()):
+    unread = sorted(k for k in self.arrays if k not in self.read and not k.startswith(tuple(ignored)))
+    if unread:
+      raise ValueError(f"state dict keys not understood as a {self.layout} for ViTDet: {unread[:5]}")
+
+
+def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out, in] weights of torch `F.interpolate(mode='bicubic', align_corners=False)` along one axis.
+
+  Source coordinate s = (i + 0.5) in / out - 0.5 (not clamped); taps floor(s) - 1 .. floor(s) + 2, clamped to the
+  edge pixels, with Keys' cubic convolution weights at A = -0.75 (torch's); equal sizes give the identity.
+  """
+  a = -0.75
+  src = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+  i0 = np.floor(src).astype(np.int64)
+  t = src - i0
+  near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # |x| <= 1
+  far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # 1 < |x| < 2
+  weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], 1)
+  taps = np.clip(i0[:, None] + np.arange(-1, 3), 0, in_size - 1)
+  mat = np.zeros((out_size, in_size))
+  np.add.at(mat, (np.arange(out_size)[:, None], taps), weights)
+  return mat
+
+
+def resize_pos_embed(pos: np.ndarray, grid) -> np.ndarray:
+  """A pretrained absolute position embedding [1, (1 +) S * S, D] -> `pos_embed` [1, h, w, D] for `grid` = (h, w).
+
+  The cls slot (present when the count is a square plus one) is dropped and the S x S grid resized bicubically,
+  as ViTDet's `get_abs_pos` and HF's VitDetEmbeddings do on every call; `ViTDet` stores the result instead.
+  """
+  pos = pos.reshape(-1, pos.shape[-1])
+  if math.isqrt(pos.shape[0] - 1) ** 2 == pos.shape[0] - 1:
+    pos = pos[1:]
+  s = math.isqrt(pos.shape[0])
+  if s * s != pos.shape[0]:
+    raise ValueError(f"position embedding of {pos.shape[0]} positions is not a square grid (with or without cls)")
+  out = np.einsum("hi,wj,ijd->hwd", bicubic_matrix(s, grid[0]), bicubic_matrix(s, grid[1]),
+                  pos.reshape(s, s, -1).astype(np.float64))
+  return out[None].astype(np.float32)
+
+
+def resize_rel_pos(table: np.ndarray, length: int) -> np.ndarray:
+  """A relative-position table [L, head_dim] -> [length, head_dim], linearly as ViTDet's / HF's `get_rel_pos`
+  (torch `F.interpolate(mode='linear', align_corners=False)`) when the table was trained for another size."""
+  return (interpolation_matrix(table.shape[0], length).astype(np.float64) @ table).astype(np.float32)
+
+
+def _linear(sd: _StateDict, name: str) -> dict:
+  return {"kernel": sd[f"{name}.weight"].T, "bias": sd[f"{name}.bias"]}
+
+
+def _norm(sd: _StateDict, name: str) -> dict:
+  return {"scale": sd[f"{name}.weight"], "bias": sd[f"{name}.bias"]}
+
+
+def _trunk(sd: _StateDict, grid, patch: str, pos: str, blocks: str, names: dict) -> dict:
+  """patch_embed, pos_embed and every block's norms and linears; `names` maps ours to the layout's module names."""
+  params = {"patch_embed": {"kernel": sd[f"{patch}.weight"].transpose(2, 3, 1, 0), "bias": sd[f"{patch}.bias"]},
+            "pos_embed": resize_pos_embed(sd[pos], grid)}
+  for i in range(max(sd.num_blocks(blocks), 1)):  # none: block 0's first key is named missing
+    b = f"{blocks}.{i}"
+    params[f"block_{i}"] = {
+        "norm1": _norm(sd, f"{b}.norm1"),
+        "attn": {"qkv": _linear(sd, f"{b}.{names['qkv']}"), "proj": _linear(sd, f"{b}.{names['proj']}")},
+        "norm2": _norm(sd, f"{b}.norm2"),
+        "fc1": _linear(sd, f"{b}.mlp.fc1"),
+        "fc2": _linear(sd, f"{b}.mlp.fc2"),
+    }
+  return params
+
+
+def convert_hf_vitdet(state_dict, grid, window_size: int, global_blocks) -> dict:
+  """A transformers `VitDetModel` / `VitDetBackbone` state dict -> `ViTDet` trunk params for a `grid` = (h, w) of
+  tokens (image size / patch size) with `window_size` windows outside `global_blocks` (the target config's).
+
+  The position embedding (pretrain size + cls slot) is resized to `grid` as HF does at run time, and each
+  relative-position table to 2 * window - 1 (windowed blocks) or 2 * grid - 1 (global blocks), as HF's
+  `get_rel_pos` does when the image differs from `config.image_size`. HF's `residual_block_indices` blocks have no
+  counterpart here and are refused.
+  """
+  sd = _StateDict(state_dict, HF_VITDET)
+  params = _trunk(sd, grid, "embeddings.projection", "embeddings.position_embeddings", "encoder.layer",
+                  {"qkv": "attention.qkv", "proj": "attention.proj"})
+  residual = sorted({k.split(".")[2] for k in sd.arrays if k.startswith("encoder.layer.") and ".residual." in k})
+  if residual:
+    raise ValueError(f"{HF_VITDET} blocks {residual} have residual bottleneck blocks (residual_block_indices), "
+                     f"which ViTDet here does not have")
+  for i in range(sd.num_blocks("encoder.layer")):
+    attn = f"encoder.layer.{i}.attention"
+    if f"{attn}.rel_pos_h" in sd:
+      size = grid if not window_size or i in tuple(global_blocks) else (window_size, window_size)
+      params[f"block_{i}"]["attn"]["rel_pos_h"] = resize_rel_pos(sd[f"{attn}.rel_pos_h"], 2 * size[0] - 1)
+      params[f"block_{i}"]["attn"]["rel_pos_w"] = resize_rel_pos(sd[f"{attn}.rel_pos_w"], 2 * size[1] - 1)
+  sd.check_all_read()
+  return params
+
+
+def convert_mae(state_dict, grid) -> dict:
+  """An MAE (pretraining or fine-tuned) / timm `VisionTransformer` state dict -> `ViTDet` trunk params for a
+  `grid` = (h, w) of tokens. cls token, mask token, final norm, head and MAE decoder are dropped; the position
+  embedding is resized to `grid` (cls slot dropped, bicubic) as ViTDet does; no relative-position tables."""
+  sd = _StateDict(state_dict, MAE)
+  params = _trunk(sd, grid, "patch_embed.proj", "pos_embed", "blocks", {"qkv": "attn.qkv", "proj": "attn.proj"})
+  sd.check_all_read(MAE_IGNORED)
+  return params
