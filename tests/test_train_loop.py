@@ -254,19 +254,26 @@ def test_toy_model_loss_falls_on_toy_data(tmp_path, toy_data):
 def test_backbone_init_from_a_converted_npz_replaces_the_random_init(tmp_path):
   from dataseg_jax.models import checkpoint_io
   c = config(total=2)
+  c.optimizer.learning_rate = 0.0  # the state after any step is the initial state
   fresh = loop.train(c, str(tmp_path / "fresh"), components(c))
   assert fresh["step"] == 2
   backbone = checkpoint_io.unflatten_params(
       {k: v + 1.0 for k, v in checkpoint_io.flatten_params(
           checkpointing.restore_variables(str(tmp_path / "fresh"))["params"]["backbone"]).items()})
-  checkpoint_io.save_params_npz(tmp_path / "backbone.npz", backbone)
+  partial = dict(checkpoint_io.flatten_params(backbone))
+  kept = next(k for k in sorted(partial) if np.any(partial[k] != 1.0))  # lacking in the file: keeps its init
+  del partial[kept]
+  checkpoint_io.save_params_npz(tmp_path / "backbone.npz", checkpoint_io.unflatten_params(partial))
   c.total_steps = 1
-  c.optimizer.learning_rate = 0.0  # the state after one step is the initial state
   with c.unlocked():
     c.model.backbone.init_from = str(tmp_path / "backbone.npz")
   loop.train(c, str(tmp_path / "pretrained"), components(c))
-  got = checkpointing.restore_variables(str(tmp_path / "pretrained"))["params"]["backbone"]
-  jax.tree.map(np.testing.assert_array_equal, got, backbone)
+  got = checkpoint_io.flatten_params(checkpointing.restore_variables(str(tmp_path / "pretrained"))["params"]["backbone"])
+  for k, v in partial.items():
+    np.testing.assert_array_equal(got[k], v)
+  init = checkpoint_io.flatten_params(backbone)[kept] - 1.0
+  assert np.any(init != 0), kept
+  np.testing.assert_allclose(got[kept], init, atol=1e-6)  # init + 1 - 1 in float32
   with c.unlocked():
     c.model.backbone.init_from = str(tmp_path / "missing.npz")
   with pytest.raises(FileNotFoundError, match="init_from"):

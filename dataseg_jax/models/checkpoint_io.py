@@ -53,8 +53,7 @@ def merge_into(params, loaded: dict, where: str = "params") -> dict:
     if isinstance(v, dict):
       out[k] = merge_into(params[k], v, f"{where}/{k}")
     else:
-      have = np.shape(params[k])
-      if tuple(have) != tuple(np.shape(v)):
-        raise ValueError(f"{where}/{k}: checkpoint shape {np.shape(v)} != model shape {tuple(have)}")
-      out[k] = np.asarray(v, np.float32)
+      if tuple(params[k].shape) != tuple(v.shape):  # arrays, tracers and ShapeDtypeStructs alike
+        raise ValueError(f"{where}/{k}: checkpoint shape {tuple(v.shape)} != model shape {tuple(params[k].shape)}")
+      out[k] = v.astype(np.float32)
   return out

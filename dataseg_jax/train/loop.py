@@ -147,12 +147,14 @@ def init_state(config, components: Components, mesh, tx, image_shape):
   embeddings = jnp.asarray(components.class_embeddings)
 
   def create(backbone=None):
-    """A fresh state; `backbone` (converted pretrained weights, see `pretrained_backbone`) replaces the init."""
+    """A fresh state; `backbone` (converted pretrained weights, see `pretrained_backbone`) replaces the
+    initialisation of every backbone parameter it holds; the others keep theirs."""
     variables = components.model.init({"params": init_rng, "dropout": init_rng}, images, embeddings, example_mask,
                                       train=False)
     params = flax.core.meta.unbox(variables["params"])
     if backbone is not None:
-      params = {**params, "backbone": backbone}
+      from dataseg_jax.models import checkpoint_io
+      params = {**params, "backbone": checkpoint_io.merge_into(params["backbone"], backbone, "backbone")}
     return state_lib.create(params, tx, train_rng, float(config.optimizer.ema_decay))
 
   abstract = jax.eval_shape(create)
@@ -162,8 +164,8 @@ def init_state(config, components: Components, mesh, tx, image_shape):
 
 
 def pretrained_backbone(config, abstract_state):
-  """The backbone params of `config.model.backbone.init_from` (a scripts/convert_weights.py .npz) merged over
-  zeros of the model's backbone shapes, or None when unset; a key or shape the model lacks stops at start."""
+  """The backbone params of `config.model.backbone.init_from` (a scripts/convert_weights.py .npz, all of the
+  backbone or part of it), or None when unset; a key or shape the model lacks stops at start."""
   path = config.model.backbone.get("init_from", "")
   if not path:
     return None
@@ -171,10 +173,10 @@ def pretrained_backbone(config, abstract_state):
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.model.backbone.init_from={path!r} does not exist; write it with "
                             f"scripts/convert_weights.py or leave the key empty to start from random weights")
-  zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state.params["backbone"])
-  merged = checkpoint_io.merge_into(zeros, checkpoint_io.load_params_npz(path), "backbone")
+  loaded = checkpoint_io.load_params_npz(path)
+  checkpoint_io.merge_into(abstract_state.params["backbone"], loaded, "backbone")  # keys and shapes, at start
   logging.info("backbone initialised from %s", path)
-  return merged
+  return loaded
 
 
 def longest_streak_exceeded(history: list[dict], limit: int) -> int:
