@@ -3,6 +3,7 @@
   python scripts/bench.py --out bench.json            # everything (about 15-25 min on 2 CPU cores)
   python scripts/bench.py --out bench.json --quick    # smaller repeat counts, skips R50 where slow
   python scripts/bench.py --out bench.json --only losses,data
+  python scripts/bench.py --out bench.json --only data --update   # rerun one part, keep the others
 
 Each part runs in its own subprocess (so peak RSS is that part's own) by calling `run(quick)` of
 `scripts/bench_<part>.py`; the peer is `scripts/bench_peer.py` (Hugging Face Mask2Former, needs the
@@ -79,19 +80,21 @@ def main():
   p.add_argument("--quick", action="store_true")
   p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
   p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--update", action="store_true", help="keep the other parts already in --out (rerun some)")
   a = p.parse_args()
   parts = [s for s in a.only.split(",") if s]
   unknown = set(parts) - set(PARTS)
   if unknown:
     p.error(f"--only: unknown parts {sorted(unknown)}; expected a subset of {PARTS}")
-  results = {"machine": {"cpu_count": os.cpu_count(), "threads": a.threads, "quick": a.quick}}
+  out = pathlib.Path(a.out)
+  results = json.loads(out.read_text()) if a.update and out.exists() else {}
+  results["machine"] = {"cpu_count": os.cpu_count(), "threads": a.threads, "quick": a.quick}
   for i, part in enumerate(parts):
     print(f"[{i + 1}/{len(parts)}] bench {part} ...", flush=True)
     results[part] = run_part(part, a.quick, a.threads)
     print(f"    done in {results[part].get('wall_s')} s" + (" (ERROR)" if "error" in results[part] else ""),
           flush=True)
   results["ratios_to_peer"] = peer_ratios(results)
-  out = pathlib.Path(a.out)
   out.write_text(json.dumps(results, indent=1))
   out.with_suffix(".md").write_text(markdown(results))
   print(markdown(results))

@@ -42,7 +42,7 @@ def run(quick: bool = True, data_dir: str = "") -> dict:
       config.data_dir = data_dir
       config.data.image_size = size
       config.data.batch_size = 8
-      for name in config.data.datasets:
+      for name in [n for n, e in config.data.datasets.items() if e.ratio > 0]:  # training streams only
         out[f"{name}/{size}px_img_per_s"] = round(_throughput(config, name, 4 if quick else 25), 1)
   return out
 

@@ -45,7 +45,7 @@ def trivial_baselines(metrics: dict, num_classes: dict) -> dict:
 
 
 def results_table(metrics: dict, num_classes: dict) -> str:
-  keep = ("mIoU", "PQ", "PQ_th", "PQ_st", "AP", "AP50", "box_AP")
+  keep = ("mIoU", "mIoU_unseen", "PQ", "PQ_th", "PQ_st", "AP", "AP50", "box_AP")
   base = trivial_baselines(metrics, num_classes)
   rows = ["| dataset | task | metric | value | trivial baseline (at most) |", "|---|---|---|---|---|"]
   for key in sorted(metrics):

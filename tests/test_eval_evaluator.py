@@ -109,3 +109,13 @@ def test_instance_metrics_equal_cocoeval_on_written_results(evaluated):
   assert metrics["toy_o365/instance/AP"] == pytest.approx(instance.coco_evaluate(gt, res, "segm")["AP"], abs=1e-9)
   assert metrics["toy_o365/instance/box_AP"] == pytest.approx(instance.coco_evaluate(gt, res, "bbox")["AP"], abs=1e-9)
 
+
+
+def test_per_class_iou_and_the_open_vocabulary_mean_over_classes_no_training_dataset_has(evaluated):
+  _, root, _, metrics = evaluated
+  ade = [v for k, v in metrics.items() if k.startswith("toy_ade/semantic/IoU/")]
+  assert metrics["toy_ade/semantic/mIoU"] == pytest.approx(np.mean(ade))
+  assert "toy_ade/semantic/mIoU_unseen" not in metrics  # every toy_ade class is trained on
+  held = [f"toy_heldout/semantic/IoU/{n}" for n in (root / "heldout_names.txt").read_text().split()]
+  assert any(k in metrics for k in held)
+  assert metrics["toy_heldout/semantic/mIoU_unseen"] == pytest.approx(np.mean([metrics[k] for k in held if k in metrics]))

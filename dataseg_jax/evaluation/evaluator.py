@@ -80,6 +80,7 @@ class _DatasetEval:
     self.local_names = list(local_vocab.names)
     self.local_thing = np.array(local_vocab.is_thing, bool)
     self.local_classes = np.asarray(vocab.local_to_union[self.d], np.int32)
+    self.unseen = ~vocab.seen[self.local_classes]  # [K] classes of no training dataset (open vocabulary)
     self.num_classes = len(self.local_classes)
     self.index = registry.build_index(config, name, "val", local_vocab)
     self.row_of_id = {int(i): r for r, i in enumerate(self.index.image_ids)}
@@ -211,7 +212,14 @@ class _DatasetEval:
     """Writes the remaining files; returns {f'{name}/{task}/{metric}': value}."""
     out = {}
     if "semantic" in self.tasks:
-      for k, v in self.confusion.compute().items():
+      scores = semantic.metrics_from_confusion(self.confusion.matrix)
+      iou = scores.pop("IoU")
+      for name, v in zip(self.local_names, iou):
+        if np.isfinite(v):  # classes in the ground truth or the predictions
+          out[f"{self.name}/semantic/IoU/{name}"] = float(v)
+      if np.isfinite(iou[self.unseen]).any():
+        out[f"{self.name}/semantic/mIoU_unseen"] = float(np.nanmean(iou[self.unseen]))
+      for k, v in scores.items():
         out[f"{self.name}/semantic/{k}"] = v
     if "panoptic" in self.tasks:
       self.pan_writer.close()

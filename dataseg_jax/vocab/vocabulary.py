@@ -138,6 +138,12 @@ class UnionVocab:
                local_to_union=local_to_union, local_names=[tuple(v.names) for v in vocabs.values()],
                eval_only=tuple(eval_only))
 
+  @property
+  def seen(self) -> np.ndarray:
+    """bool `[C]`: union rows some training (not evaluation-only) dataset has."""
+    training = [i for i, d in enumerate(self.datasets) if d not in self.eval_only]
+    return self.class_mask[training].any(0)
+
   def dataset_index(self, name: str) -> int:
     """Index of dataset `name`, with an error that lists the known datasets."""
     if name not in self.datasets:
