@@ -59,9 +59,9 @@ def peer_ratios(results: dict) -> dict:
   for ours_key, peer_key in (("step_s", "train_step_s"), ("peak_rss_gib", "peak_rss_gib")):
     if ours_key in ours and peer_key in peer:
       ratios[f"train_{ours_key}_ours_over_peer"] = ours[ours_key] / peer[peer_key]
-  ev = results.get("eval", {}).get("r50", {})
-  if "forward_s_per_image" in ev and "eval_s_per_image" in peer:
-    ratios["eval_s_per_image_ours_over_peer"] = ev["forward_s_per_image"] / peer["eval_s_per_image"]
+  fwd = results.get("model", {}).get("r50", {})  # the peer's eval time is its forward pass at its train size
+  if "forward_s" in fwd and "eval_s_per_image" in peer and fwd["image_size"] == peer["image_size"]:
+    ratios["eval_forward_s_per_image_ours_over_peer"] = fwd["forward_s"] / fwd["batch"] / peer["eval_s_per_image"]
   return ratios
 
 
