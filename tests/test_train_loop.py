@@ -109,6 +109,15 @@ def test_tiny_loss_falls_and_every_term_is_logged_per_dataset_and_task(tmp_path)
   assert checkpointing.make_manager(str(tmp_path)).all_steps() == [16, 20, 24][-c.keep_checkpoints:]
 
 
+def test_a_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  c = config(total=2)
+  loop.train(c, "runs/rel", components(c))
+  c.total_steps = 4
+  assert loop.train(c, "runs/rel", components(c))["step"] == 4
+  assert checkpointing.make_manager("runs/rel").latest_step() == 4
+
+
 def test_step_flops_counts_a_matrix_product_per_device():
   m, k, n = 64, 48, 32
   fn = jax.jit(lambda a, b: a @ b)

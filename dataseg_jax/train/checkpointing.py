@@ -43,6 +43,9 @@ def _handlers() -> dict:
 
 
 def checkpoint_dir(workdir: str) -> str:
+  """WORKDIR/checkpoints, made absolute for a local workdir (orbax refuses relative paths)."""
+  if "://" not in workdir:
+    workdir = os.path.abspath(os.path.expanduser(workdir))
   return os.path.join(workdir, "checkpoints")
 
 
