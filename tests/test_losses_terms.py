@@ -303,8 +303,19 @@ def test_importance_sampling_keeps_most_uncertain_points(rng):
   unc = rng.normal(size=(2, 12)).astype(np.float32)
   got = np.asarray(mask_losses.select_uncertain_points(over, tail, unc, 5))
   for r in range(2):
-    idx = np.argsort(-unc[r])[:5]
+    idx = np.sort(np.argsort(-unc[r])[:5])  # the set of the 5 most uncertain, in index order
     np.testing.assert_array_equal(got[r], np.concatenate([over[r][idx], tail[r]]))
+
+
+@pytest.mark.parametrize("n,k", [(37, 9), (200, 50), (64, 64), (5, 1)])
+def test_top_k_set_is_the_set_lax_top_k_picks(rng, n, k):
+  x = rng.normal(size=(6, n)).astype(np.float32)
+  x[0, : n // 2] = x[0, n // 2: 2 * (n // 2)]  # ties
+  x[1] = np.round(x[1])                         # many ties
+  x[2, :3] = [0.0, -0.0, np.float32(1e-38)]     # signed zero and a denormal
+  x[3] *= 1e30
+  want = np.sort(np.asarray(jax.lax.top_k(x, k)[1]), axis=1)
+  np.testing.assert_array_equal(np.asarray(mask_losses.top_k_set(x, k)), want)
 
 
 @pytest.mark.parametrize("task,expected_leaders", [

@@ -84,9 +84,30 @@ def select_uncertain_points(over: jax.Array, tail: jax.Array, uncertainty: jax.A
   Returns:
     [R, num_uncertain + T, 2] normalised (x, y).
   """
-  _, idx = jax.lax.top_k(jax.lax.stop_gradient(uncertainty), num_uncertain)
+  idx = top_k_set(jax.lax.stop_gradient(uncertainty), num_uncertain)
   picked = jnp.take_along_axis(over, idx[..., None], axis=1)
   return jax.lax.stop_gradient(jnp.concatenate([picked, tail], axis=1))
+
+
+def top_k_set(x: jax.Array, k: int) -> jax.Array:
+  """Indices [R, k] of the k largest entries of each row of x [R, n], in index order: the set `lax.top_k`
+  picks (ties to the lower index), without sorting.
+
+  The losses sum over points, so their order does not matter, and a sort of R x 3P values per layer was
+  the criterion's largest cost on XLA-CPU. Instead: the k-th largest value t of each row, found bit by bit
+  on order-preserving unsigned keys (32 counting passes), then every entry > t and the first ties == t.
+  """
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))  # float order as unsigned order
+
+  def add_bit(i, t):
+    cand = t | (jnp.uint32(1) << (jnp.uint32(31) - i.astype(jnp.uint32)))
+    return jnp.where(jnp.sum(keys >= cand[:, None], axis=1) >= k, cand, t)
+
+  t = jax.lax.fori_loop(0, 32, add_bit, jnp.zeros(x.shape[:1], jnp.uint32))[:, None]
+  above, tie = keys > t, keys == t
+  picked = above | (tie & (jnp.cumsum(tie, axis=1) <= k - jnp.sum(above, axis=1, keepdims=True)))
+  return jax.vmap(lambda row: jnp.nonzero(row, size=k)[0])(picked).astype(jnp.int32)
 
 
 def uncertainty(logit: jax.Array, prob: jax.Array, raw: jax.Array) -> jax.Array:
