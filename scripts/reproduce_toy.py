@@ -85,6 +85,16 @@ def table(summary: dict) -> str:
   return "\n".join(rows)
 
 
+def per_seed_table(runs: dict) -> str:
+  """Every run's own numbers: one row per (variant, seed), one column per metric."""
+  rows = ["| variant | seed | " + " | ".join(label for _, label in METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
+  for variant, per_seed in runs.items():
+    for seed, r in sorted(per_seed.items()):
+      cells = [f"{r['metrics'][k]:.1f}" if k in r["metrics"] else "-" for k, _ in METRICS]
+      rows.append(f"| {variant} | {seed} | " + " | ".join(cells) + " |")
+  return "\n".join(rows)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data_dir", default="data/toy")
@@ -110,6 +120,8 @@ def main():
   summary = summarise(runs)
   (root / "results.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
   print(table(summary))
+  print()
+  print(per_seed_table(runs))
 
 
 if __name__ == "__main__":
