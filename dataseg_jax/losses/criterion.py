@@ -175,8 +175,9 @@ def _weighted_terms(logits: jax.Array, masks: jax.Array, batch: dict, config: ml
   every layer's points up front would multiply the peak memory by L.
   """
   ex = {k: batch[k] for k in _example_keys()}
-  costs = jax.lax.map(lambda a: jax.vmap(lambda lg, m, e, p: layer_cost(lg, m, e, p, config), (0, 0, 0, 0))(
-      a[0], a[1], ex, draw(a[2])[0]), (logits, masks, per_layer_inputs))  # [L, B, Q, N]
+  cost_per_example = jax.vmap(lambda lg, m, e, p: layer_cost(lg, m, e, p, config))
+  costs = jax.lax.map(lambda a: cost_per_example(a[0], a[1], ex, draw(a[2])[0]),
+                      (logits, masks, per_layer_inputs))  # [L, B, Q, N]
   matches = matching.hungarian_match_batch(costs.reshape(-1, *costs.shape[2:])).reshape(
       costs.shape[:2] + costs.shape[3:])  # [L, B, N]
   per_example = jax.vmap(lambda lg, m, e, p, k: layer_losses(lg, m, e, p, k, config))

@@ -32,6 +32,7 @@ from etils import epath
 
 from dataseg_jax import config as config_lib
 from dataseg_jax import contract
+from dataseg_jax.models import checkpoint_io
 from dataseg_jax.train import checkpointing, mesh as mesh_lib, optimizer as optimizer_lib, state as state_lib
 from dataseg_jax.train import step as step_lib
 
@@ -153,7 +154,6 @@ def init_state(config, components: Components, mesh, tx, image_shape):
                                       train=False)
     params = flax.core.meta.unbox(variables["params"])
     if backbone is not None:
-      from dataseg_jax.models import checkpoint_io
       params = {**params, "backbone": checkpoint_io.merge_into(params["backbone"], backbone, "backbone")}
     return state_lib.create(params, tx, train_rng, float(config.optimizer.ema_decay))
 
@@ -169,7 +169,6 @@ def pretrained_backbone(config, abstract_state):
   path = config.model.backbone.get("init_from", "")
   if not path:
     return None
-  from dataseg_jax.models import checkpoint_io
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.model.backbone.init_from={path!r} does not exist; write it with "
                             f"scripts/convert_weights.py or leave the key empty to start from random weights")
