@@ -1,6 +1,6 @@
 """The paper's claims at toy scale: runs the comparisons of docs/results.md over several seeds.
 
-  python scripts/reproduce_toy.py --data_dir data/toy --workdir workdirs/reproduce --seeds 0,1,2 --steps 600
+  python scripts/reproduce_toy.py --data_dir data/toy --workdir workdirs/reproduce --seeds 0,1,2 --steps 500
 
 Variants (each trained with scripts/train.py and evaluated with scripts/eval.py, same steps and seed):
   joint          all three datasets together, text-embedding classifier (DaTaSeg)
@@ -128,7 +128,7 @@ def main():
   p.add_argument("--data_dir", default="data/toy")
   p.add_argument("--workdir", default="workdirs/reproduce")
   p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--steps", type=int, default=600)
+  p.add_argument("--steps", type=int, default=500)  # docs/results.md
   p.add_argument("--variants", default="joint," + ",".join(f"alone_{d}" for d in DATASETS) + ",learned,renamed")
   a = p.parse_args()
   root = REPO / a.workdir
