@@ -88,8 +88,8 @@ def bench_matching(b: int = 16, q: int = 100, n: int = 100) -> dict:
   same = all(np.isclose(costs[i][got[i], np.arange(n)].sum(), costs[i][linear_sum_assignment(costs[i])].sum(),
                         rtol=1e-5) for i in range(b))
   return {"matching_shape": f"B={b} Q={q} N={n}", "matching_device_s": device_s,
-          "matching_scipy_loop_s": scipy_s, "matching_scipy_callback_s": callback_s, "matching_speedup_vs_scipy": scipy_s / device_s,
-          "matching_equal_cost": bool(same)}
+          "matching_scipy_loop_s": scipy_s, "matching_scipy_callback_s": callback_s,
+          "matching_speedup_vs_scipy": scipy_s / device_s, "matching_equal_cost": bool(same)}
 
 
 def run(quick: bool = False) -> dict:

@@ -18,6 +18,7 @@ import resource
 import time
 import types
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,12 +154,14 @@ def breakdown(config, classes_per_dataset: int = 50, repeats: int = 3) -> dict:
   from dataseg_jax.losses import criterion
   from dataseg_jax.models import dataseg
 
+  from dataseg_jax.train import loop
+
   vocab, emb = synthetic_vocab(3, classes_per_dataset, config.model.embed_dim)
   model = dataseg.DataSeg(config.model)
   batch = jax.tree.map(jnp.asarray, synthetic_batch(config, vocab, 0, np.random.default_rng(0)))
   emb, mask = jnp.asarray(emb), jnp.asarray(vocab.class_mask)[batch["dataset_id"]]
-  params = jax.jit(lambda: flax_unbox(model.init(jax.random.key(0), batch["image"][:1], emb, mask[:1])))()
-  params = params["params"]
+  init = jax.jit(lambda: flax.core.meta.unbox(model.init(jax.random.key(0), batch["image"][:1], emb, mask[:1])))
+  params = init()["params"]
 
   def timed(fn, *args):
     compiled = jax.jit(fn).lower(*args).compile()
@@ -168,31 +171,25 @@ def breakdown(config, classes_per_dataset: int = 50, repeats: int = 3) -> dict:
       t0 = time.perf_counter()
       jax.block_until_ready(compiled(*args))
       times.append(time.perf_counter() - t0)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(np.median(times)), float((cost or {}).get("flops", 0.0))
+    return float(np.median(times))
 
-  apply = lambda p: model.apply({"params": p}, batch["image"], emb, mask, train=True,  # noqa: E731
-                                              rngs={"dropout": jax.random.key(1)})
-  out = {}
+  def apply(p):
+    return model.apply({"params": p}, batch["image"], emb, mask, train=True, rngs={"dropout": jax.random.key(1)})
+
+  def mean_of_outputs(outputs):  # a trivial loss that reaches every output
+    return sum(jnp.mean(x.astype(jnp.float32)) for x in jax.tree.leaves(outputs))
+
   backbone = dataseg.build_backbone(config.model, jnp.dtype(config.model.dtype))
   x = batch["image"].astype(jnp.dtype(config.model.dtype))
-  feats = lambda p: sum(jnp.mean(f.astype(jnp.float32)) for f in jax.tree.leaves(backbone.apply({"params": p}, x)))  # noqa: E731
-  out["backbone_fwd_s"], _ = timed(feats, params["backbone"])
-  out["backbone_fwd_bwd_s"], _ = timed(jax.grad(feats), params["backbone"])
-  out["model_fwd_s"], fwd_flops = timed(apply, params)
-  dummy = lambda p: sum(jnp.mean(x.astype(jnp.float32)) for x in jax.tree.leaves(apply(p)))  # noqa: E731
-  out["model_fwd_bwd_s"], _ = timed(jax.grad(dummy), params)
+  feats = lambda p: mean_of_outputs(backbone.apply({"params": p}, x))  # noqa: E731
   outputs = jax.jit(apply)(params)
   loss = lambda o: criterion.criterion(o, batch, config, jax.random.key(2))[0]  # noqa: E731
-  out["criterion_fwd_bwd_s"], _ = timed(jax.value_and_grad(loss), outputs)
-  out["model_gflops_fwd"] = fwd_flops / 1e9
-  return out
-
-
-def flax_unbox(variables):
-  import flax
-  return flax.core.meta.unbox(variables)
+  return {"backbone_fwd_s": timed(feats, params["backbone"]),
+          "backbone_fwd_bwd_s": timed(jax.grad(feats), params["backbone"]),
+          "model_fwd_s": timed(apply, params),
+          "model_fwd_bwd_s": timed(jax.grad(lambda p: mean_of_outputs(apply(p))), params),
+          "criterion_fwd_bwd_s": timed(jax.value_and_grad(loss), outputs),
+          "model_gflops_fwd": (loop.step_flops(jax.jit(apply), params) or 0.0) / 1e9}
 
 
 def run(quick: bool = False) -> dict:

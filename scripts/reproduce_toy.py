@@ -67,13 +67,14 @@ def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Pa
   """
   workdir = root / f"{variant}_seed{seed}"
   if variant == "renamed":
-    workdir.mkdir(parents=True, exist_ok=True)
     link = workdir / "checkpoints"
     if not link.exists():
+      workdir.mkdir(parents=True, exist_ok=True)
       link.symlink_to((root / f"joint_seed{seed}" / "checkpoints").resolve(), target_is_directory=True)
-  config, overrides = variant_args("joint" if variant == "renamed" else variant, data_dir)
-  if variant == "renamed":
-    overrides = overrides + write_renamed_vocab(root)
+    config, overrides = variant_args("joint", data_dir)
+    overrides += write_renamed_vocab(root)
+  else:
+    config, overrides = variant_args(variant, data_dir)
   common = [f"--config={config}", f"--workdir={workdir}", *overrides, f"--config.seed={seed}",
             f"--config.total_steps={steps}", "--config.eval_every_steps=-1"]
   commands = [["scripts/eval.py", *common]] if variant == "renamed" else [
