@@ -7,10 +7,11 @@ names swapped in as its classifier and no tuning.
       --config.data_dir=/datasets
 
 `arg` = BENCHMARK[,MODEL]: BENCHMARK one of data_pipelines.transfer.BENCHMARKS (voc21, voc20,
-pascal_context59, cityscapes, cityscapes_panoptic, coco_semantic); MODEL the trained recipe (r50 default,
-vitdet_b, vitdet_l) so the checkpoint's shapes match. Prepared benchmarks are expected at
-`transfer/<BENCHMARK>` under data_dir (COCO at `coco/`, Cityscapes at `cityscapes/`).
-Paper (DaTaSeg, largest model): VOC 94.7 mIoU, Pascal Context-59 51.4, COCO semantic 62.9, Cityscapes 30.0 PQ.
+pascal_context59, pascal_context459, ade847, cityscapes, cityscapes_panoptic, coco_semantic); MODEL the
+trained recipe (r50 default, vitdet_b, vitdet_l) so the checkpoint's shapes match. Prepared benchmarks are
+expected at `transfer/<BENCHMARK>` under data_dir (COCO at `coco/`, Cityscapes at `cityscapes/`).
+Paper (DaTaSeg, largest model): VOC 94.7 mIoU, Pascal Context-59 51.4, Pascal Context-459 11.6, COCO semantic
+62.9, Cityscapes 30.0 PQ (none listed for ADE20K-847).
 """
 import runpy
 import pathlib

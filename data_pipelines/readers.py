@@ -2,7 +2,10 @@
 
 Formats (one `Index` per split):
 - `semantic_png`: ADEChallengeData2016 layout, `images/<split>/*.jpg` + `annotations/<split>/*.png`
-  (same stem), one uint8 class id per pixel, 0 = void when `reduce_zero_label`.
+  (same stem), one uint8 class id per pixel, 0 = void when `reduce_zero_label`. 8-bit only: a names file
+  of more than 255 classes, or a 16-bit label PNG (checked on the split's first label), is an error here,
+  since tf.data decodes labels as uint8 and larger ids would come out wrong; such benchmarks are written
+  as `coco_panoptic` (`data_pipelines.transfer`).
 - `coco_panoptic`: COCO panoptic JSON + RGB PNGs, segment id = R + 256 G + 256^2 B [COCO panoptic
   format]; `iscrowd` segments and id 0 are void.
 - `coco_detection`: COCO-style JSON with `bbox` = [x, y, w, h] in pixels (Objects365 and any box
@@ -28,9 +31,10 @@ from dataseg_jax.vocab import vocabulary
 
 FORMATS = ("semantic_png", "coco_panoptic", "coco_detection", "coco_instances")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+MAX_8BIT_CLASSES = 255  # semantic_png: values 1..255 with reduce_zero_label, 0..254 (255 void) without
 _LAYOUT = {
     "semantic_png": ("ADEChallengeData2016 layout: <root>/images/{training,validation}/NAME.jpg and "
-                     "<root>/annotations/{training,validation}/NAME.png (uint8 class ids, 0 = void)"),
+                     "<root>/annotations/{training,validation}/NAME.png (8-bit class ids, 0 = void)"),
     "coco_panoptic": ("COCO panoptic layout: <images dir>/FILE.jpg, panoptic_<split>.json and "
                       "panoptic_<split>/FILE.png (RGB-coded segment ids)"),
     "coco_detection": "COCO detection layout: <images dir>/FILE.jpg and a COCO JSON with 'bbox' annotations",
@@ -183,11 +187,37 @@ def read_semantic_png(dataset, split, images_dir, labels_dir, vocab, bad: BadInp
   if not image_paths:
     raise FileNotFoundError(f"no image/label pairs in {images_dir} and {labels_dir}; expected the "
                             f"{_LAYOUT['semantic_png']}")
+  _require_8bit_labels(vocab, label_paths[0])
   n = len(image_paths)
   bad.log_summary(split)
   return Index(dataset, "semantic_png", split, vocab, image_paths, label_paths,
                image_ids=np.arange(n, dtype=np.int64), sizes=np.full((n, 2), -1, np.int32),
                instance_anns=[], skipped=bad.counts, panoptic_gt=panoptic_gt, **_empty_tables(n))
+
+
+def png_bit_depth(path) -> int:
+  """Bits per sample of a PNG file, from its IHDR chunk (byte 24); 0 when the file is not a PNG."""
+  with open(path, "rb") as f:
+    head = f.read(26)
+  if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+    return 0
+  return head[24]
+
+
+def _require_8bit_labels(vocab, label_path) -> None:
+  """ValueError unless the names file fits 8-bit class ids and `label_path` (the split's first) is not 16-bit.
+
+  tf.data decodes semantic_png labels as uint8, which scales a 16-bit PNG down to 8 bits (300 -> 1), so such
+  labels would silently become other classes; benchmarks with more classes are written as coco_panoptic.
+  """
+  fix = ("Write the labels as a COCO panoptic JSON + PNGs (format 'coco_panoptic', task 'semantic'), as "
+         "`python -m data_pipelines.transfer --benchmark pascal_context459|ade847` does.")
+  if len(vocab.names) > MAX_8BIT_CLASSES:
+    raise ValueError(f"semantic_png labels are 8-bit (at most {MAX_8BIT_CLASSES} classes) but the names file "
+                     f"has {len(vocab.names)} classes; larger class ids cannot be stored. {fix}")
+  if png_bit_depth(label_path) == 16:
+    raise ValueError(f"{label_path}: 16-bit label PNG; semantic_png labels are decoded as 8-bit, so values above "
+                     f"255 would be read as other classes. Save the labels as 8-bit PNGs (mode 'L' or 'P'). {fix}")
 
 
 def _semantic_panoptic_gt(panoptic: tuple, vocab, bad: BadInput) -> dict:

@@ -35,7 +35,7 @@ from dataseg_jax.evaluation import postprocess
 from dataseg_jax.evaluation import semantic
 from dataseg_jax.evaluation import writers
 
-IGNORE = 255
+IGNORE = -1  # void ground truth: outside every class id (benchmarks with > 255 classes use 255)
 
 
 def make_infer_fn(model, tasks: tuple, eval_config):
@@ -121,7 +121,7 @@ class _DatasetEval:
       lab = np.array(Image.open(self.index.label_paths[row])).astype(np.int64)
       if self.entry.reduce_zero_label:
         return np.where(lab == 0, IGNORE, lab - 1)
-      return lab
+      return np.where(lab == 255, IGNORE, lab)  # 8-bit labels without reduce_zero_label: 255 is void
     ids, segs = self._gt_panoptic(image_id)
     out = np.full(ids.shape, IGNORE, np.int64)
     for s in segs:
