@@ -1,4 +1,5 @@
-"""Converts a pretrained backbone state dict (a file you have) into this project's backbone parameters.
+"""Converts a pretrained state dict (a file you have) into this project's parameters: a backbone, or Mask2Former's
+pixel decoder and transformer decoder.
 
   python scripts/convert_weights.py --from torchvision_resnet --depth 50 \
       --input resnet50-0676ba61.pth --output backbone.npz
@@ -7,6 +8,8 @@
       --input mae_pretrain_vit_base.pth --output vitb.npz
   python scripts/convert_weights.py --from hf_vitdet --config configs/dataseg_vitdet_b.py \
       --input model.safetensors --output vitb.npz
+  python scripts/convert_weights.py --from hf_mask2former --config configs/dataseg_r50.py \
+      --input model.safetensors --output m2f.npz
 
 Sources: `torchvision_resnet` (BN folded into a per-channel scale and bias, i.e. frozen BN; 1x1 convs as Dense
 kernels); `mae`: an MAE checkpoint or any timm `VisionTransformer` state dict (cls token, mask token, final norm,
@@ -16,25 +19,37 @@ global blocks fix the sizes of the position embedding (bicubic from the pretrain
 relative-position tables; the simple feature pyramid, and the relative-position tables of an MAE checkpoint, are
 not in the file and are written from the model's own initialisation (seed `config.seed`; listed when converting),
 so the `.npz` holds the whole backbone.
+`hf_mask2former`: a transformers `Mask2FormerModel` / `Mask2FormerForUniversalSegmentation` state dict (see
+dataseg_jax/models/convert_mask2former.py for the mapping) for the `--config` you will train with, whose sizes it
+must match (a mismatch names the config key); `config.json` beside `--input` (or `--hf_config`) is read for what the
+weights cannot show (heads, pre-norm). The pixel decoder and transformer decoder are converted, and the backbone when
+it is a transformers ResNet; another backbone (Swin, ...) is left out: take ours from `--from torchvision_resnet*`
+and `--config.model.backbone.init_from`. The class head is dropped: our classifier scores text embeddings and keeps
+its initialisation.
 
-The output is a flat `.npz` with '/'-joined keys (`layer1_0/conv1/kernel`, `block_0/attn/qkv/kernel`, ...) of the
-Flax `backbone` parameters, for `--config.model.backbone.init_from=FILE.npz`. Read it back with
-`dataseg_jax.models.checkpoint_io.load_params_npz`, and put it into a model's params with
-`checkpoint_io.merge_into(variables['params']['backbone'], loaded)`. torch is needed only to read `.pth` files.
+The output is a flat `.npz` with '/'-joined keys. For a backbone (`layer1_0/conv1/kernel`, `block_0/attn/qkv/kernel`,
+...) it holds the Flax `backbone` parameters, for `--config.model.backbone.init_from=FILE.npz`; for hf_mask2former the
+model's top-level subtrees (`pixel_decoder/...`, `transformer_decoder/...`, `backbone/...`), for
+`--config.model.init_from=FILE.npz`. Read it back with `dataseg_jax.models.checkpoint_io.load_params_npz`, and put it
+into a model's params with `checkpoint_io.merge_into(variables['params'], loaded)` (or `[...]['backbone']` for a
+backbone). torch is needed only to read `.pth` files.
 """
 import argparse
 import importlib.util
+import json
 import pathlib
 import sys
 
 from dataseg_jax.models import checkpoint_io
+from dataseg_jax.models import convert_mask2former
 from dataseg_jax.models import resnet
 from dataseg_jax.models import vit
 
 RESNETS = ["torchvision_resnet"] + [f"torchvision_resnet{d}" for d in sorted(resnet.STAGES) if d >= 18]
 VITS = {"hf_vitdet": vit.convert_hf_vitdet, "mae": vit.convert_mae}
-SOURCES = RESNETS + list(VITS)
-VITDET_B = pathlib.Path(__file__).resolve().parents[1] / "configs" / "dataseg_vitdet_b.py"
+SOURCES = RESNETS + list(VITS) + ["hf_mask2former"]
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIGS = {"hf_mask2former": CONFIGS / "dataseg_r50.py", **{v: CONFIGS / "dataseg_vitdet_b.py" for v in VITS}}
 
 
 def load_state_dict(path: pathlib.Path) -> dict:
@@ -97,6 +112,21 @@ def convert_vit(source: str, state_dict: dict, config, image_size: int):
   return params, from_init
 
 
+def hf_config_json(path: pathlib.Path | None, weights: pathlib.Path) -> dict | None:
+  """The transformers config.json given by --hf_config, else the one beside the weights, else None."""
+  if path is not None and not path.is_file():
+    sys.exit(f"--hf_config {path}: no such file")
+  path = path or weights.with_name("config.json")
+  return json.loads(path.read_text()) if path.is_file() else None
+
+
+def convert_m2f(state_dict: dict, config, hf_config: dict | None):
+  """(params {'pixel_decoder', 'transformer_decoder'[, 'backbone']} fitted to `config.model`, notes to print)."""
+  params, notes = convert_mask2former.convert_hf_mask2former(state_dict, config.model, hf_config)
+  convert_mask2former.check_against_model(params, config.model, config.data.image_size)
+  return params, notes
+
+
 def summarize_keys(keys) -> str:
   """'sfp_4_up1, res2_lateral, ...; rel_pos_h/w of blocks [0, 1, ...]' for the keys not in the checkpoint."""
   modules = sorted({k.split("/")[0] for k in keys if not k.startswith("block_")})
@@ -111,16 +141,26 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--from", dest="source", required=True, choices=SOURCES,
                  help="torchvision_resnet with --depth, or the depth in the name (torchvision_resnet50); "
-                      "mae (MAE / timm ViT) or hf_vitdet with --config")
+                      "mae (MAE / timm ViT) or hf_vitdet with --config; hf_mask2former (transformers) with --config")
   p.add_argument("--depth", type=int, default=None, choices=sorted(resnet.STAGES), help="ResNet; default 50")
-  p.add_argument("--config", default=str(VITDET_B),
-                 help="ViT: the training config file[:arg] whose model.backbone and data.image_size the output fits")
+  p.add_argument("--config", default=None,
+                 help="ViT, hf_mask2former: the training config file[:arg] whose model (and data.image_size) the "
+                      "output fits; default configs/dataseg_vitdet_b.py (ViT), configs/dataseg_r50.py (hf_mask2former)")
+  p.add_argument("--hf_config", type=pathlib.Path, default=None,
+                 help="hf_mask2former: the checkpoint's config.json; default the one beside --input, if any")
   p.add_argument("--image_size", type=int, default=None, help="ViT: default the config's data.image_size")
   p.add_argument("--input", required=True, type=pathlib.Path)
   p.add_argument("--output", required=True, type=pathlib.Path)
   a = p.parse_args(argv)
+  a.config = a.config or str(DEFAULT_CONFIGS.get(a.source, ""))
   try:
-    if a.source in VITS:
+    if a.source == "hf_mask2former":
+      config = load_config(a.config)
+      params, notes = convert_m2f(load_state_dict(a.input), config, hf_config_json(a.hf_config, a.input))
+      what = f"Mask2Former {', '.join(sorted(params))} for {pathlib.Path(a.config).name}"
+      for note in notes:
+        print(note)
+    elif a.source in VITS:
       config = load_config(a.config)
       if config.model.backbone.name != "vit":
         p.error(f"--from {a.source} needs a ViT config; {a.config} has backbone {config.model.backbone.name!r}")

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+NORM_EPS = 1e-5  # torch's LayerNorm / GroupNorm epsilon, for the decoders' norms [default: Mask2Former]
+
 
 def dense(features: int, axes=("embed", "mlp"), dtype=jnp.float32, use_bias=True, name=None,
           kernel_init=nn.initializers.xavier_uniform()) -> nn.Dense:
@@ -17,13 +19,14 @@ def dense(features: int, axes=("embed", "mlp"), dtype=jnp.float32, use_bias=True
 def sine_position_encoding(height: int, width: int, dim: int, temperature: float = 10000.0) -> jnp.ndarray:
   """DETR's normalised 2-D sine encoding [default: Mask2Former PositionEmbeddingSine(normalize=True)].
 
-  pos_y(i, 2k) = sin(y_i / T^(2k/d')), pos_y(i, 2k+1) = cos(...), with y_i = (i + 0.5) / H * 2 pi and d' = dim/2;
-  the same for x; output concat(pos_y, pos_x) of shape [H, W, dim].
+  pos_y(i, 2k) = sin(y_i / T^(2k/d')), pos_y(i, 2k+1) = cos(...), with y_i = (i + 1) / (H + 1e-6) * 2 pi (the
+  cumulative count of rows over the last one, as Mask2Former and DETR) and d' = dim/2; the same for x; output
+  concat(pos_y, pos_x) of shape [H, W, dim].
   """
   half = dim // 2
   scale = 2 * math.pi
-  y = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height * scale
-  x = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width * scale
+  y = (jnp.arange(height, dtype=jnp.float32) + 1) / (height + 1e-6) * scale
+  x = (jnp.arange(width, dtype=jnp.float32) + 1) / (width + 1e-6) * scale
   dim_t = temperature ** (2 * (jnp.arange(half) // 2) / half)
 
   def encode(v):  # [n] -> [n, half], interleaved sin/cos

@@ -3,7 +3,8 @@
 [default: Mask2Former MSDeformAttnPixelDecoder] Features at strides 8, 16, 32 are projected to `hidden_dim`,
 given sine position + learned level embeddings, and refined by `num_layers` deformable-attention encoder
 layers (Zhu et al., Deformable DETR, Eq. 3); the stride-8 output is fused top-down with the stride-4 backbone
-feature (FPN lateral + 3x3 conv) and projected to `mask_dim` per-pixel embeddings.
+feature (FPN lateral + 3x3 conv) and projected to `mask_dim` per-pixel embeddings. Layer and group norms use torch's
+epsilon (1e-5), as Mask2Former.
 """
 import functools
 from typing import Sequence
@@ -12,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dataseg_jax.models.layers import dense, resize_bilinear, sine_position_encoding
+from dataseg_jax.models.layers import NORM_EPS, dense, resize_bilinear, sine_position_encoding
 from dataseg_jax.models.resnet import conv_kernel_init
 
 
@@ -153,10 +154,10 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, pos, reference, shapes):
     attn = MSDeformAttn(self.num_heads, self.num_levels, self.num_points, self.dtype, name="self_attn")
-    x = nn.LayerNorm(dtype=self.dtype, name="norm1")(x + attn(x + pos, reference, x, shapes))
+    x = nn.LayerNorm(NORM_EPS, dtype=self.dtype, name="norm1")(x + attn(x + pos, reference, x, shapes))
     y = dense(self.ffn_dim, ("embed", "mlp"), self.dtype, name="linear1")(x)
     y = dense(x.shape[-1], ("mlp", "embed"), self.dtype, name="linear2")(nn.relu(y))
-    return nn.LayerNorm(dtype=self.dtype, name="norm2")(x + y)
+    return nn.LayerNorm(NORM_EPS, dtype=self.dtype, name="norm2")(x + y)
 
 
 def reference_points(shapes) -> jnp.ndarray:
@@ -187,7 +188,7 @@ class PixelDecoder(nn.Module):
                              (len(names), d))
     for i, n in enumerate(names):
       x = dense(d, ("conv_in", "embed"), self.dtype, name=f"input_proj_{i}")(feats[n])
-      x = nn.GroupNorm(32 if d % 32 == 0 else 1, dtype=self.dtype, name=f"input_norm_{i}")(x)
+      x = nn.GroupNorm(32 if d % 32 == 0 else 1, epsilon=NORM_EPS, dtype=self.dtype, name=f"input_norm_{i}")(x)
       b, h, w, _ = x.shape
       shapes.append((h, w))
       srcs.append(x.reshape(b, h * w, d))
@@ -203,12 +204,12 @@ class PixelDecoder(nn.Module):
       memory.append(x[:, start:start + h * w].reshape(x.shape[0], h, w, d))
       start += h * w
     # FPN: stride-4 lateral + upsampled stride-8 memory, 3x3 output conv, then the mask-feature projection.
-    lateral = nn.GroupNorm(32 if d % 32 == 0 else 1, dtype=self.dtype, name="lateral_norm")(
+    lateral = nn.GroupNorm(32 if d % 32 == 0 else 1, epsilon=NORM_EPS, dtype=self.dtype, name="lateral_norm")(
         dense(d, ("conv_in", "embed"), self.dtype, use_bias=False, name="lateral")(feats["res2"]))
     b, h4, w4, _ = lateral.shape
     y = lateral + resize_bilinear(memory[-1], (h4, w4), channels_last=True)
     y = nn.Conv(d, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="output_conv",
                 kernel_init=conv_kernel_init())(y)
-    y = nn.relu(nn.GroupNorm(32 if d % 32 == 0 else 1, dtype=self.dtype, name="output_norm")(y))
+    y = nn.relu(nn.GroupNorm(32 if d % 32 == 0 else 1, epsilon=NORM_EPS, dtype=self.dtype, name="output_norm")(y))
     mask_features = dense(self.mask_dim, ("embed", "mlp"), self.dtype, name="mask_features")(y)
     return memory, mask_features

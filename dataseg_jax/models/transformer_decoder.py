@@ -4,13 +4,13 @@
 cross-attention (Mask2Former Eq. 2: a query attends only where its previous mask prediction is > 0.5;
 a query whose mask is empty attends everywhere) -> self-attention -> FFN, post-norm. Predictions come from
 the initial queries and after every layer (L = num_layers + 1): the normalised query embedding (for the
-classifier) and mask logits = MLP(query) . per-pixel embeddings.
+classifier) and mask logits = MLP(query) . per-pixel embeddings. Layer norms use torch's epsilon (1e-5).
 """
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dataseg_jax.models.layers import MLP, Attention, dense, resize_bilinear, sine_position_encoding
+from dataseg_jax.models.layers import MLP, NORM_EPS, Attention, dense, resize_bilinear, sine_position_encoding
 
 
 class DecoderLayer(nn.Module):
@@ -23,13 +23,13 @@ class DecoderLayer(nn.Module):
     """x, query_pos [B, Q, D]; memory, memory_pos [B, S, D]; attn_mask [B, 1, Q, S] (True = attend)."""
     y = Attention(self.num_heads, self.dtype, name="cross_attn")(x + query_pos, memory + memory_pos, memory,
                                                                  attn_mask)
-    x = nn.LayerNorm(dtype=self.dtype, name="norm_cross")(x + y)
+    x = nn.LayerNorm(NORM_EPS, dtype=self.dtype, name="norm_cross")(x + y)
     q = x + query_pos
-    x = nn.LayerNorm(dtype=self.dtype, name="norm_self")(x + Attention(self.num_heads, self.dtype,
-                                                                        name="self_attn")(q, q, x))
+    y = Attention(self.num_heads, self.dtype, name="self_attn")(q, q, x)
+    x = nn.LayerNorm(NORM_EPS, dtype=self.dtype, name="norm_self")(x + y)
     y = dense(self.ffn_dim, ("embed", "mlp"), self.dtype, name="linear1")(x)
     y = dense(x.shape[-1], ("mlp", "embed"), self.dtype, name="linear2")(nn.relu(y))
-    return nn.LayerNorm(dtype=self.dtype, name="norm_ffn")(x + y)
+    return nn.LayerNorm(NORM_EPS, dtype=self.dtype, name="norm_ffn")(x + y)
 
 
 def attention_mask(mask_logits: jnp.ndarray, size) -> jnp.ndarray:
@@ -70,7 +70,7 @@ class TransformerDecoder(nn.Module):
       sizes.append((h, w))
       mems.append((m + level_embed[i].astype(m.dtype)).reshape(b, h * w, d))
       mem_pos.append(sine_position_encoding(h, w, d).reshape(1, h * w, d).astype(self.dtype))
-    norm = nn.LayerNorm(dtype=self.dtype, name="decoder_norm")
+    norm = nn.LayerNorm(NORM_EPS, dtype=self.dtype, name="decoder_norm")
     mask_mlp = MLP(d, self.mask_dim, 3, self.dtype, name="mask_embed")
 
     def predict(x, level):

@@ -147,14 +147,14 @@ def init_state(config, components: Components, mesh, tx, image_shape):
   example_mask = jnp.asarray(components.vocab.class_mask[:1])
   embeddings = jnp.asarray(components.class_embeddings)
 
-  def create(backbone=None):
-    """A fresh state; `backbone` (converted pretrained weights, see `pretrained_backbone`) replaces the
-    initialisation of every backbone parameter it holds; the others keep theirs."""
+  def create(pretrained=None):
+    """A fresh state; `pretrained` (converted weights, a params subtree, see `pretrained_params`) replaces the
+    initialisation of every parameter it holds; the others keep theirs."""
     variables = components.model.init({"params": init_rng, "dropout": init_rng}, images, embeddings, example_mask,
                                       train=False)
     params = flax.core.meta.unbox(variables["params"])
-    if backbone is not None:
-      params = {**params, "backbone": checkpoint_io.merge_into(params["backbone"], backbone, "backbone")}
+    if pretrained is not None:
+      params = checkpoint_io.merge_into(params, pretrained)
     return state_lib.create(params, tx, train_rng, float(config.optimizer.ema_decay))
 
   abstract = jax.eval_shape(create)
@@ -163,19 +163,40 @@ def init_state(config, components: Components, mesh, tx, image_shape):
   return abstract, shardings, jax.jit(create, out_shardings=shardings)
 
 
-def pretrained_backbone(config, abstract_state):
-  """The backbone params of `config.model.backbone.init_from` (a scripts/convert_weights.py .npz, all of the
-  backbone or part of it), or None when unset; a key or shape the model lacks stops at start."""
-  path = config.model.backbone.get("init_from", "")
+def _converted_npz(path: str, key: str) -> dict | None:
+  """The params tree of a scripts/convert_weights.py .npz named by config key `key`, or None when `path` is ''."""
   if not path:
     return None
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"config.model.backbone.init_from={path!r} does not exist; write it with "
-                            f"scripts/convert_weights.py or leave the key empty to start from random weights")
-  loaded = checkpoint_io.load_params_npz(path)
-  checkpoint_io.merge_into(abstract_state.params["backbone"], loaded, "backbone")  # keys and shapes, at start
-  logging.info("backbone initialised from %s", path)
+    raise FileNotFoundError(f"{key}={path!r} does not exist; write it with scripts/convert_weights.py or leave the "
+                            f"key empty to start from random weights")
+  logging.info("%s: initialising from %s", key, path)
+  return checkpoint_io.load_params_npz(path)
+
+
+def pretrained_backbone(config, abstract_state):
+  """The backbone params of `config.model.backbone.init_from` (a scripts/convert_weights.py .npz, all of the
+  backbone or part of it), or None when unset; a key or shape the model lacks stops at start."""
+  loaded = _converted_npz(config.model.backbone.get("init_from", ""), "config.model.backbone.init_from")
+  if loaded is not None:
+    checkpoint_io.merge_into(abstract_state.params["backbone"], loaded, "backbone")  # keys and shapes, at start
   return loaded
+
+
+def pretrained_params(config, abstract_state):
+  """The converted weights a fresh run starts from, a subtree of the params, or None when there are none:
+  `config.model.init_from` (a whole-model .npz, e.g. `convert_weights.py --from hf_mask2former`: whichever of
+  backbone, pixel_decoder, transformer_decoder it holds; the classifier keeps its initialisation) with
+  `config.model.backbone.init_from` over its backbone. A key or shape the model lacks stops at start."""
+  loaded = _converted_npz(config.model.get("init_from", ""), "config.model.init_from")
+  flat = checkpoint_io.flatten_params(loaded or {})
+  backbone = pretrained_backbone(config, abstract_state)
+  flat.update(checkpoint_io.flatten_params({"backbone": backbone} if backbone is not None else {}))
+  if not flat:
+    return None
+  pretrained = checkpoint_io.unflatten_params(flat)
+  checkpoint_io.merge_into(abstract_state.params, pretrained)  # keys and shapes, at start
+  return pretrained
 
 
 def longest_streak_exceeded(history: list[dict], limit: int) -> int:
@@ -231,7 +252,7 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
   iterator = components.make_iterator(jax.process_index(), jax.process_count())
   latest = manager.latest_step()
   if latest is None:
-    state = create(pretrained_backbone(config, abstract))
+    state = create(pretrained_params(config, abstract))
   else:
     state, data_state = checkpointing.restore(manager, latest, abstract, workdir)
     iterator.set_state(data_state)
