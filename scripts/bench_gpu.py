@@ -12,7 +12,7 @@ Runs on whatever accelerator JAX sees (`scripts/bench.py` is the CPU suite). In 
   vitb         the same without remat
   criterion    the criterion alone at the paper's sizes (10 layers, B=16, 12544 points)
   r50          configs/dataseg_r50.py at 1024x1024, batch 16, bf16
-MFU counts model FLOPs (3 x the forward pass) over the device's dense bf16 peak (`loop.PEAK_FLOPS`); HFU
+MFU counts model FLOPs (3 x the forward pass) over the device's dense bf16 peak (`dataseg_jax.hardware.PEAK_FLOPS`); HFU
 counts everything XLA does in the compiled step. A variant is skipped once `--budget_s` has passed.
 """
 import argparse

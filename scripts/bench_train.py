@@ -7,7 +7,8 @@ Times the real jitted step (DataSeg forward, DaTaSeg criterion, gradients, AdamW
 the batch contract, cycling through the three datasets and their tasks, after one compile. FLOPs come from
 XLA's cost analysis of the CPU lowering (`loop.step_flops`): MFU counts model FLOPs (3 x the forward pass)
 and HFU everything the step does (criterion, remat recompute, optimizer), both over a known accelerator
-peak (`loop.PEAK_FLOPS`); on CPU only the achieved TFLOP/s is reported. `scripts/bench.py` calls `run(quick)`.
+peak (`dataseg_jax.hardware.PEAK_FLOPS`); on CPU only the achieved TFLOP/s is reported.
+`scripts/bench.py` calls `run(quick)`.
 """
 import argparse
 import functools

@@ -32,13 +32,11 @@ from etils import epath
 
 from dataseg_jax import config as config_lib
 from dataseg_jax import contract
+from dataseg_jax import hardware
 from dataseg_jax.models import checkpoint_io
 from dataseg_jax.train import checkpointing, mesh as mesh_lib, optimizer as optimizer_lib, state as state_lib
 from dataseg_jax.train import step as step_lib
 
-# Peak dense bf16 FLOP/s per device, by `device_kind` substring (vendor data sheets), for the MFU estimate.
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-              "TPU v6": 918e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 PROFILE_STEPS = 5
 
 
@@ -100,8 +98,7 @@ def check_workdir(workdir: str) -> epath.Path:
 
 
 def peak_flops_per_device() -> float | None:
-  kind = jax.devices()[0].device_kind
-  return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+  return hardware.peak_flops(jax.devices()[0].device_kind)
 
 
 def step_flops(jitted, *args) -> float | None:
