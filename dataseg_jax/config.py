@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.mask_dim = 256
   m.embed_dim = 384                   # text-embedding width (384 MiniLM, 768 CLIP ViT-L/14)
   m.temperature = 0.01                # [default] initial cosine-logit temperature (learned)
+  m.inference_temperature = 0.0       # [not in paper] > 0: the temperature outside training (0: the learned one)
   m.classifier = "text"               # [paper] frozen text embeddings; 'learned': ablation, a learned table
   m.dtype = "bfloat16"                # activation dtype; params stay float32
 

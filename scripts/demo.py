@@ -33,7 +33,8 @@ def run(*args: str) -> None:
 def trivial_baselines(metrics: dict, num_classes: dict) -> dict:
   """What a model that learned nothing scores: predicting nothing gives PQ 0 and AP 0; labelling every pixel
   with one class gives mIoU <= 100 / K for a dataset whose K classes all occur in its val split (that class's
-  IoU is at most 1, every other class's is 0)."""
+  IoU is at most 1, every other class's is 0); held-out classes score their chance level (the evaluator's
+  `mIoU_unseen_chance`: uniform random labels)."""
   base = {}
   for key in metrics:
     name, _, metric = key.split("/", 2)
@@ -41,13 +42,16 @@ def trivial_baselines(metrics: dict, num_classes: dict) -> dict:
       base[key] = 0.0
     elif metric == "mIoU" and name in num_classes:
       base[key] = 100.0 / num_classes[name]
+    elif metric == "mIoU_unseen" and key + "_chance" in metrics:
+      base[key] = metrics[key + "_chance"]
   return base
 
 
 def results_table(metrics: dict, num_classes: dict) -> str:
   keep = ("mIoU", "mIoU_unseen", "PQ", "PQ_th", "PQ_st", "AP", "AP50", "box_AP")
   base = trivial_baselines(metrics, num_classes)
-  rows = ["| dataset | task | metric | value | trivial baseline (at most) |", "|---|---|---|---|---|"]
+  rows = ["| dataset | task | metric | value | trivial baseline (mIoU: at most; unseen: chance) |",
+          "|---|---|---|---|---|"]
   for key in sorted(metrics):
     name, task, metric = key.split("/", 2)
     if metric in keep:

@@ -7,6 +7,8 @@ Variants (each trained with scripts/train.py and evaluated with scripts/eval.py,
   alone_<name>   one dataset alone (configs/toy.py:<name>), same number of steps
   learned        joint, but a learned classifier (model.classifier='learned') instead of text embeddings
   renamed        the joint model evaluated with toy_ade's classes renamed to synonyms (SYNONYMS; no training)
+  cold           joint at the recipe's temperature 0.01 throughout (configs/toy.py trains at 0.07, infers at 0.01)
+  cold_renamed   the cold model evaluated with the synonyms
 Reported per variant: mean and standard deviation over seeds of each dataset's metrics, the weak-transfer
 metrics (toy_o365 mask AP from boxes only, toy_ade PQ from semantic labels only) and the open-vocabulary
 metric (toy_heldout mIoU over the classes in no training vocabulary). Finished runs are reused; results go to
@@ -28,6 +30,7 @@ METRICS = (  # (key, label)
     ("toy_o365/instance/AP", "O365-like mask AP (boxes only: weak transfer)"),
     ("toy_ade/panoptic/PQ", "ADE-like PQ (semantic labels only: weak transfer)"),
     ("toy_heldout/semantic/mIoU_unseen", "held-out classes mIoU (in no training vocabulary: open vocabulary)"),
+    ("toy_heldout/semantic/mIoU_unseen_chance", "held-out classes mIoU at chance (uniform random labels)"),
     ("toy_heldout/semantic/mIoU", "held-out dataset mIoU (all its classes)"),
 )
 
@@ -35,6 +38,7 @@ METRICS = (  # (key, label)
 SYNONYMS = {"sky": "heavens", "grass": "lawn", "water": "sea", "road": "street", "wall": "partition",
             "car": "automobile", "person": "human", "dog": "hound", "chair": "seat", "bottle": "flask"}
 TOY_ADE_THINGS = ("car", "person", "dog", "chair", "bottle")
+RENAMED_OF = {"renamed": "joint", "cold_renamed": "cold"}  # evaluation-only variant -> the trained one it renames
 
 
 def variant_args(variant: str, data_dir: str) -> tuple:
@@ -44,6 +48,8 @@ def variant_args(variant: str, data_dir: str) -> tuple:
     return "configs/toy.py", base
   if variant == "learned":
     return "configs/toy.py", base + ["--config.model.classifier=learned"]
+  if variant == "cold":
+    return "configs/toy.py", base + ["--config.model.temperature=0.01", "--config.model.inference_temperature=0"]
   if variant.startswith("alone_"):
     return f"configs/toy.py:{variant[len('alone_'):]}", base
   raise ValueError(f"unknown variant {variant!r}")
@@ -62,22 +68,23 @@ def write_renamed_vocab(root: pathlib.Path) -> list:
 def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Path) -> dict:
   """Trains and evaluates one (variant, seed) unless its metrics exist; returns the metrics and the commands.
 
-  `renamed` trains nothing: it evaluates the `joint` run of the same seed (its checkpoints linked into its
-  own workdir) with toy_ade's classes named by their synonyms.
+  A `RENAMED_OF` variant trains nothing: it evaluates the run of its trained variant at the same seed (whose
+  checkpoints it links into its own workdir) with toy_ade's classes named by their synonyms.
   """
   workdir = root / f"{variant}_seed{seed}"
-  if variant == "renamed":
+  trained = RENAMED_OF.get(variant)
+  if trained:
     link = workdir / "checkpoints"
     if not link.exists():
       workdir.mkdir(parents=True, exist_ok=True)
-      link.symlink_to((root / f"joint_seed{seed}" / "checkpoints").resolve(), target_is_directory=True)
-    config, overrides = variant_args("joint", data_dir)
+      link.symlink_to((root / f"{trained}_seed{seed}" / "checkpoints").resolve(), target_is_directory=True)
+    config, overrides = variant_args(trained, data_dir)
     overrides += write_renamed_vocab(root)
   else:
     config, overrides = variant_args(variant, data_dir)
   common = [f"--config={config}", f"--workdir={workdir}", *overrides, f"--config.seed={seed}",
             f"--config.total_steps={steps}", "--config.eval_every_steps=-1"]
-  commands = [["scripts/eval.py", *common]] if variant == "renamed" else [
+  commands = [["scripts/eval.py", *common]] if trained else [
       ["scripts/train.py", *common], ["scripts/eval.py", *common]]
   metrics_file = workdir / "eval" / "metrics.json"
   if not metrics_file.exists():
@@ -130,7 +137,8 @@ def main():
   p.add_argument("--workdir", default="workdirs/reproduce")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--steps", type=int, default=500)  # docs/results.md
-  p.add_argument("--variants", default="joint," + ",".join(f"alone_{d}" for d in DATASETS) + ",learned,renamed")
+  p.add_argument("--variants", default="joint," + ",".join(f"alone_{d}" for d in DATASETS) +
+                 ",learned,renamed,cold,cold_renamed")
   a = p.parse_args()
   root = REPO / a.workdir
   root.mkdir(parents=True, exist_ok=True)

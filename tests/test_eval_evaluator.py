@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -23,6 +24,7 @@ from configs import toy  # noqa: E402
 from dataseg_jax.evaluation import evaluator  # noqa: E402
 from dataseg_jax.evaluation import instance  # noqa: E402
 from dataseg_jax.evaluation import panoptic  # noqa: E402
+from dataseg_jax.evaluation import semantic  # noqa: E402
 from scripts import make_toy_data  # noqa: E402
 
 
@@ -119,3 +121,10 @@ def test_per_class_iou_and_the_open_vocabulary_mean_over_classes_no_training_dat
   held = [f"toy_heldout/semantic/IoU/{n}" for n in (root / "heldout_names.txt").read_text().split()]
   assert any(k in metrics for k in held)
   assert metrics["toy_heldout/semantic/mIoU_unseen"] == pytest.approx(np.mean([metrics[k] for k in held if k in metrics]))
+  # Chance level: uniform random labelling over the dataset's classes, from the ground truth PNGs themselves.
+  names = (root / "toy_heldout/names.txt").read_text().splitlines()
+  labels = [np.array(Image.open(p)) for p in sorted((root / "toy_heldout/annotations/validation").glob("*.png"))]
+  counts = np.bincount(np.concatenate([l.ravel() for l in labels]), minlength=len(names) + 1)[1:len(names) + 1]
+  unseen = [names.index(n) for n in (root / "heldout_names.txt").read_text().split()]
+  expected = np.nanmean(semantic.chance_iou(counts)[unseen])
+  assert metrics["toy_heldout/semantic/mIoU_unseen_chance"] == pytest.approx(expected, rel=1e-9)

@@ -402,3 +402,16 @@ def test_semantic_missing_prediction_names_file(tmp_path):
   Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "gt" / "a.png")
   with pytest.raises(FileNotFoundError, match=r"pred/a\.png"):
     evaluate_predictions.evaluate_semantic(str(tmp_path / "gt"), str(tmp_path / "pred"), 3)
+
+
+def test_chance_iou_equals_uniform_random_labelling():
+  """The closed form against simulation: random labels over K classes scored by our confusion matrix."""
+  rng = np.random.default_rng(0)
+  k = 5
+  gt = rng.choice(k, size=400_000, p=[0.5, 0.3, 0.15, 0.05, 0.0])
+  counts = np.bincount(gt, minlength=k)
+  chance = semantic.chance_iou(counts)
+  simulated = semantic.metrics_from_confusion(semantic.confusion_matrix(rng.integers(0, k, gt.size), gt, k))["IoU"]
+  np.testing.assert_allclose(chance[:4], simulated[:4], rtol=0.02)
+  assert np.isnan(chance[4]) and simulated[4] == 0  # absent class: no chance level (it is only predicted)
+  np.testing.assert_allclose(semantic.chance_iou([1, 1]), [100 / 3, 100 / 3])  # (1/2) / (1 + 1 - 1/2)

@@ -212,3 +212,23 @@ def test_every_matrix_parameter_has_logical_axis_names(name):
       unnamed.append(jax.tree_util.keystr(path))
   assert not unnamed
   assert names >= {"embed", "mlp", "heads", "conv_in", "conv_out", "queries", "vocab_embed", "classes"}
+
+
+def test_inference_temperature_rescales_logits_outside_training_only():
+  """logits = cos / tau: with inference_temperature t the eval logits are the training ones times tau / t
+  (same class ranking), the -1e9 of other datasets' classes stays masked, and training keeps the learned tau."""
+  m, size = tiny("vit_norelpos")
+  m.inference_temperature = 0.0
+  model, args = dataseg.DataSeg(m), inputs(m, size)
+  variables = jax.jit(model.init)(jax.random.key(0), *args)
+  train = np.asarray(model.apply(variables, *args, train=True)["pred_logits"])
+  np.testing.assert_array_equal(np.asarray(model.apply(variables, *args)["pred_logits"]), train)  # 0: learned tau
+  m.inference_temperature = 0.002
+  sharp_model = dataseg.DataSeg(m)
+  sharp = np.asarray(sharp_model.apply(variables, *args)["pred_logits"])
+  np.testing.assert_array_equal(np.asarray(sharp_model.apply(variables, *args, train=True)["pred_logits"]), train)
+  tau = float(np.exp(variables["params"]["classifier"]["log_temperature"]))
+  allowed = train > -1e8
+  np.testing.assert_allclose(sharp[allowed], train[allowed] * tau / 0.002, rtol=1e-4, atol=1e-3)
+  assert (sharp[~allowed] <= -1e9).all() and tau == pytest.approx(m.temperature)
+  np.testing.assert_array_equal(np.argmax(sharp, -1), np.argmax(train, -1))

@@ -219,6 +219,9 @@ class _DatasetEval:
           out[f"{self.name}/semantic/IoU/{name}"] = float(v)
       if np.isfinite(iou[self.unseen]).any():
         out[f"{self.name}/semantic/mIoU_unseen"] = float(np.nanmean(iou[self.unseen]))
+        chance = semantic.chance_iou(self.confusion.matrix.sum(1))[self.unseen]
+        if np.isfinite(chance).any():  # unseen classes in the ground truth
+          out[f"{self.name}/semantic/mIoU_unseen_chance"] = float(np.nanmean(chance))
       for k, v in scores.items():
         out[f"{self.name}/semantic/{k}"] = v
     if "panoptic" in self.tasks:

@@ -52,7 +52,7 @@ class DataSeg(nn.Module):
 
   @nn.compact
   def __call__(self, images, class_embeddings, class_mask, *, train: bool = False):
-    del train  # no dropout or batch statistics: train and eval are the same function [default: dropout 0]
+    # No dropout or batch statistics [default: dropout 0]: `train` changes only the classifier's temperature.
     cfg = self.config
     if cfg.num_queries <= 0:
       raise ValueError(f"config.model.num_queries: must be > 0, got {cfg.num_queries}")
@@ -68,8 +68,8 @@ class DataSeg(nn.Module):
         cfg.num_queries, dc.num_layers, dc.num_heads, dc.ffn_dim, cfg.mask_dim, dtype,
         name="transformer_decoder")(memory, mask_features)
     classifier = classifier_lib.TextClassifier(cfg.embed_dim, cfg.temperature, cfg.classifier == "learned", dtype,
-                                               name="classifier")
-    logits = classifier(queries, class_embeddings, class_mask)
+                                               cfg.inference_temperature, name="classifier")
+    logits = classifier(queries, class_embeddings, class_mask, train=train)
     return {"pred_logits": logits.astype(jnp.float32), "pred_masks": masks.astype(jnp.float32)}
 
 
