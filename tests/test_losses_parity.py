@@ -47,7 +47,7 @@ def _transformers_losses(outputs, batch, cfg, points, num_classes):
   def fake_rand(*shape, **kw):
     state["rand_calls"] = state.get("rand_calls", 0) + 1
     if shape[0] == 1 and shape[1] == cfg.matcher.num_points:
-      out = torch.from_numpy(np.asarray(points.match[state["layer"], state["match_b"]]))[None]
+      out = torch.from_numpy(np.array(points.match[state["layer"], state["match_b"]]))[None]  # a writable copy
       state["match_b"] += 1
       return out
     if shape[1] == points.over.shape[3]:
