@@ -51,9 +51,8 @@ WORLD = {
 # Held-out classes: visual variants (paler colour, same texture and shape) of trained classes, under related
 # names that no training vocabulary uses, as a direct-transfer benchmark's classes relate to the training ones.
 VARIANTS = {"kitten": "cat", "parrot": "bird", "canoe": "boat", "beach": "sand"}
-for _name, _of in VARIANTS.items():
-  _rgb, _kind, _shape = WORLD[_of]
-  WORLD[_name] = (tuple(int(0.6 * c + 0.4 * 255) for c in _rgb), _kind, _shape)
+WORLD.update({name: (tuple(int(0.6 * c + 0.4 * 255) for c in WORLD[of][0]), *WORLD[of][1:])
+              for name, of in VARIANTS.items()})
 # dataset -> {local name: world class}
 VOCABS = {
     "toy_ade": {"sky": "sky", "grass": "grass", "water": "water", "road": "road", "wall": "wall",
