@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   l.oversample_ratio = 3.0
   l.importance_sample_ratio = 0.75
   l.deep_supervision = True
+  l.row_block = 16                    # [not in paper] target rows per skippable block of the point-sampled terms
   l.merge = "hard"                    # 'hard' (argmax class, clipped sum) or 'soft' (prob-weighted)
   c.matcher = mt = ml_collections.ConfigDict()
   mt.class_cost = 2.0
@@ -228,6 +229,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("data.image_size", f"must be a multiple of 32 (the coarsest feature stride), got {d.image_size}")
   if d.mixture_mode not in ("per_batch", "per_example"):
     fail("data.mixture_mode", f"must be 'per_batch' or 'per_example', got {d.mixture_mode!r}")
+  if config.loss.row_block <= 0:
+    fail("loss.row_block", f"must be > 0, got {config.loss.row_block}")
   if config.loss.merge not in ("hard", "soft"):
     fail("loss.merge", f"must be 'hard' or 'soft', got {config.loss.merge!r}")
   if config.total_steps <= 0:

@@ -98,9 +98,14 @@ def np_layer(logits, masks, ex, pts, cfg):
   seg_masks = [(ex["segment_map"] == k).astype(np.float64) for k in range(n)]
 
   def merged_at(j, coords):
-    ls = np.stack([np_point_sample(masks[i], coords) for i in members[j]])
-    prob = np.clip((weight[members[j], None] * np_sigmoid(ls)).sum(0), 0, 1)
-    return ls.sum(0), prob
+    """(logit, prob) of slot j at the points: a raw slot's sampled logit, else its merged mask on the grid
+    clip(sum w_i sigmoid(m_i)), sampled (its 'logit' is then unused)."""
+    if raw[j]:
+      logit = np_point_sample(masks[j], coords)
+      return logit, np_sigmoid(logit)
+    grid = np.clip((weight[members[j], None, None] * np_sigmoid(masks[members[j]])).sum(0), 0, 1)
+    prob = np_point_sample(grid, coords)
+    return prob, prob
 
   # matching on the (active x valid) submatrix
   valid = np.nonzero(ex["seg_valid"])[0]
@@ -208,6 +213,11 @@ def test_point_sample_equals_tent_weighted_numpy(rng):
   coords = rng.uniform(-0.1, 1.1, size=(50, 2)).astype(np.float32)
   got = np.asarray(mask_losses.point_sample(jnp.asarray(grid), jnp.asarray(coords)))
   np.testing.assert_allclose(got, np_point_sample(grid, coords), **TOL)
+  grids = rng.normal(size=(3, 7, 9)).astype(np.float32)
+  coords = rng.uniform(-0.3, 1.3, size=(80, 2)).astype(np.float32)  # some points fully outside
+  shared = np.asarray(mask_losses.point_sample_shared(jnp.asarray(grids), jnp.asarray(coords)))
+  for r in range(3):
+    np.testing.assert_allclose(shared[r], np_point_sample(grids[r], coords), **TOL)
 
 
 def test_point_sample_equals_torch_grid_sample(rng):
@@ -283,6 +293,29 @@ def test_criterion_terms_equal_numpy_transcription_on_a_mixed_task_batch(merge, 
   assert all(np.asarray(terms[k]).sum() > 0 for k in criterion_lib.TERMS)
 
 
+def test_row_blocks_skip_only_rows_that_no_example_needs(rng):
+  """Blocks of 2 target rows, the last block padding in every example (skipped): terms and gradients equal
+  the numpy transcription and the one-block run."""
+  outputs, batch = random_batch(rng, c=6, n=6)
+  batch["seg_valid"][:, 4:] = False
+  batch["seg_valid"][1, 2:4] = False  # block 1 still needed by the other examples
+  cfg = small_config()
+  points = criterion_lib.draw_points(jax.random.key(4), 2, 4, 6, cfg)
+  ref = np_criterion(outputs, batch, cfg, jax.tree.map(np.asarray, points))
+  results = {}
+  for block in (2, 16):
+    cfg.loss.row_block = block
+    fn = jax.jit(jax.value_and_grad(
+        lambda o, b, p, cfg=cfg: criterion_lib.criterion_with_points(o, b, cfg, p), has_aux=True))
+    (_, terms), grads = fn(outputs, batch, points)
+    for name in criterion_lib.TERMS:
+      np.testing.assert_allclose(np.asarray(terms[name]), ref[name], err_msg=f"{name} block {block}", **TOL)
+    results[block] = grads
+  for name in ("pred_logits", "pred_masks"):
+    np.testing.assert_allclose(np.asarray(results[2][name]), np.asarray(results[16][name]), rtol=1e-5, atol=1e-7)
+  assert np.abs(np.asarray(results[2]["pred_masks"])).sum() > 0
+
+
 def test_semantic_batch_merges_proposals(rng):
   """With 3 classes and 8 proposals, semantic examples must merge; the reference agrees on the result."""
   cfg = small_config()
@@ -301,7 +334,7 @@ def test_importance_sampling_keeps_most_uncertain_points(rng):
   over = rng.random((2, 12, 2)).astype(np.float32)
   tail = rng.random((2, 3, 2)).astype(np.float32)
   unc = rng.normal(size=(2, 12)).astype(np.float32)
-  got = np.asarray(mask_losses.select_uncertain_points(over, tail, unc, 5))
+  got = np.asarray(mask_losses.importance_points(over, tail, mask_losses.top_k_set(jnp.asarray(unc), 5)))
   for r in range(2):
     idx = np.sort(np.argsort(-unc[r])[:5])  # the set of the 5 most uncertain, in index order
     np.testing.assert_array_equal(got[r], np.concatenate([over[r][idx], tail[r]]))

@@ -4,7 +4,8 @@
 (deep supervision [default: Mask2Former]) and per example:
 
 1. MERGE the Q proposals for the example's task (merge.py): semantic merges every class, panoptic merges
-   stuff, instance and box-only keep proposals [paper]; merged predictions sit in the "active" slots.
+   stuff, instance and box-only keep proposals [paper]; merged predictions sit in the "active" slots, and
+   a merged mask is clip(sum_i w_i sigmoid(m_i)) on the mask grid (`slot_maps`).
 2. Match merged predictions to the ground-truth segments with the Hungarian algorithm on
    cost = class_cost * (-p(c)) + [mask target] mask_cost * BCE + dice_cost * dice, on matcher.num_points
    uniform points shared by all pairs [default: Mask2Former matcher]
@@ -22,9 +23,12 @@
    [default: Mask2Former num_masks].
 
 The task is data: every example runs the same code and `task` only changes which proposals merge, so one
-compiled function serves a batch that mixes all four tasks. All shapes are static.
+compiled function serves a batch that mixes all four tasks. All shapes are static; the point-sampled terms
+run over blocks of loss.row_block target rows, and a block in which no example of the batch has a mask
+target is skipped (`lax.cond`), so their cost follows the segments present, as Mask2Former's does, rather
+than the padded data.max_segments.
 """
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,18 +49,53 @@ class Points(NamedTuple):
   tail: jax.Array   # [L, B, N, P - beta P, 2] uniform points appended to the importance-sampled ones
 
 
+def _point_counts(config: ml_collections.ConfigDict):
+  """(kP oversampled candidates, beta P importance-sampled, P - beta P uniform) points per target row."""
+  lc = config.loss
+  num_uncertain = int(lc.importance_sample_ratio * lc.num_points)
+  return int(lc.num_points * lc.oversample_ratio), num_uncertain, lc.num_points - num_uncertain
+
+
 def draw_points(rng: jax.Array, num_layers: int, batch_size: int, num_targets: int,
                 config: ml_collections.ConfigDict) -> Points:
-  """Draws the uniform coordinates used by `criterion_with_points` (Mask2Former's torch.rand calls)."""
-  lc = config.loss
-  num_sampled = int(lc.num_points * lc.oversample_ratio)
-  num_uncertain = int(lc.importance_sample_ratio * lc.num_points)
+  """Draws every uniform coordinate `criterion_with_points` takes (Mask2Former's torch.rand calls)."""
+  num_over, _, num_tail = _point_counts(config)
   k1, k2, k3 = jax.random.split(rng, 3)
   lb = (num_layers, batch_size)
-  return Points(
-      match=jax.random.uniform(k1, lb + (config.matcher.num_points, 2)),
-      over=jax.random.uniform(k2, lb + (num_targets, num_sampled, 2)),
-      tail=jax.random.uniform(k3, lb + (num_targets, lc.num_points - num_uncertain, 2)))
+  return Points(match=jax.random.uniform(k1, lb + (config.matcher.num_points, 2)),
+                over=jax.random.uniform(k2, lb + (num_targets, num_over, 2)),
+                tail=jax.random.uniform(k3, lb + (num_targets, num_tail, 2)))
+
+
+class PointSource(NamedTuple):
+  """Where one layer's points come from, given that layer's entry of the per-layer inputs.
+
+  match(x) -> [B, Pm, 2]; rows(x, block, rows) -> (over [B, K, kP, 2], tail [B, K, T, 2]) for the target
+  rows `rows` (a slice), `block` its index. Drawing per block keeps skipped blocks free: at the paper's
+  sizes one layer's candidates are B x N x 3P x 2 uniforms, and generating them cost more than the losses.
+  """
+  match: Callable
+  rows: Callable
+
+
+def given_points() -> PointSource:
+  """Points read from a `Points` tuple (per-layer input: (match, over, tail) of one layer)."""
+  return PointSource(match=lambda x: x[0], rows=lambda x, block, rows: (x[1][:, rows], x[2][:, rows]))
+
+
+def random_points(config: ml_collections.ConfigDict, batch_size: int) -> PointSource:
+  """Points drawn from the layer's key (per-layer input: a key), each block from its own fold of it."""
+  num_over, _, num_tail = _point_counts(config)
+
+  def rows(key, block, rows):
+    k = rows.stop - rows.start
+    k_over, k_tail = jax.random.split(jax.random.fold_in(key, 1 + block))
+    return (jax.random.uniform(k_over, (batch_size, k, num_over, 2)),
+            jax.random.uniform(k_tail, (batch_size, k, num_tail, 2)))
+
+  return PointSource(
+      match=lambda key: jax.random.uniform(jax.random.fold_in(key, 0), (batch_size, config.matcher.num_points, 2)),
+      rows=rows)
 
 
 def _example_keys():
@@ -69,6 +108,28 @@ def merged_predictions(logits: jax.Array, ex: dict, config: ml_collections.Confi
   groups = merge.merge_groups(log_probs, ex["task"], ex["seg_class"], ex["seg_is_thing"], ex["seg_valid"],
                               config.loss.merge)
   return groups, merge.merged_log_probs(log_probs, groups)
+
+
+def slot_maps(masks: jax.Array, groups: merge.Groups, slots: jax.Array) -> jax.Array:
+  """The map each slot's prediction is read from, [S, h, w] float32 for `slots` [S].
+
+  A raw slot (one unweighted proposal) gives its mask logits, so that sampling it and applying the sigmoid
+  afterwards is exactly Mask2Former's BCE-with-logits; any other slot gives its merged mask on the grid,
+  clip(sum_{i in group} w_i sigmoid(m_i), 0, 1) [paper: MERGE], as a matmul with the group membership
+  (at full float32 precision: a probability near 1 rounded to bf16 would become 1 inside log(1 - p)).
+  `read_slots` turns samples of these maps into (logit, prob).
+  """
+  q, h, w = masks.shape
+  flat = masks.reshape(q, h * w).astype(jnp.float32)
+  member = jnp.where(groups.leader[None, :] == slots[:, None], groups.weight[None, :], 0.0)
+  merged = jnp.clip(jnp.matmul(member, jax.nn.sigmoid(flat), precision=jax.lax.Precision.HIGHEST), 0.0, 1.0)
+  return jnp.where(groups.raw[slots][:, None], flat[slots], merged).reshape(-1, h, w)
+
+
+def read_slots(samples: jax.Array, raw: jax.Array):
+  """(logit, prob) [S, P] from samples [S, P] of `slot_maps`: raw rows hold logits, the others probabilities
+  (their `logit` is then meaningless and unused: mask_losses reads it only where `raw`)."""
+  return samples, jnp.where(raw[:, None], jax.nn.sigmoid(samples), samples)
 
 
 def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, match_points: jax.Array,
@@ -88,8 +149,8 @@ def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, match_points: jax.
   groups, merged = merged_predictions(logits, ex, config)
   q, h, w = masks.shape
   n = ex["seg_class"].shape[0]
-  samples = jax.vmap(mask_losses.point_sample, (0, None))(masks, match_points)  # [Q, Pm]
-  logit, prob = merge.merge_points(samples, groups, groups.leader, q)
+  maps = slot_maps(masks, groups, jnp.arange(q))
+  logit, prob = read_slots(mask_losses.point_sample_shared(maps, match_points), groups.raw)  # [Q, Pm]
   labels = mask_losses.sample_segment_masks_shared(ex["segment_map"], n, match_points)  # [N, Pm]
   mask_cost = (mc.mask_cost * mask_losses.pairwise_sigmoid_bce(logit, prob, groups.raw, labels)
                + mc.dice_cost * mask_losses.pairwise_dice(prob, labels))
@@ -101,57 +162,112 @@ def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, match_points: jax.
   return matching.assignment_cost(cost, groups.active, ex["seg_valid"])
 
 
-def layer_losses(logits: jax.Array, masks: jax.Array, ex: dict, points: tuple, match: jax.Array,
-                 config: ml_collections.ConfigDict) -> dict:
-  """Unnormalised loss sums of one example at one layer.
+def matched_targets(groups: merge.Groups, ex: dict, match: jax.Array):
+  """(real [N], use_mask [N]): targets matched to a merged prediction, and those of them with a mask."""
+  real = ex["seg_valid"] & groups.active[match]
+  return real, real & ex["seg_has_mask"]
 
-  Args:
-    logits: [Q, C + 1]; masks: [Q, h, w]; ex: the example's batch entries; points: (over [N, kP, 2],
-    tail [N, T, 2]); match: [N] int32 slot matched to each target (`layer_cost`, solved); config: full config.
 
-  Returns:
-    dict of float32 []: ce_num, ce_den (weighted CE sum and weight sum over merged predictions),
-    mask, dice, proj (sums over matched pairs, weights not applied).
-  """
-  over, tail = points
-  lc = config.loss
+def _row_blocks(num_rows: int, size: int) -> list:
+  return [slice(s, min(s + size, num_rows)) for s in range(0, num_rows, size)]
+
+
+def _for_needed_blocks(use: jax.Array, size: int, fn: Callable, zeros: Callable) -> list:
+  """[fn(block, rows) if any example of the batch needs a row of the block, else zeros(rows)] per block of
+  `size` rows of use [B, N]; the predicate is a scalar, so the skipped branch costs nothing."""
+  return [jax.lax.cond(jnp.any(use[:, rows]), lambda b=b, rows=rows: fn(b, rows), lambda rows=rows: zeros(rows))
+          for b, rows in enumerate(_row_blocks(use.shape[1], size))]
+
+
+def uncertain_points(masks: jax.Array, groups: merge.Groups, slots: jax.Array, over: jax.Array,
+                     num_uncertain: int) -> jax.Array:
+  """Indices [K, beta P] into `over` [K, kP, 2] of the most uncertain candidates of each target row's
+  matched prediction (`slots` [K]) [default: Mask2Former importance sampling; no gradient]."""
+  maps = slot_maps(masks, groups, slots)
+  logit, prob = read_slots(jax.vmap(mask_losses.point_sample)(maps, over), groups.raw[slots])
+  return mask_losses.top_k_set(mask_losses.uncertainty(logit, prob, groups.raw[slots]), num_uncertain)
+
+
+def layer_point_indices(logits: jax.Array, masks: jax.Array, ex: dict, match: jax.Array, source_input,
+                        source: PointSource, config: ml_collections.ConfigDict) -> jax.Array:
+  """Pass 2 of one layer, batched (no gradient): [B, N, beta P] int32 `uncertain_points` per target row,
+  zeros in skipped blocks. logits [B, Q, C + 1], masks [B, Q, h, w], ex batched, match [B, N]."""
+  logits, masks = jax.lax.stop_gradient((logits, masks))
+  _, num_uncertain, _ = _point_counts(config)
+  groups = jax.vmap(lambda lg, e: merged_predictions(lg, e, config)[0])(logits, ex)
+  _, use_mask = jax.vmap(matched_targets)(groups, ex, match)
+  select = jax.vmap(lambda m, g, s, o: uncertain_points(m, g, s, o, num_uncertain))
+
+  def block(b, rows):
+    over, _ = source.rows(source_input, b, rows)
+    return select(masks, groups, match[:, rows], over)
+
+  zeros = lambda rows: jnp.zeros((match.shape[0], rows.stop - rows.start, num_uncertain), jnp.int32)  # noqa: E731
+  return jnp.concatenate(_for_needed_blocks(use_mask, config.loss.row_block, block, zeros), axis=1)
+
+
+def mask_terms(masks: jax.Array, groups: merge.Groups, segment_map: jax.Array, slots: jax.Array,
+               rows: jax.Array, coords: jax.Array, use: jax.Array):
+  """(BCE sum, dice sum) over target rows `rows` [K] matched to `slots` [K], at their points coords
+  [K, P, 2], counting rows where `use` [K] [default: Mask2Former sigmoid_ce_loss, dice_loss]."""
+  raw = groups.raw[slots]
+  logit, prob = read_slots(jax.vmap(mask_losses.point_sample)(slot_maps(masks, groups, slots), coords), raw)
+  labels = mask_losses.sample_segment_masks(segment_map, rows, coords)
+  return (jnp.sum(jnp.where(use, mask_losses.sigmoid_bce(logit, prob, raw, labels), 0.0)),
+          jnp.sum(jnp.where(use, mask_losses.dice(prob, labels), 0.0)))
+
+
+def example_class_and_box_terms(logits: jax.Array, masks: jax.Array, ex: dict, match: jax.Array,
+                                config: ml_collections.ConfigDict) -> dict:
+  """ce_num, ce_den (weighted CE sum and weight sum over merged predictions) and proj (projection loss sum
+  over box targets) of one example at one layer; logits [Q, C + 1], masks [Q, h, w], match [N]."""
   groups, merged = merged_predictions(logits, ex, config)
   q, h, w = masks.shape
   n = match.shape[0]
   num_classes = logits.shape[-1] - 1
-  real = ex["seg_valid"] & groups.active[match]
+  real, _ = matched_targets(groups, ex, match)
   gt_of_slot = jnp.full((q,), -1, jnp.int32).at[match].max(jnp.where(real, jnp.arange(n), -1))
   matched = gt_of_slot >= 0
-
-  # Class cross-entropy over merged predictions (no-object for the unmatched ones).
   target = jnp.where(matched, ex["seg_class"][jnp.maximum(gt_of_slot, 0)], num_classes)
   ce = -jnp.take_along_axis(merged, target[:, None], axis=-1)[:, 0]
-  weight = jnp.where(matched, 1.0, lc.no_object_weight) * groups.active
-  out = {"ce_num": jnp.sum(weight * ce), "ce_den": jnp.sum(weight)}
-
-  # Point-sampled BCE + dice for mask targets; every proposal feeds the pair of its group.
-  use_mask = real & ex["seg_has_mask"]
-  pair = gt_of_slot[groups.leader]
-  feed = jnp.where((pair >= 0) & use_mask[jnp.maximum(pair, 0)], pair, n)
-  row = jnp.minimum(feed, n - 1)
-  raw = groups.raw[match]
-  sample_rows = jax.vmap(mask_losses.point_sample)
-  sg = jax.lax.stop_gradient
-  l_over, p_over = merge.merge_points(sample_rows(sg(masks), over[row]), jax.tree.map(sg, groups), feed, n)
-  num_uncertain = int(lc.importance_sample_ratio * lc.num_points)
-  coords = mask_losses.select_uncertain_points(over, tail, mask_losses.uncertainty(l_over, p_over, raw),
-                                               num_uncertain)
-  logit, prob = merge.merge_points(sample_rows(masks, coords[row]), groups, feed, n)
-  labels = mask_losses.sample_segment_masks(ex["segment_map"], jnp.arange(n), coords)
-  out["mask"] = jnp.sum(jnp.where(use_mask, mask_losses.sigmoid_bce(logit, prob, raw, labels), 0.0))
-  out["dice"] = jnp.sum(jnp.where(use_mask, mask_losses.dice(prob, labels), 0.0))
+  weight = jnp.where(matched, 1.0, config.loss.no_object_weight) * groups.active
 
   # Projection loss for box targets, on the matched proposal's own mask (box-only never merges).
   use_box = real & ~ex["seg_has_mask"]
   pred_y, pred_x = box_projection.mask_projections(masks)
   box_y, box_x = box_projection.box_projections(ex["seg_box"], h, w)
   proj = box_projection.projection_loss(pred_y[match], pred_x[match], box_y, box_x)
-  out["proj"] = jnp.sum(jnp.where(use_box, proj, 0.0))
+  return {"ce_num": jnp.sum(weight * ce), "ce_den": jnp.sum(weight),
+          "proj": jnp.sum(jnp.where(use_box, proj, 0.0))}
+
+
+def layer_losses(logits: jax.Array, masks: jax.Array, ex: dict, match: jax.Array, indices: jax.Array,
+                 source_input, source: PointSource, config: ml_collections.ConfigDict) -> dict:
+  """Pass 3 of one layer, batched: unnormalised loss sums, each [B].
+
+  Args:
+    logits: [B, Q, C + 1]; masks: [B, Q, h, w]; ex: batched entries; match: [B, N] slot matched to each
+    target; indices: [B, N, beta P] importance-sampled candidates (`layer_point_indices`); source_input,
+    source: the layer's points; config: full config.
+
+  Returns:
+    {ce_num, ce_den, proj (`example_class_and_box_terms`), mask, dice (`mask_terms`)}.
+  """
+  out = jax.vmap(lambda lg, m, e, k: example_class_and_box_terms(lg, m, e, k, config))(logits, masks, ex, match)
+  groups = jax.vmap(lambda lg, e: merged_predictions(lg, e, config)[0])(logits, ex)
+  _, use_mask = jax.vmap(matched_targets)(groups, ex, match)
+  terms = jax.vmap(mask_terms)
+
+  def block(b, rows):
+    over, tail = source.rows(source_input, b, rows)
+    coords = mask_losses.importance_points(over, tail, indices[:, rows])
+    ids = jnp.broadcast_to(jnp.arange(rows.start, rows.stop), match[:, rows].shape)
+    return terms(masks, groups, ex["segment_map"], match[:, rows], ids, coords, use_mask[:, rows])
+
+  zeros = lambda rows: (jnp.zeros(match.shape[:1]), jnp.zeros(match.shape[:1]))  # noqa: E731
+  parts = _for_needed_blocks(use_mask, config.loss.row_block, block, zeros)
+  out["mask"] = sum(p[0] for p in parts)
+  out["dice"] = sum(p[1] for p in parts)
   return out
 
 
@@ -163,26 +279,27 @@ def _check_shapes(logits: jax.Array, batch: dict) -> None:
 
 
 def _weighted_terms(logits: jax.Array, masks: jax.Array, batch: dict, config: ml_collections.ConfigDict,
-                    draw, per_layer_inputs):
-  """Sums every layer's losses and applies weights and normalisers; `draw(x)` gives one layer's points.
+                    source: PointSource, per_layer_inputs):
+  """Sums every layer's losses and applies weights and normalisers.
 
-  Two passes over the layers (lax.map, each layer vmapped over the batch): the first builds every
-  layer's Hungarian cost without gradient, one batched solve matches all L x B examples at once (a
-  `while_loop` solver takes as many sequential steps for L x B problems as for B), and the second computes
-  the losses with the matches as inputs, rematerialised in the backward pass without solving again. Each
-  layer draws its own points: at the paper's sizes one layer's importance sampling holds B x Q x 3P
-  samples (B=16, Q=100, P=12544: 60M), so vmapping the layers, keeping every layer's residuals or drawing
-  every layer's points up front would multiply the peak memory by L.
+  Three passes over the layers (`lax.map`, each layer batched): (1) every layer's Hungarian cost without
+  gradient, then one batched solve matches all L x B examples at once (a `while_loop` solver takes as many
+  sequential steps for L x B problems as for B); (2) the importance-sampled point indices, without gradient;
+  (3) the losses with matches and indices as inputs, rematerialised in the backward pass, which then
+  recomputes only the sampling of the chosen points. Layers run one at a time: at the paper's sizes one
+  layer's candidates are B x N x 3P points (B=16, N=100, P=12544: 60M), so vmapping the layers or keeping
+  every layer's residuals would multiply the peak memory by L.
   """
   ex = {k: batch[k] for k in _example_keys()}
   cost_per_example = jax.vmap(lambda lg, m, e, p: layer_cost(lg, m, e, p, config))
-  costs = jax.lax.map(lambda a: cost_per_example(a[0], a[1], ex, draw(a[2])[0]),
+  costs = jax.lax.map(lambda a: cost_per_example(a[0], a[1], ex, source.match(a[2])),
                       (logits, masks, per_layer_inputs))  # [L, B, Q, N]
   matches = matching.hungarian_match_batch(costs.reshape(-1, *costs.shape[2:])).reshape(
       costs.shape[:2] + costs.shape[3:])  # [L, B, N]
-  per_example = jax.vmap(lambda lg, m, e, p, k: layer_losses(lg, m, e, p, k, config))
-  layer = jax.checkpoint(lambda a: per_example(a[0], a[1], ex, draw(a[2])[1:], a[3]))
-  sums = jax.lax.map(layer, (logits, masks, per_layer_inputs, matches))  # each [L, B]
+  indices = jax.lax.map(lambda a: layer_point_indices(a[0], a[1], ex, a[3], a[2], source, config),
+                        (logits, masks, per_layer_inputs, matches))  # [L, B, N, beta P]
+  layer = jax.checkpoint(lambda a: layer_losses(a[0], a[1], ex, a[3], a[4], a[2], source, config))
+  sums = jax.lax.map(layer, (logits, masks, per_layer_inputs, matches, indices))  # each [L, B]
 
   lc = config.loss
   num_masks = jnp.maximum(jnp.sum(batch["seg_valid"].astype(jnp.float32)), 1.0)
@@ -214,7 +331,7 @@ def criterion_with_points(outputs: dict, batch: dict, config: ml_collections.Con
   _check_shapes(logits, batch)
   num_layers = logits.shape[0]
   xs = (points.match[-num_layers:], points.over[-num_layers:], points.tail[-num_layers:])
-  return _weighted_terms(logits, masks, batch, config, lambda x: x, xs)
+  return _weighted_terms(logits, masks, batch, config, given_points(), xs)
 
 
 def criterion(outputs: dict, batch: dict, config: ml_collections.ConfigDict, rng: jax.Array):
@@ -234,9 +351,5 @@ def criterion(outputs: dict, batch: dict, config: ml_collections.ConfigDict, rng
   logits, masks = _layers(outputs, config)
   _check_shapes(logits, batch)
   num_layers, batch_size = logits.shape[:2]
-  num_targets = batch["seg_class"].shape[-1]
-
-  def draw(key):
-    return tuple(p[0] for p in draw_points(key, 1, batch_size, num_targets, config))
-
-  return _weighted_terms(logits, masks, batch, config, draw, jax.random.split(rng, num_layers))
+  return _weighted_terms(logits, masks, batch, config, random_points(config, batch_size),
+                         jax.random.split(rng, num_layers))

@@ -47,6 +47,27 @@ def point_sample(grid: jax.Array, coords: jax.Array) -> jax.Array:
   return jnp.sum(wt * grid.reshape(-1)[flat].astype(jnp.float32), -1)
 
 
+def point_sample_shared(grids: jax.Array, coords: jax.Array) -> jax.Array:
+  """`point_sample` of every map of grids [R, h, w] at the same points [P, 2] -> [R, P].
+
+  Reads each tap as a whole row of the zero-padded [(h + 2)(w + 2), R] transpose (4 gathers of P
+  R-vectors, weighted and added along R) instead of R x P x 4 scalars: 10x faster on XLA-CPU. A point
+  whose taps all fall outside the padding gets weight 0.
+  """
+  r, h, w = grids.shape
+  px = coords[:, 0].astype(jnp.float32) * w - 0.5
+  py = coords[:, 1].astype(jnp.float32) * h - 0.5
+  x0, y0 = jnp.floor(px), jnp.floor(py)
+  fx, fy = px - x0, py - y0
+  inside = ((x0 >= -1) & (x0 <= w - 1) & (y0 >= -1) & (y0 <= h - 1)).astype(jnp.float32)
+  base = (jnp.clip(y0 + 1, 0, h) * (w + 2) + jnp.clip(x0 + 1, 0, w)).astype(jnp.int32)
+  padded = jnp.pad(jnp.transpose(grids.astype(jnp.float32), (1, 2, 0)), ((1, 1), (1, 1), (0, 0)))
+  rows = jax.lax.optimization_barrier(padded.reshape(-1, r))  # materialised, so every gather reads rows
+  taps = ((0, (1 - fy) * (1 - fx)), (1, (1 - fy) * fx), (w + 2, fy * (1 - fx)), (w + 3, fy * fx))
+  samples = sum((inside * wt)[:, None] * rows[base + offset] for offset, wt in taps).T
+  return jax.lax.optimization_barrier(samples)  # computed once, not re-gathered inside each consumer
+
+
 def sample_segment_masks(segment_map: jax.Array, segment_ids: jax.Array, coords: jax.Array) -> jax.Array:
   """Bilinear samples of the binary masks `segment_map == segment_ids[n]` at points coords[n].
 
@@ -65,28 +86,30 @@ def sample_segment_masks(segment_map: jax.Array, segment_ids: jax.Array, coords:
 
 
 def sample_segment_masks_shared(segment_map: jax.Array, num_segments: int, coords: jax.Array) -> jax.Array:
-  """Samples of all N binary masks `segment_map == n` at the same points [P, 2] -> [N, P]."""
+  """Samples of all N binary masks `segment_map == n` at the same points [P, 2] -> [N, P].
+
+  Each point's 4 tap weights are added to the rows of the segments under the taps (a scatter-add of 4P
+  values), rather than compared against all N segments.
+  """
   h, w = segment_map.shape
   flat, wt = _bilinear_taps(coords.astype(jnp.float32), h, w)
   ids = segment_map.reshape(-1)[flat]  # [P, 4]
-  hit = ids[None] == jnp.arange(num_segments)[:, None, None]
-  return jnp.sum(jnp.where(hit, wt[None], 0.0), -1)
+  rows = jnp.where((ids >= 0) & (ids < num_segments), ids, num_segments)
+  points = jnp.broadcast_to(jnp.arange(coords.shape[0])[:, None], rows.shape)
+  return jnp.zeros((num_segments + 1, coords.shape[0]), jnp.float32).at[rows, points].add(wt)[:num_segments]
 
 
-def select_uncertain_points(over: jax.Array, tail: jax.Array, uncertainty: jax.Array,
-                            num_uncertain: int) -> jax.Array:
-  """Mask2Former's get_uncertain_point_coords_with_randomness [default: Mask2Former point_features.py].
-
-  Of kP uniform points per row `over` [R, kP, 2] (k = oversample ratio) keeps the `num_uncertain`
-  (beta P, beta = importance ratio) with the highest `uncertainty` [R, kP], then appends the (1 - beta) P
-  uniform points `tail` [R, T, 2]. No gradient flows through the coordinates.
+def importance_points(over: jax.Array, tail: jax.Array, picked: jax.Array) -> jax.Array:
+  """Mask2Former's get_uncertain_point_coords_with_randomness, given the choice [default: Mask2Former
+  point_features.py]: the candidates `picked` [..., beta P] (`top_k_set` of their uncertainty) of the kP
+  uniform ones `over` [..., kP, 2] (k = oversample ratio, beta = importance ratio), followed by the
+  (1 - beta) P uniform points `tail` [..., T, 2]. No gradient flows through the coordinates.
 
   Returns:
-    [R, num_uncertain + T, 2] normalised (x, y).
+    [..., beta P + T, 2] normalised (x, y).
   """
-  idx = top_k_set(jax.lax.stop_gradient(uncertainty), num_uncertain)
-  picked = jnp.take_along_axis(over, idx[..., None], axis=1)
-  return jax.lax.stop_gradient(jnp.concatenate([picked, tail], axis=1))
+  chosen = jnp.take_along_axis(over, picked[..., None], axis=-2)
+  return jax.lax.stop_gradient(jnp.concatenate([chosen, tail], axis=-2))
 
 
 def top_k_set(x: jax.Array, k: int) -> jax.Array:
@@ -151,7 +174,8 @@ def pairwise_sigmoid_bce(logit: jax.Array, prob: jax.Array, raw: jax.Array, labe
   """`sigmoid_bce` of every prediction row against every target row: [Q, P] x [N, P] -> [Q, N]."""
   log_p, log_q = _log_probs(logit, prob, raw)
   p = labels.shape[-1]
-  return -(log_p @ labels.T + log_q @ (1.0 - labels).T) / p
+  # y log p + (1 - y) log q = y (log p - log q) + log q: one matmul instead of two
+  return -((log_p - log_q) @ labels.T + jnp.sum(log_q, -1)[:, None]) / p
 
 
 def pairwise_dice(prob: jax.Array, labels: jax.Array) -> jax.Array:

@@ -7,14 +7,14 @@ proposal i has class c_i = argmax over non-background classes; a merged predicti
   soft: mask M_c = clip(sum_{i: c_i = c} p_i(c) sigmoid(m_i), 0, 1)
 and class probability mean_{i: c_i = c} p_i (both variants). The soft variant weights each proposal by its
 probability of the class; it keeps the sum over the proposals whose argmax is c (instead of all Q), so each
-proposal feeds exactly one merged prediction and the merge stays O(Q) per point.
+proposal feeds exactly one merged prediction and the merge stays O(Q) per pixel.
 
 Representation (no [C_union, H, W] tensor): the merged predictions live in the Q proposal slots. Proposal i
 joins the group of its `leader[i]`, the first proposal with the same merge key (its class when it merges,
 itself otherwise); slot j is `active` when it leads a group, and then holds that group's merged
-prediction. Masks are merged where they are needed, at sampled points (`merge_points`), as a segment
-sum over groups. Non-leader slots are not predictions: they are never matched and get no loss of their
-own; they are trained through their group.
+prediction. Masks are merged on the mask grid only for the slots a loss reads (criterion.slot_maps), as a
+matmul with the group membership. Non-leader slots are not predictions: they are never matched and get no
+loss of their own; they are trained through their group.
 
 Which proposals merge is decided per example from `task` (data, not a static argument). A proposal is
 "stuff" for the panoptic merge when its argmax class is the class of a stuff segment of the example's
@@ -84,23 +84,3 @@ def merged_log_probs(log_probs: jax.Array, groups: Groups) -> jax.Array:
   top = jnp.where(jnp.isfinite(top), top, 0.0)
   total = jax.ops.segment_sum(jnp.exp(log_probs - top[groups.leader]), groups.leader, q)
   return jnp.log(jnp.maximum(total, 1e-30)) + top - jnp.log(jnp.maximum(groups.size, 1.0))[:, None]
-
-
-def merge_points(point_logits: jax.Array, groups: Groups, target: jax.Array, num_targets: int):
-  """Merged predictions at points: each proposal's sampled logits summed into the row `target[i]`.
-
-  Args:
-    point_logits: [Q, P] mask logits of each proposal, sampled at the points of the row it feeds.
-    groups: Groups.
-    target: [Q] int32 row that proposal i feeds, in [0, num_targets]; `num_targets` drops it.
-    num_targets: R, the number of output rows.
-
-  Returns:
-    (logit [R, P], prob [R, P]): `prob` = clip(sum_i weight_i sigmoid(logit_i), 0, 1) over the proposals
-    feeding the row; `logit` = the sum of their logits, the row's logit when the row is `raw`.
-  """
-  point_logits = point_logits.astype(jnp.float32)
-  probs = groups.weight[:, None] * jax.nn.sigmoid(point_logits)
-  prob = jax.ops.segment_sum(probs, target, num_targets + 1)[:num_targets]
-  logit = jax.ops.segment_sum(point_logits, target, num_targets + 1)[:num_targets]
-  return logit, jnp.clip(prob, 0.0, 1.0)
