@@ -7,6 +7,8 @@ DATA ?= data/toy
 WORKDIR ?= workdirs/toy_demo
 export XLA_FLAGS ?= --xla_cpu_multi_thread_eigen=true
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# transparent huge pages for malloc: XLA-CPU's per-step buffers otherwise fault page by page (dataseg_jax/hardware.py)
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: install demo test test-fast bench clean
 

@@ -7,7 +7,9 @@
 
 Each part runs in its own subprocess (so peak RSS is that part's own) by calling `run(quick)` of
 `scripts/bench_<part>.py`; the peer is `scripts/bench_peer.py` (Hugging Face Mask2Former, needs the
-parity extra). The markdown table is written next to the JSON (`bench.md`).
+parity extra). Every part, the peer included, runs with malloc on transparent huge pages
+(`hardware.use_huge_pages_for_host_buffers`, recorded as machine.glibc_tunables). The markdown table is
+written next to the JSON (`bench.md`).
 """
 import argparse
 import json
@@ -16,6 +18,8 @@ import pathlib
 import subprocess
 import sys
 import time
+
+from dataseg_jax import hardware
 
 SCRIPTS = pathlib.Path(__file__).resolve().parent
 PARTS = ("model", "losses", "data", "train", "eval", "peer")
@@ -88,7 +92,8 @@ def main():
     p.error(f"--only: unknown parts {sorted(unknown)}; expected a subset of {PARTS}")
   out = pathlib.Path(a.out)
   results = json.loads(out.read_text()) if a.update and out.exists() else {}
-  results["machine"] = {"cpu_count": os.cpu_count(), "threads": a.threads, "quick": a.quick}
+  results["machine"] = {"cpu_count": os.cpu_count(), "threads": a.threads, "quick": a.quick,
+                        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
   for i, part in enumerate(parts):
     print(f"[{i + 1}/{len(parts)}] bench {part} ...", flush=True)
     results[part] = run_part(part, a.quick, a.threads)
@@ -102,4 +107,5 @@ def main():
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   main()

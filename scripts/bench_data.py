@@ -16,6 +16,7 @@ import ml_collections
 from configs import toy
 from data_pipelines import mixture
 from data_pipelines import registry
+from dataseg_jax import hardware
 
 
 def _throughput(config, name, batches):
@@ -56,4 +57,5 @@ def main():
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   main()

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from configs import dataseg_r50  # noqa: E402
 from configs import toy  # noqa: E402
+from dataseg_jax import hardware  # noqa: E402
 from dataseg_jax.evaluation import instance  # noqa: E402
 from dataseg_jax.evaluation import panoptic  # noqa: E402
 from dataseg_jax.evaluation import postprocess  # noqa: E402
@@ -122,6 +123,7 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true")
   print(json.dumps(run(parser.parse_args().quick), indent=1))

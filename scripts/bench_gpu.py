@@ -27,6 +27,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench_losses  # noqa: E402
 import bench_train  # noqa: E402
 
+from dataseg_jax import hardware  # noqa: E402
+
 
 def vitb_config(remat: bool):
   c = bench_train.load_config("dataseg_vitdet_b")
@@ -81,4 +83,5 @@ def main():
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   main()

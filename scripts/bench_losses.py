@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from dataseg_jax import config as config_lib
+from dataseg_jax import hardware
 from dataseg_jax.contract import Task
 from dataseg_jax.losses import criterion as criterion_lib
 from dataseg_jax.losses import matching
@@ -105,4 +106,5 @@ def main():
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   main()

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dataseg_jax import hardware
 from dataseg_jax.models import dataseg
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -77,4 +78,5 @@ def main():
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   main()

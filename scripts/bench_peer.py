@@ -139,4 +139,5 @@ def main():
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   main()

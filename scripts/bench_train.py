@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dataseg_jax import contract
+from dataseg_jax import hardware
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 TASKS = (contract.Task.SEMANTIC, contract.Task.PANOPTIC, contract.Task.BOX)
@@ -200,6 +201,7 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--quick", action="store_true")
   print(json.dumps(run(parser.parse_args().quick), indent=2))

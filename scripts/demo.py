@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from dataseg_jax import hardware
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -109,4 +111,5 @@ def main():
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   main()

@@ -17,6 +17,7 @@ from clu import metric_writers
 from ml_collections import config_flags
 
 from dataseg_jax import config as config_lib
+from dataseg_jax import hardware
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].",
                                           lock_config=True)
@@ -57,4 +58,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   app.run(main)

@@ -14,6 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dataseg_jax import config as config_lib
+from dataseg_jax import hardware
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].",
                                           lock_config=True)
@@ -53,4 +54,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   app.run(main)

@@ -19,6 +19,7 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from dataseg_jax import hardware  # noqa: E402
 from dataseg_jax.evaluation import writers  # noqa: E402
 from dataseg_jax.export import loader  # noqa: E402
 
@@ -118,6 +119,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   try:
     n = main()
   except (ValueError, FileNotFoundError) as e:

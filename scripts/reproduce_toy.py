@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from dataseg_jax import hardware
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATASETS = ("toy_ade", "toy_coco", "toy_o365")
 METRICS = (  # (key, label)
@@ -162,4 +164,5 @@ def main():
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   main()

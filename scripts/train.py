@@ -13,6 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from dataseg_jax import hardware
 from dataseg_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].",
@@ -46,4 +47,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hardware.use_huge_pages_for_host_buffers()
   app.run(main, flags_parser=parse_flags)

@@ -36,43 +36,30 @@ def _bilinear_taps(loc, heights, widths):
   return taps
 
 
-def _core_per_level(value, shapes, loc, weights):
-  """The forward pass, level by level: one batched gather per level and tap (fast on XLA-CPU going forward)."""
-  b, _, m, dh = value.shape
+def _level_inputs(value, shapes, loc, weights):
+  """Per level: (h, w, its value rows [B, M, H_l W_l, Dh], points [B, M, Lq P, 2], weights [B, M, Lq, P])."""
+  b, _, m, _ = value.shape
   lq, p = loc.shape[1], loc.shape[4]
-  out, start = 0.0, 0
+  start = 0
   for lvl, (h, w) in enumerate(shapes):
-    flat = jnp.transpose(value[:, start:start + h * w], (0, 2, 1, 3))  # [B, M, H_l W_l, Dh]
+    flat = jnp.transpose(value[:, start:start + h * w], (0, 2, 1, 3))
     start += h * w
     pts = jnp.transpose(loc[:, :, :, lvl], (0, 2, 1, 3, 4)).reshape(b, m, lq * p, 2)
+    yield h, w, flat, pts, jnp.transpose(weights[:, :, :, lvl], (0, 2, 1, 3))
+
+
+def _core_per_level(value, shapes, loc, weights):
+  """The forward pass, level by level: one batched gather per level and tap (fast on XLA-CPU)."""
+  b, _, m, dh = value.shape
+  lq, p = loc.shape[1], loc.shape[4]
+  out = 0.0
+  for h, w, flat, pts, attn in _level_inputs(value, shapes, loc, weights):
     sampled = 0.0
     for pix, weight in _bilinear_taps(pts, h, w):
       tap = jnp.take_along_axis(flat, pix[..., None], axis=2)  # [B, M, Lq P, Dh]
       sampled = sampled + tap * weight[..., None].astype(value.dtype)
-    attn = jnp.transpose(weights[:, :, :, lvl], (0, 2, 1, 3))  # [B, M, Lq, P]
     out = out + jnp.einsum("bmqpd,bmqp->bqmd", sampled.reshape(b, m, lq, p, dh), attn.astype(value.dtype))
   return out.reshape(b, lq, m * dh)
-
-
-def _core_all_levels(value, shapes, loc, weights):
-  """The same sum vectorised over levels: row gathers from the flat [B S M, Dh] table, no per-level slices.
-
-  Its gradient avoids the pads (gradients of per-level slices) and batched scatters that dominate the
-  per-level form's backward pass on XLA-CPU (about 2x faster there); its forward is slower, hence the split.
-  """
-  b, s, m, dh = value.shape
-  lq, nl, p = loc.shape[1], loc.shape[3], loc.shape[4]
-  heights = jnp.array([h for h, _ in shapes], jnp.float32)[:, None]  # [L, 1] against [..., L, P]
-  widths = jnp.array([w for _, w in shapes], jnp.float32)[:, None]
-  starts = jnp.array([sum(h * w for h, w in shapes[:i]) for i in range(nl)], jnp.int32)[:, None]
-  row = (jnp.arange(b, dtype=jnp.int32)[:, None, None, None, None] * s + starts) * m
-  head = jnp.arange(m, dtype=jnp.int32)[:, None, None]
-  flat = value.reshape(b * s * m, dh)
-  out = 0.0
-  for pix, weight in _bilinear_taps(loc, heights, widths):
-    tap = jnp.take(flat, row + pix * m + head, axis=0, mode="clip")  # [B, Lq, M, L, P, Dh]
-    out = out + tap * (weight * weights)[..., None].astype(value.dtype)
-  return jnp.sum(out.reshape(b, lq, m, nl * p, dh), axis=3).reshape(b, lq, m * dh)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -85,7 +72,7 @@ def ms_deform_attn_core(value: jnp.ndarray, shapes: Sequence[tuple[int, int]], l
   weights: [B, Lq, M, L, P] (softmax over L * P). Returns [B, Lq, M * Dh]. Equals PyTorch's
   `ms_deform_attn_core_pytorch(value, shapes, loc, weights)`: bilinear sampling with
   grid_sample(align_corners=False, padding_mode='zeros') semantics, vectorised (no loop over queries or points).
-  Forward and backward use two formulations of the same sum, each the faster one on XLA-CPU.
+  The backward pass is written by hand (`_core_bwd`).
   """
   return _core_per_level(value, shapes, loc, weights)
 
@@ -95,9 +82,44 @@ def _core_fwd(value, shapes, loc, weights):
 
 
 def _core_bwd(shapes, residuals, grad):
+  """The gradient of Eq. 3 by hand, in the inputs' own [B, Lq, M, ...] order.
+
+  With T_k the value row under bilinear tap k of a sample, w_k = wx_k wy_k its weight (0 outside the map),
+  a the sample's attention weight and g the output gradient of its (query, head):
+    s_k = <T_k, g>;   d a = sum_k w_k s_k;   d value[tap k] += a w_k g (a scatter-add);
+    d loc_x = a W sum_k s_k wy_k dwx_k/du,   d loc_y = a H sum_k s_k wx_k dwy_k/dv,
+  where u = x W - 1/2, v = y H - 1/2 and dwx/du = -1 for the left tap, +1 for the right (likewise v).
+  Value rows are read and written through one flat [B S M, Dh] table with precomputed row indices:
+  XLA-CPU otherwise recomputes the indices inside the gather, per element.
+  """
   value, loc, weights = residuals
-  _, vjp = jax.vjp(lambda v, l, w: _core_all_levels(v, shapes, l, w), value, loc, weights)
-  return vjp(grad)
+  b, s, m, dh = value.shape
+  lq, p = loc.shape[1], loc.shape[4]
+  table = value.reshape(b * s * m, dh)
+  g = grad.reshape(b, lq, m, 1, dh).astype(jnp.float32)
+  base = (jnp.arange(b, dtype=jnp.int32)[:, None, None, None] * s) * m + jnp.arange(m, dtype=jnp.int32)[:, None]
+  d_table = jnp.zeros((b * s * m, dh), jnp.float32)
+  d_loc, d_weights, start = [], [], 0
+  for lvl, (h, w) in enumerate(shapes):
+    pts, a = loc[:, :, :, lvl], weights[:, :, :, lvl]  # [B, Lq, M, P, 2], [B, Lq, M, P]
+    u, v = pts[..., 0] * w - 0.5, pts[..., 1] * h - 0.5
+    fu, fv = u - jnp.floor(u), v - jnp.floor(v)
+    rows = (a[..., None] * g).reshape(-1, dh)  # a g per sample
+    d_attn = du = dv = 0.0
+    for (pix, weight), (dy, dx) in zip(_bilinear_taps(pts, h, w), ((0, 0), (0, 1), (1, 0), (1, 1))):
+      index = jax.lax.optimization_barrier((base + (start + pix) * m).reshape(-1))
+      tap = table.at[index].get(mode="promise_in_bounds").astype(jnp.float32).reshape(b, lq, m, p, dh)
+      s_k = jnp.where(weight > 0, jnp.sum(tap * g, -1), 0.0)
+      wx, wy = (fu if dx else 1 - fu), (fv if dy else 1 - fv)
+      d_attn = d_attn + weight * s_k
+      du = du + (1.0 if dx else -1.0) * wy * s_k
+      dv = dv + (1.0 if dy else -1.0) * wx * s_k
+      d_table = d_table.at[index].add(weight.reshape(-1, 1) * rows, mode="promise_in_bounds")
+    start += h * w
+    d_loc.append(jnp.stack([a * du * w, a * dv * h], -1))
+    d_weights.append(d_attn)
+  return (d_table.reshape(value.shape).astype(value.dtype), jnp.stack(d_loc, 3).astype(loc.dtype),
+          jnp.stack(d_weights, 3).astype(weights.dtype))
 
 
 ms_deform_attn_core.defvjp(_core_fwd, _core_bwd)
