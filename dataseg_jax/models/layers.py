@@ -1,4 +1,4 @@
-"""Small shared layers: logically-partitioned Dense, 2-D sine position encoding, bilinear resize, attention, MLP."""
+"""Small shared layers: logically-partitioned Dense, sine position encoding, bilinear resize, attention, MLP, conv."""
 import math
 
 import flax.linen as nn
@@ -104,3 +104,63 @@ class MLP(nn.Module):
       if not last:
         x = nn.relu(x)
     return x
+
+
+def _conv_same(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  p = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _kernel_grad_by_taps(x: jnp.ndarray, kernel: jnp.ndarray, grad: jnp.ndarray) -> jnp.ndarray:
+  """dL/dkernel[i, j] = sum over pixels of x_padded[.., y + i, x + j, :]^T grad[.., y, x, :]: one matmul per tap."""
+  k, p = kernel.shape[0], kernel.shape[0] // 2
+  h, w, d = grad.shape[1:]
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  g = grad.reshape(-1, d)
+  taps = [[jnp.matmul(xp[:, i:i + h, j:j + w].reshape(-1, x.shape[-1]).T, g, preferred_element_type=jnp.float32)
+           for j in range(k)] for i in range(k)]
+  return jnp.stack([jnp.stack(row) for row in taps]).astype(kernel.dtype)
+
+
+def _kernel_grad_native(x: jnp.ndarray, kernel: jnp.ndarray, grad: jnp.ndarray) -> jnp.ndarray:
+  return jax.vjp(lambda k: _conv_same(x, k), kernel)[1](grad)[0]
+
+
+@jax.custom_vjp
+def conv_same(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  """Stride-1 convolution with zero 'same' padding, NHWC x HWIO (odd square kernel), no bias.
+
+  Its kernel gradient on the CPU is k^2 matmuls over the pixels (`_kernel_grad_by_taps`): XLA-CPU's own
+  weight gradient of the 3x3, 256-channel convolution at stride 4 took 2.7x as long (419 ms against 158 ms
+  at 2 x 128 x 128, 2 cores); elsewhere it is the compiler's.
+  """
+  return _conv_same(x, kernel)
+
+
+def _conv_same_fwd(x, kernel):
+  return _conv_same(x, kernel), (x, kernel)
+
+
+def _conv_same_bwd(residuals, grad):
+  x, kernel = residuals
+  dx = jax.vjp(lambda v: _conv_same(v, kernel), x)[1](grad)[0]
+  dk = jax.lax.platform_dependent(x, kernel, grad, cpu=_kernel_grad_by_taps, default=_kernel_grad_native)
+  return dx, dk
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
+class ConvSame(nn.Module):
+  """nn.Conv(features, (k, k), padding=k // 2, use_bias=False) with the same 'kernel' parameter, through
+  `conv_same` (its faster kernel gradient on the CPU)."""
+  features: int
+  kernel_init: nn.initializers.Initializer
+  kernel_size: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+    kernel = self.param("kernel", self.kernel_init, shape)
+    return conv_same(x.astype(self.dtype), jnp.asarray(kernel, self.dtype))

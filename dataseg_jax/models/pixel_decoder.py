@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dataseg_jax.models.layers import NORM_EPS, dense, resize_bilinear, sine_position_encoding
+from dataseg_jax.models.layers import NORM_EPS, ConvSame, dense, resize_bilinear, sine_position_encoding
 from dataseg_jax.models.resnet import conv_kernel_init
 
 
@@ -230,8 +230,7 @@ class PixelDecoder(nn.Module):
         dense(d, ("conv_in", "embed"), self.dtype, use_bias=False, name="lateral")(feats["res2"]))
     b, h4, w4, _ = lateral.shape
     y = lateral + resize_bilinear(memory[-1], (h4, w4), channels_last=True)
-    y = nn.Conv(d, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="output_conv",
-                kernel_init=conv_kernel_init())(y)
+    y = ConvSame(d, conv_kernel_init(), dtype=self.dtype, name="output_conv")(y)
     y = nn.relu(nn.GroupNorm(32 if d % 32 == 0 else 1, epsilon=NORM_EPS, dtype=self.dtype, name="output_norm")(y))
     mask_features = dense(self.mask_dim, ("embed", "mlp"), self.dtype, name="mask_features")(y)
     return memory, mask_features

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dataseg_jax.models.layers import dense, interpolation_matrix
+from dataseg_jax.models.layers import ConvSame, dense, interpolation_matrix
 from dataseg_jax.models.resnet import conv_kernel_init
 
 
@@ -137,8 +137,7 @@ class ViTDet(nn.Module):
     for name, f in levels.items():
       f = nn.LayerNorm(dtype=self.dtype, name=f"{name}_norm1")(
           dense(self.out_dim, ("conv_in", "conv_out"), self.dtype, use_bias=False, name=f"{name}_lateral")(f))
-      f = nn.Conv(self.out_dim, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name=f"{name}_output",
-                  kernel_init=conv_kernel_init())(f)
+      f = ConvSame(self.out_dim, conv_kernel_init(), dtype=self.dtype, name=f"{name}_output")(f)
       out[name] = nn.LayerNorm(dtype=self.dtype, name=f"{name}_norm2")(f)
     return out
 
