@@ -4,6 +4,7 @@
 `torch.cuda.get_device_name()`); values from the vendors' data sheets, dense (no sparsity). Pure Python: the
 PyTorch peer benchmark uses it too.
 """
+import ctypes
 import os
 import platform
 import sys
@@ -31,10 +32,24 @@ def use_huge_pages_for_host_buffers() -> None:
   `__main__`, never from library code.
   """
   tunables = os.environ.get("GLIBC_TUNABLES", "")
-  if (sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or "glibc.malloc.hugetlb" in tunables
+  if (not _glibc() or "glibc.malloc.hugetlb" in tunables
       or os.environ.get("DATASEG_NO_REEXEC") == "1"):
     return
   os.environ["GLIBC_TUNABLES"] = f"{tunables}:{HUGE_PAGE_MALLOC}" if tunables else HUGE_PAGE_MALLOC
   sys.stdout.flush()
   sys.stderr.flush()
   os.execv(sys.executable, sys.orig_argv)
+
+
+def _glibc() -> bool:
+  return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+
+
+def release_freed_host_memory() -> None:
+  """Returns the C heap's freed pages to the OS (glibc `malloc_trim`); a no-op elsewhere.
+
+  Compiling the R50 train step leaves about 0.6 GiB freed but still resident in malloc's heap, which
+  otherwise adds to the peak of every step after it. Call it after compiling.
+  """
+  if _glibc():
+    ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -1,4 +1,5 @@
-"""The host allocator re-exec and the accelerator peak table."""
+"""The host allocator re-exec, the heap trim and the accelerator peak table."""
+import ctypes
 import os
 import platform
 import subprocess
@@ -44,3 +45,27 @@ def test_peak_flops_by_device_name():
   assert hardware.peak_flops("NVIDIA H200") == 989e12
   assert hardware.peak_flops("TPU v5 lite") == 197e12
   assert hardware.peak_flops("cpu") is None
+
+
+def _resident_bytes() -> int:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_release_freed_host_memory_returns_freed_heap_pages():
+  libc = ctypes.CDLL("libc.so.6")
+  libc.malloc.restype = ctypes.c_void_p
+  libc.free.argtypes = [ctypes.c_void_p]
+  chunk, count = 64 * 1024, 3200  # 200 MiB of heap chunks (below the mmap threshold)
+  blocks = [libc.malloc(chunk) for _ in range(count)]
+  for b in blocks:
+    ctypes.memset(b, 1, chunk)
+  guard = libc.malloc(chunk)  # keeps the top of the heap in use, so free() alone cannot shrink it
+  for b in blocks:
+    libc.free(b)
+  before = _resident_bytes()
+  hardware.release_freed_host_memory()
+  released = before - _resident_bytes()
+  libc.free(guard)
+  assert released > 100 * 2**20, released

@@ -288,6 +288,7 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
       if shapes not in executables:
         executables[shapes] = jitted.lower(state, batch, embeddings, class_mask).compile()
         flops = step_flops(jitted, state, batch, embeddings, class_mask)
+        hardware.release_freed_host_memory()
         interval_start, interval_steps = time.perf_counter(), 0  # compile time is not step time
       compiled = executables[shapes]
       with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):

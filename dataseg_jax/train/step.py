@@ -74,8 +74,15 @@ def train_step(state: state_lib.TrainState, batch: dict, class_embeddings: jax.A
   return new_state, metrics
 
 
+# XLA-CPU's default (concurrency-optimised) scheduler keeps independent work in flight: on the R50 step at
+# 512 px, batch 2, its temporaries took 6.9 GiB against 3.2 GiB with the memory-optimised one, for 6 % time.
+CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
 def jit_train_step(step_fn, mesh, state_shardings, batch_sharding):
-  """`jax.jit` with explicit in/out shardings; the state argument is donated (updated in place)."""
+  """`jax.jit` with explicit in/out shardings; the state argument is donated (updated in place). On the CPU the
+  step is scheduled for memory (`CPU_COMPILER_OPTIONS`)."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  options = CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding, replicated, replicated),
-                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,), compiler_options=options)
