@@ -1,4 +1,5 @@
 """Jitted post-processing against numpy transcriptions of Mask2Former's maskformer_model.py loops."""
+import jax
 import numpy as np
 import pytest
 
@@ -141,3 +142,11 @@ def test_upsample_masks_equals_torch_interpolate(rng, size):
   x = rng.normal(size=(2, 3, 16, 20)).astype(np.float32)
   ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=size, mode="bilinear", align_corners=False)
   np.testing.assert_allclose(np.asarray(postprocess.upsample_masks(x, size)), ref.numpy(), atol=1e-5)
+
+
+def test_first_argmax_equals_argmax_with_ties():
+  rng = np.random.default_rng(7)
+  x = np.round(rng.normal(size=(2, 9, 5, 6)) * 2).astype(np.float32)  # many ties
+  for axis in range(4):
+    np.testing.assert_array_equal(np.asarray(jax.jit(postprocess.first_argmax, static_argnums=1)(x, axis)),
+                                  np.argmax(x, axis))

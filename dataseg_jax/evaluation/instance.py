@@ -56,17 +56,19 @@ def encode_results(image_id, masks, scores, category_ids, boxes=None) -> list:
   """COCO results of one image: masks bool [K, H, W] -> RLE (counts as str), 'bbox' [x, y, w, h]
   (from `boxes` [K, 4] x0, y0, x1, y1 when given, else from the masks), 'score', 'category_id'."""
   masks = np.asarray(masks, bool)
+  if not len(masks):
+    return []
+  # one call for all K masks: pycocotools takes [H, W, K] in Fortran order (bool viewed as uint8, no copy)
+  rles = mask_utils.encode(np.asfortranarray(masks.view(np.uint8).transpose(1, 2, 0)))
+  if boxes is None:
+    bboxes = mask_utils.toBbox(rles).tolist()
+  else:
+    bboxes = [[float(x0), float(y0), float(x1) - float(x0), float(y1) - float(y0)] for x0, y0, x1, y1 in boxes]
   out = []
-  for k in range(len(masks)):
-    rle = mask_utils.encode(np.asfortranarray(masks[k].astype(np.uint8)))
+  for k, rle in enumerate(rles):
     rle["counts"] = rle["counts"].decode("ascii")
-    if boxes is None:
-      bbox = mask_utils.toBbox(rle).tolist()
-    else:
-      x0, y0, x1, y1 = (float(v) for v in boxes[k])
-      bbox = [x0, y0, x1 - x0, y1 - y0]
     out.append({"image_id": int(image_id), "category_id": int(category_ids[k]), "segmentation": rle,
-                "bbox": bbox, "score": float(scores[k])})
+                "bbox": bboxes[k], "score": float(scores[k])})
   return out
 
 

@@ -41,6 +41,26 @@ def _upsample_axis(x: jnp.ndarray, axis: int, factor: int) -> jnp.ndarray:
   return jnp.stack(phases, axis + 1).reshape(x.shape[:axis] + (n * factor,) + x.shape[axis + 1:])
 
 
+def first_argmax(x: jnp.ndarray, axis: int) -> jnp.ndarray:
+  """`jnp.argmax(x, axis)` (ties to the first index) for finite x, as int32.
+
+  On the CPU a loop over the axis keeping the running maximum and its index: XLA-CPU reduces over a
+  non-minor axis (the classes or queries of a [B, C, H, W] map) at about 2 GB/s, 0.43 s for 150 classes at
+  1024 x 1024, against 0.04 s for the loop. Elsewhere XLA's own argmax.
+  """
+  def running(x):
+    def step(i, carry):
+      best, index = carry
+      row = jax.lax.dynamic_index_in_dim(x, i, axis, keepdims=False)
+      better = row > best
+      return jnp.where(better, row, best), jnp.where(better, i, index)
+
+    first = jax.lax.index_in_dim(x, 0, axis, keepdims=False)
+    return jax.lax.fori_loop(1, x.shape[axis], step, (first, jnp.zeros(first.shape, jnp.int32)))[1]
+
+  return jax.lax.platform_dependent(x, cpu=running, default=lambda v: jnp.argmax(v, axis).astype(jnp.int32))
+
+
 def upsample_masks(pred_masks: jnp.ndarray, size: tuple) -> jnp.ndarray:
   """Bilinear resize of mask logits [B, Q, h, w] -> [B, Q, H, W], `F.interpolate(mode='bilinear',
   align_corners=False)` as Mask2Former [default]. An integer factor (the evaluator's case: stride 4)
@@ -80,7 +100,7 @@ def semantic_inference(pred_logits, pred_masks, class_mask=None):
   masked = scores
   if class_mask is not None:
     masked = jnp.where(class_mask[:, :, None, None], scores, -1.0)
-  return {"scores": scores, "labels": jnp.argmax(masked, axis=1).astype(jnp.int32)}
+  return {"scores": scores, "labels": first_argmax(masked, axis=1)}
 
 
 @functools.partial(jax.jit, static_argnames=("object_mask_threshold", "overlap_threshold"))
@@ -115,7 +135,7 @@ def panoptic_inference(pred_logits, pred_masks, thing_mask, *, object_mask_thres
   labels = jnp.minimum(labels, c1 - 2)
   masks = jax.nn.sigmoid(pred_masks.astype(jnp.float32))  # [B, Q, H, W]
   prob_masks = jnp.where(keep[:, :, None, None], scores[:, :, None, None] * masks, -1.0)
-  mask_ids = jnp.argmax(prob_masks, axis=1)  # [B, H, W]
+  mask_ids = first_argmax(prob_masks, axis=1)  # [B, H, W]
   own = masks >= 0.5
   original_area = own.sum((2, 3))
   pixel_own = jnp.take_along_axis(own, mask_ids[:, None], axis=1)[:, 0]  # [B, H, W]
