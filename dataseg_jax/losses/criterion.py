@@ -217,14 +217,14 @@ def mask_terms(masks: jax.Array, groups: merge.Groups, segment_map: jax.Array, s
           jnp.sum(jnp.where(use, mask_losses.dice(prob, labels), 0.0)))
 
 
-def example_class_and_box_terms(logits: jax.Array, masks: jax.Array, ex: dict, match: jax.Array,
-                                config: ml_collections.ConfigDict) -> dict:
+def example_class_and_box_terms(groups: merge.Groups, merged: jax.Array, masks: jax.Array, ex: dict,
+                                match: jax.Array, config: ml_collections.ConfigDict) -> dict:
   """ce_num, ce_den (weighted CE sum and weight sum over merged predictions) and proj (projection loss sum
-  over box targets) of one example at one layer; logits [Q, C + 1], masks [Q, h, w], match [N]."""
-  groups, merged = merged_predictions(logits, ex, config)
+  over box targets) of one example at one layer; groups, merged [Q, C + 1] (`merged_predictions`),
+  masks [Q, h, w], match [N]."""
   q, h, w = masks.shape
   n = match.shape[0]
-  num_classes = logits.shape[-1] - 1
+  num_classes = merged.shape[-1] - 1
   real, _ = matched_targets(groups, ex, match)
   gt_of_slot = jnp.full((q,), -1, jnp.int32).at[match].max(jnp.where(real, jnp.arange(n), -1))
   matched = gt_of_slot >= 0
@@ -253,8 +253,9 @@ def layer_losses(logits: jax.Array, masks: jax.Array, ex: dict, match: jax.Array
   Returns:
     {ce_num, ce_den, proj (`example_class_and_box_terms`), mask, dice (`mask_terms`)}.
   """
-  out = jax.vmap(lambda lg, m, e, k: example_class_and_box_terms(lg, m, e, k, config))(logits, masks, ex, match)
-  groups = jax.vmap(lambda lg, e: merged_predictions(lg, e, config)[0])(logits, ex)
+  groups, merged = jax.vmap(lambda lg, e: merged_predictions(lg, e, config))(logits, ex)
+  out = jax.vmap(lambda g, mp, m, e, k: example_class_and_box_terms(g, mp, m, e, k, config))(
+      groups, merged, masks, ex, match)
   _, use_mask = jax.vmap(matched_targets)(groups, ex, match)
   terms = jax.vmap(mask_terms)
 

@@ -62,10 +62,9 @@ def point_sample_shared(grids: jax.Array, coords: jax.Array) -> jax.Array:
   inside = ((x0 >= -1) & (x0 <= w - 1) & (y0 >= -1) & (y0 <= h - 1)).astype(jnp.float32)
   base = (jnp.clip(y0 + 1, 0, h) * (w + 2) + jnp.clip(x0 + 1, 0, w)).astype(jnp.int32)
   padded = jnp.pad(jnp.transpose(grids.astype(jnp.float32), (1, 2, 0)), ((1, 1), (1, 1), (0, 0)))
-  rows = jax.lax.optimization_barrier(padded.reshape(-1, r))  # materialised, so every gather reads rows
+  rows = padded.reshape(-1, r)
   taps = ((0, (1 - fy) * (1 - fx)), (1, (1 - fy) * fx), (w + 2, fy * (1 - fx)), (w + 3, fy * fx))
-  samples = sum((inside * wt)[:, None] * rows[base + offset] for offset, wt in taps).T
-  return jax.lax.optimization_barrier(samples)  # computed once, not re-gathered inside each consumer
+  return sum((inside * wt)[:, None] * rows[base + offset] for offset, wt in taps).T
 
 
 def sample_segment_masks(segment_map: jax.Array, segment_ids: jax.Array, coords: jax.Array) -> jax.Array:
