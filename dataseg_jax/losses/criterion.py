@@ -183,9 +183,9 @@ def uncertain_points(masks: jax.Array, groups: merge.Groups, slots: jax.Array, o
                      num_uncertain: int) -> jax.Array:
   """Indices [K, beta P] into `over` [K, kP, 2] of the most uncertain candidates of each target row's
   matched prediction (`slots` [K]) [default: Mask2Former importance sampling; no gradient]."""
-  maps = slot_maps(masks, groups, slots)
-  logit, prob = read_slots(jax.vmap(mask_losses.point_sample)(maps, over), groups.raw[slots])
-  return mask_losses.top_k_set(mask_losses.uncertainty(logit, prob, groups.raw[slots]), num_uncertain)
+  raw = groups.raw[slots]
+  logit, prob = read_slots(jax.vmap(mask_losses.point_sample)(slot_maps(masks, groups, slots), over), raw)
+  return mask_losses.top_k_set(mask_losses.uncertainty(logit, prob, raw), num_uncertain)
 
 
 def layer_point_indices(logits: jax.Array, masks: jax.Array, ex: dict, match: jax.Array, source_input,
