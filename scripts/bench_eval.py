@@ -7,10 +7,13 @@ Per size (toy: configs/toy.py, R50: configs/dataseg_r50.py; Q queries, K dataset
 - postprocess: the evaluator's jitted device work after the model (bilinear upsampling of the final-layer
   mask logits to S x S, semantic + panoptic + instance inference on K classes), per image; also each task
   alone (a dataset is evaluated only on its own eval_tasks);
-- metrics: the evaluator's host work per image for the three tasks (confusion matrix, PQ accumulation,
-  COCO RLE encoding of the top-k instance masks), at S x S;
+- metrics: the evaluator's host work per image for the three tasks (crop to the image's valid extent and
+  nearest resize to its original size, confusion matrix, PQ accumulation, COCO RLE encoding of the top-k
+  instance masks: `evaluator.encode_instances`); R50: a 640 x 480 image (COCO's most common size) padded
+  into the 1024 x 1024 input, toy: 128 x 128 images;
 - forward: `DataSeg.apply` (final outputs of every layer) per image, when dataseg_jax.models.dataseg exists.
-Target: postprocess + metrics < 20% of forward. Times are medians after compilation, on the default device.
+Inputs: random class logits and spatially coherent random mask logits (`_mask_logits`). Target: postprocess +
+metrics < 20% of forward. Times are medians after compilation, on the default device.
 """
 import argparse
 import json
@@ -28,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from configs import dataseg_r50  # noqa: E402
 from configs import toy  # noqa: E402
 from dataseg_jax import hardware  # noqa: E402
-from dataseg_jax.evaluation import instance  # noqa: E402
+from dataseg_jax.evaluation import evaluator  # noqa: E402
 from dataseg_jax.evaluation import panoptic  # noqa: E402
 from dataseg_jax.evaluation import postprocess  # noqa: E402
 from dataseg_jax.evaluation import semantic  # noqa: E402
@@ -52,20 +55,29 @@ def _postprocess_fn(eval_config, tasks=("semantic", "panoptic", "instance")):
   return fn
 
 
-def _host_metrics(outputs, k, b):
-  """The evaluator's per-image host work on example `b`, against a synthetic ground truth."""
+def _host_metrics(outputs, k, b, extent, size):
+  """The evaluator's per-image host work on example `b` (as `evaluator._DatasetEval.add`: crop to the valid
+  `extent`, nearest resize to the original `size`, accumulate), against a synthetic ground truth."""
   outputs = jax.tree.map(np.asarray, outputs)
   sem, pan, inst = outputs["semantic"], outputs["panoptic"], outputs["instance"]
-  gt = (sem[b] + 1) % k
-  semantic.SemanticConfusion.from_model_output(sem[b], gt, k)
+  crop = lambda a: evaluator.resize_nearest(a[:extent[0], :extent[1]], size)  # noqa: E731
+  labels = crop(sem[b]).astype(np.int64)
+  semantic.SemanticConfusion.from_model_output(labels, (labels + 1) % k, k)
   stat = panoptic.PQStat({c: {"isthing": int(c % 2)} for c in range(k)})
-  ids = pan["panoptic_seg"][b]
+  ids = crop(pan["panoptic_seg"][b]).astype(np.int64)
   opened = np.nonzero(pan["segment_id"][b] > 0)[0]
   present = set(np.unique(ids).tolist())
   segs = [{"id": int(pan["segment_id"][b][q]), "category_id": int(pan["segment_class"][b][q])}
           for q in opened if int(pan["segment_id"][b][q]) in present]
   stat.add_image(ids, segs, ids, segs)
-  instance.encode_results(0, inst["masks"][b], inst["scores"][b], inst["classes"][b])
+  evaluator.encode_instances(0, inst["masks"][b], inst["scores"][b], inst["classes"][b], extent, size)
+
+
+def _mask_logits(rng, batch, q, s):
+  """Mask logits [batch, q, s / 4, s / 4] with a trained model's spatial coherence: normal(0, 3) at 1/16 of the
+  image size, bilinearly upsampled (independent mask pixels would make the RLEs about 3x longer than a model's)."""
+  low = jnp.asarray(rng.normal(0, 3, (batch, q, s // 16, s // 16)), jnp.float32)
+  return jax.image.resize(low, (batch, q, s // 4, s // 4), "bilinear")
 
 
 def _forward_fn(config):
@@ -84,18 +96,21 @@ def _forward_fn(config):
   return lambda: apply(variables, images)
 
 
-def bench_size(name, config, num_classes, batch, repeats) -> dict:
+def bench_size(name, config, num_classes, batch, repeats, extent=None, orig_size=None) -> dict:
+  """`extent`: the image's valid (h, w) in the padded S x S input, `orig_size` its original (H, W)."""
   q, s = int(config.model.num_queries), int(config.data.eval_size)
+  extent, orig_size = extent or (s, s), orig_size or extent or (s, s)
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(0, 3, (batch, q, num_classes + 1)), jnp.float32)
-  masks = jnp.asarray(rng.normal(0, 3, (batch, q, s // 4, s // 4)), jnp.float32)
+  masks = _mask_logits(rng, batch, q, s)
   things = jnp.asarray(np.arange(num_classes) % 2 == 1)
   fn = _postprocess_fn(config.eval)
   jax.block_until_ready(fn(logits, masks, things))
   post = _median(lambda: fn(logits, masks, things), repeats) / batch
   outputs = jax.device_get(fn(logits, masks, things))
-  metrics = _median(lambda: _host_metrics(outputs, num_classes, 0), repeats)
-  out = {"images": f"{s}x{s}", "queries": q, "classes": num_classes, "batch": batch,
+  metrics = _median(lambda: _host_metrics(outputs, num_classes, 0, extent, orig_size), repeats)
+  out = {"images": f"{s}x{s}", "valid_extent": list(extent), "original_size": list(orig_size), "queries": q,
+         "classes": num_classes, "batch": batch,
          "postprocess_s_per_image": round(post, 5), "metrics_s_per_image": round(metrics, 5)}
   for task in ("semantic", "panoptic", "instance"):
     one = _postprocess_fn(config.eval, (task,))
@@ -119,7 +134,9 @@ def run(quick: bool = False) -> dict:
   reps = 2 if quick else 5
   return {"device": jax.devices()[0].device_kind,
           "toy": bench_size("toy", toy.get_config(), num_classes=12, batch=8, repeats=reps),
-          "r50": bench_size("r50", dataseg_r50.get_config(), num_classes=150, batch=1, repeats=max(reps // 2, 1))}
+          # a 640 x 480 image (COCO's most common size) padded into the 1024 x 1024 evaluation input
+          "r50": bench_size("r50", dataseg_r50.get_config(), num_classes=150, batch=1, repeats=max(reps // 2, 1),
+                            extent=(768, 1024), orig_size=(480, 640))}
 
 
 if __name__ == "__main__":

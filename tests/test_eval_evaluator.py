@@ -128,3 +128,23 @@ def test_per_class_iou_and_the_open_vocabulary_mean_over_classes_no_training_dat
   unseen = [names.index(n) for n in (root / "heldout_names.txt").read_text().split()]
   expected = np.nanmean(semantic.chance_iou(counts)[unseen])
   assert metrics["toy_heldout/semantic/mIoU_unseen_chance"] == pytest.approx(expected, rel=1e-9)
+
+
+# odd extents: no output pixel centre falls exactly on a source pixel edge, where PIL rounds its own way
+@pytest.mark.parametrize("extent,size", [((24, 30), (24, 30)), ((25, 31), (17, 45)), ((31, 39), (50, 21))])
+def test_encode_instances_crops_resizes_and_encodes_transposed_masks(rng, extent, size):
+  """Transposed [K, W, H] masks -> crop to the valid extent, nearest resize, RLE: decoding gives PIL's NEAREST
+  resize of each cropped [H, W] mask, and the boxes are the decoded masks' tight boxes."""
+  from pycocotools import mask as mask_utils
+  masks = rng.random((3, 32, 40)) > 0.6
+  masks[1] = False  # an empty mask
+  results = evaluator.encode_instances(5, np.ascontiguousarray(masks.swapaxes(1, 2)), [0.9, 0.5, 0.1],
+                                       [1, 2, 3], extent, size)
+  assert [r["category_id"] for r in results] == [1, 2, 3] and [r["score"] for r in results] == [0.9, 0.5, 0.1]
+  for m, r in zip(masks, results):
+    crop = Image.fromarray(m[:extent[0], :extent[1]].astype(np.uint8))
+    want = np.asarray(crop.resize((size[1], size[0]), Image.NEAREST)).astype(bool)
+    np.testing.assert_array_equal(mask_utils.decode(r["segmentation"]).astype(bool), want)
+    ys, xs = np.nonzero(want)
+    box = [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()] if len(ys) else [0, 0, 0, 0]
+    np.testing.assert_allclose(r["bbox"], box)

@@ -150,3 +150,39 @@ def test_first_argmax_equals_argmax_with_ties():
   for axis in range(4):
     np.testing.assert_array_equal(np.asarray(jax.jit(postprocess.first_argmax, static_argnums=1)(x, axis)),
                                   np.argmax(x, axis))
+
+
+def test_assign_pixels_loop_equals_argmax_form(rng):
+  """The CPU loop and the accelerator form of the panoptic pixel assignment agree, ties included."""
+  weights = np.array([[0.9, -1.0, 0.9, 0.85, -1.0, 0.95]], np.float32).repeat(2, 0)
+  masks = np.round(rng.uniform(0, 1, (2, 6, 7, 9)) * 4).astype(np.float32) / 4  # many ties
+  loop = jax.jit(postprocess._assign_pixels_loop)(weights, masks)
+  argmax = jax.jit(postprocess._assign_pixels_argmax)(weights, masks)
+  ids = np.where(weights[:, :, None, None] >= 0, weights[:, :, None, None] * masks, -1.0).argmax(1)
+  for got in (loop, argmax):
+    np.testing.assert_array_equal(np.asarray(got[0]), ids)
+    np.testing.assert_array_equal(np.asarray(got[1]), np.take_along_axis(masks, ids[:, None], 1)[:, 0] >= 0.5)
+
+
+def test_infer_tasks_equals_each_task_on_the_upsampled_masks(rng):
+  """infer_tasks works on transposed masks: its label maps, panoptic segments, boxes and (transposed) instance
+  masks equal the per-task functions run on the upsampled [B, Q, H, W] masks."""
+  import ml_collections
+  logits, masks = _inputs(rng, h=8, w=10)
+  things = np.array([True, False, True, False, False])
+  ev = ml_collections.ConfigDict({"object_mask_threshold": 0.4, "overlap_threshold": 0.5, "instance_topk": 20})
+  size = (32, 40)
+  out = jax.tree.map(np.asarray, postprocess.infer_tasks(logits, masks, size, ("semantic", "panoptic", "instance"),
+                                                          things, ev))
+  up = postprocess.upsample_masks(masks, size)
+  np.testing.assert_array_equal(out["semantic"], np.asarray(postprocess.semantic_inference(logits, up)["labels"]))
+  pan = jax.tree.map(np.asarray, postprocess.panoptic_inference(logits, up, things, object_mask_threshold=0.4,
+                                                                overlap_threshold=0.5))
+  assert (pan["segment_id"] > 0).any(1).all()  # segments kept in every example
+  for key, value in pan.items():
+    np.testing.assert_array_equal(out["panoptic"][key], value)
+  inst = jax.tree.map(np.asarray, postprocess.instance_inference(logits, up, topk=20))
+  np.testing.assert_array_equal(out["instance"]["masks"], inst["masks"].swapaxes(2, 3))
+  np.testing.assert_array_equal(out["instance"]["boxes"], inst["boxes"])
+  np.testing.assert_allclose(out["instance"]["scores"], inst["scores"], rtol=1e-5)
+  np.testing.assert_array_equal(out["instance"]["classes"], inst["classes"])

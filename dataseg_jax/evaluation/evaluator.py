@@ -57,12 +57,23 @@ def make_infer_fn(model, tasks: tuple, eval_config):
   return infer
 
 
-def _resize_nearest(a: np.ndarray, size) -> np.ndarray:
-  """[h, w] or [K, h, w] -> [..., H, W] nearest-neighbour (pixel centres, like PIL NEAREST)."""
+def resize_nearest(a: np.ndarray, size) -> np.ndarray:
+  """[h, w] or [K, h, w] -> [..., H, W] nearest-neighbour: output pixel i reads floor((i + 0.5) h / H) (PIL's
+  NEAREST but for rounding where that lands exactly on a pixel edge); one axis at a time (3x faster than
+  one 2-D fancy index on 100 masks)."""
   h, w = a.shape[-2:]
   rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
   cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
-  return a[..., rows[:, None], cols[None, :]]
+  return a.take(rows, axis=-2).take(cols, axis=-1)
+
+
+def encode_instances(image_id, masks_t, scores, category_ids, extent, size) -> list:
+  """COCO results of one example's instances: transposed masks bool [K, W, H] (`postprocess.infer_tasks`)
+  cropped to the valid `extent` (h, w), resized to the original `size` (H, W) when it differs, RLE-encoded."""
+  masks_t = masks_t[:, :extent[1], :extent[0]]
+  if tuple(extent) != tuple(size):
+    masks_t = resize_nearest(masks_t, (size[1], size[0]))
+  return instance.encode_results(image_id, masks_t, scores, category_ids, transposed=True)
 
 
 def _valid_extent(valid: np.ndarray) -> tuple:
@@ -163,7 +174,7 @@ class _DatasetEval:
     size = tuple(int(v) for v in batch["orig_size"][b])
     sem = pan_ids = pan_classes = None
     if "semantic" in self.tasks:
-      sem = _resize_nearest(res["semantic"][b][:hv, :wv], size).astype(np.int64)
+      sem = resize_nearest(res["semantic"][b][:hv, :wv], size).astype(np.int64)
       gt = self._gt_semantic(row, image_id)
       self.confusion = self.confusion.merge(
           semantic.SemanticConfusion.from_model_output(sem, gt, self.num_classes, IGNORE))
@@ -171,7 +182,7 @@ class _DatasetEval:
       writers.write_semantic_png(os.path.join(self.out_dir, "semantic", stem + ".png"), np.maximum(sem, 0) + offset)
     if "panoptic" in self.tasks:
       p = {k: v[b] for k, v in res["panoptic"].items()}
-      pan_ids = _resize_nearest(p["panoptic_seg"][:hv, :wv], size).astype(np.int64)
+      pan_ids = resize_nearest(p["panoptic_seg"][:hv, :wv], size).astype(np.int64)
       present = set(np.unique(pan_ids).tolist())
       segs, pan_classes = [], {}
       for q in np.nonzero(p["segment_id"] > 0)[0]:
@@ -187,9 +198,8 @@ class _DatasetEval:
       self.pq.add_image(gt_ids, gt_segs, pan_ids, segs, f"{self.name} image_id {image_id}")
     if "instance" in self.tasks:
       r = {k: v[b] for k, v in res["instance"].items()}
-      masks = _resize_nearest(r["masks"][:, :hv, :wv], size)
       cats = [self.category_ids[c] for c in r["classes"]]
-      self.instance_results += instance.encode_results(image_id, masks, r["scores"], cats)
+      self.instance_results += encode_instances(image_id, r["masks"], r["scores"], cats, (hv, wv), size)
     if self.overlays < self.num_overlays:
       self._overlay(row, stem, sem, pan_ids, pan_classes, size)
 

@@ -52,14 +52,20 @@ def _to_rle(segm, h, w):
   return segm
 
 
-def encode_results(image_id, masks, scores, category_ids, boxes=None) -> list:
+def encode_results(image_id, masks, scores, category_ids, boxes=None, transposed=False) -> list:
   """COCO results of one image: masks bool [K, H, W] -> RLE (counts as str), 'bbox' [x, y, w, h]
-  (from `boxes` [K, 4] x0, y0, x1, y1 when given, else from the masks), 'score', 'category_id'."""
+  (from `boxes` [K, 4] x0, y0, x1, y1 when given, else from the masks), 'score', 'category_id'.
+
+  With `transposed`, masks are [K, W, H] (each mask column-major, as `postprocess.infer_tasks` emits them):
+  pycocotools encodes [H, W, K] in Fortran order, which is that array's memory, so a contiguous one is
+  encoded without a copy (the copy costs 0.13 s for 100 masks of 1024 x 1024).
+  """
   masks = np.asarray(masks, bool)
   if not len(masks):
     return []
-  # one call for all K masks: pycocotools takes [H, W, K] in Fortran order (bool viewed as uint8, no copy)
-  rles = mask_utils.encode(np.asfortranarray(masks.view(np.uint8).transpose(1, 2, 0)))
+  # one call for all K masks on [H, W, K] in Fortran order (bool viewed as uint8)
+  hwk = masks.view(np.uint8).transpose(2, 1, 0) if transposed else masks.view(np.uint8).transpose(1, 2, 0)
+  rles = mask_utils.encode(np.asfortranarray(hwk))
   if boxes is None:
     bboxes = mask_utils.toBbox(rles).tolist()
   else:
