@@ -1,4 +1,7 @@
-"""`layers.ConvSame` against flax's nn.Conv: the same parameter, output and gradients."""
+"""Layers with hand-written backward passes against what they replace: `ConvSame` against nn.Conv,
+`relu_ffn_layers` against two nn.Dense layers, `max_pool` against nn.max_pool and PyTorch (ties).
+
+The same parameters, outputs and gradients."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,3 +29,66 @@ def test_conv_same_equals_flax_conv_with_gradients(kernel_size):
   np.testing.assert_allclose(out, ref_out, rtol=1e-5)
   np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(gp["params"]["kernel"], ref_gp["params"]["kernel"], rtol=1e-5, atol=1e-5)
+
+
+class _TwoDense(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    y = layers.dense(12, ("embed", "mlp"), name="linear1")(x)
+    return layers.dense(x.shape[-1], ("mlp", "embed"), name="linear2")(nn.relu(y))
+
+
+class _ReluFFN(nn.Module):
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return layers.relu_ffn_layers(x, 12, self.dtype)
+
+
+def test_relu_ffn_layers_equal_two_dense_layers_with_gradients():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 7, 5)), jnp.float32)
+  ref_params = _TwoDense().init(jax.random.key(1), x)
+  params = _ReluFFN().init(jax.random.key(1), x)
+  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, ref_params)  # checkpoints load either way
+  assert nn.get_partition_spec(params) == nn.get_partition_spec(ref_params)
+  params = jax.tree.map(lambda a: a + 0.1, ref_params)  # non-zero biases, and some hidden units inactive
+  cot = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+  def grads(module):
+    return jax.jit(jax.value_and_grad(lambda p, v: jnp.sum(module.apply(p, v) * cot), argnums=(0, 1)))(params, x)
+
+  (out, (gp, gx)), (ref_out, (ref_gp, ref_gx)) = grads(_ReluFFN()), grads(_TwoDense())
+  np.testing.assert_allclose(out, ref_out, rtol=1e-5)
+  np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(ref_gp)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  out16 = _ReluFFN(jnp.bfloat16).apply(params, x)
+  assert out16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(out16, np.float32), _TwoDense().apply(params, x), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 11, 3), (1, 8, 8, 2)])
+def test_max_pool_equals_flax_max_pool_with_gradients(shape):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)  # no ties
+  ref = lambda v: nn.max_pool(v, (3, 3), (2, 2), padding=((1, 1), (1, 1)))  # noqa: E731
+  out = layers.max_pool(x, 3, 2, 1)
+  np.testing.assert_array_equal(out, ref(x))
+  cot = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  grad = jax.jit(jax.grad(lambda v: jnp.sum(layers.max_pool(v, 3, 2, 1) * cot)))(x)
+  np.testing.assert_allclose(grad, jax.grad(lambda v: jnp.sum(ref(v) * cot))(x), rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_as_pytorch():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(1)
+  x = np.maximum(np.round(rng.normal(size=(2, 10, 9, 3))), 0).astype(np.float32)  # post-ReLU: many ties
+  cot = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+  grad = jax.grad(lambda v: jnp.sum(layers.max_pool(v, 3, 2, 1) * cot))(jnp.asarray(x))
+  t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+  out = torch.nn.functional.max_pool2d(t, 3, 2, 1)
+  (out * torch.from_numpy(cot.transpose(0, 3, 1, 2).copy())).sum().backward()
+  np.testing.assert_array_equal(np.asarray(layers.max_pool(jnp.asarray(x), 3, 2, 1)), out.detach().numpy().transpose(0, 2, 3, 1))
+  np.testing.assert_allclose(np.asarray(grad), t.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)

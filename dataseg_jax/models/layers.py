@@ -1,4 +1,5 @@
 """Small shared layers: logically-partitioned Dense, sine position encoding, bilinear resize, attention, MLP, conv."""
+import functools
 import math
 
 import flax.linen as nn
@@ -164,3 +165,112 @@ class ConvSame(nn.Module):
     shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
     kernel = self.param("kernel", self.kernel_init, shape)
     return conv_same(x.astype(self.dtype), jnp.asarray(kernel, self.dtype))
+
+
+def after(x: jnp.ndarray, *deps: jnp.ndarray) -> jnp.ndarray:
+  """x, computed only once `deps` are: adds 0 * isnan(one element of each dep) (isnan keeps it exactly 0).
+
+  XLA-CPU drops optimization barriers before scheduling; this data dependence is how a backward pass makes
+  its scheduler finish a weight gradient (and free the activations it reads) before going upstream.
+  """
+  zero = sum(jnp.isnan(d.reshape(-1)[:1]).astype(jnp.float32) for d in deps) * 0.0
+  return x + zero.astype(x.dtype)
+
+
+@jax.custom_vjp
+def relu_ffn(x: jnp.ndarray, w1: jnp.ndarray, b1: jnp.ndarray, w2: jnp.ndarray, b2: jnp.ndarray) -> jnp.ndarray:
+  """relu(x w1 + b1) w2 + b2 over the last axis of x, with a backward pass that keeps one hidden-size
+  residual and computes the parameter gradients before the input gradient (`after`).
+
+  Under autodiff XLA-CPU kept both x w1 and relu(x w1 + b1) (its fusion recomputed the ReLU mask from the
+  former), and its scheduler deferred the weight gradients to the end of the step, holding the hidden
+  activations and their cotangents: 4 x 44 MB per pixel-decoder layer for R50 at 512 px. Here the forward
+  keeps z = x w1 only, and the backward rebuilds h = a [a > 0], a = z + b1 (written unlike the forward's
+  maximum, so that common-subexpression elimination does not keep the forward's h alive instead).
+  """
+  return jnp.maximum(x @ w1 + b1, 0) @ w2 + b2
+
+
+def _relu_ffn_fwd(x, w1, b1, w2, b2):
+  z = x @ w1
+  return jnp.maximum(z + b1, 0) @ w2 + b2, (x, w1, b1, w2, z)
+
+
+def _relu_ffn_bwd(residuals, g):
+  x, w1, b1, w2, z = residuals
+  flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+  xf, zf, gf = flat(x), flat(z), flat(g)
+  active = zf + b1 > 0
+  h = (zf + b1) * active
+  dw2, db2 = h.T @ gf, gf.sum(0)
+  gh = jnp.where(active, gf @ w2.T, 0).astype(gf.dtype)
+  dw1, db1 = xf.T @ gh, gh.sum(0)
+  dx = after(gh @ w1.T, dw1, db1, dw2, db2)
+  return dx.reshape(x.shape), dw1, db1, dw2, db2
+
+
+relu_ffn.defvjp(_relu_ffn_fwd, _relu_ffn_bwd)
+
+
+class _DenseParams(nn.Module):
+  """The 'kernel' [in, out] and 'bias' [out] that `dense(out, axes)` would create under this module's name."""
+  features: int
+  axes: tuple
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.xavier_uniform(), self.axes),
+                        (in_features, self.features))
+    return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,))
+
+
+def relu_ffn_layers(x: jnp.ndarray, hidden_dim: int, dtype=jnp.float32) -> jnp.ndarray:
+  """dense(hidden_dim) -> ReLU -> dense(in) through `relu_ffn`, called inside a compact method: the parameters
+  are the calling module's 'linear1' and 'linear2', exactly those two `dense` layers of those names would have."""
+  d = x.shape[-1]
+  w1, b1 = _DenseParams(hidden_dim, ("embed", "mlp"), name="linear1")(d)
+  w2, b2 = _DenseParams(d, ("mlp", "embed"), name="linear2")(hidden_dim)
+  return relu_ffn(*(jnp.asarray(a, dtype) for a in (x, w1, b1, w2, b2)))
+
+
+def _pool_taps(x: jnp.ndarray, window: int, stride: int, padding: int) -> list:
+  """The window * window strided views [B, Ho, Wo, C] of x [B, H, W, C] padded with -inf, in row-major tap order."""
+  b, h, w, c = x.shape
+  ho, wo = (h + 2 * padding - window) // stride + 1, (w + 2 * padding - window) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
+  return [jax.lax.slice(xp, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                        (1, stride, stride, 1)) for i in range(window) for j in range(window)]
+
+
+def _max_pool_fwd(x, window, stride, padding):
+  taps = _pool_taps(x, window, stride, padding)
+  best, index = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+  for k, tap in enumerate(taps[1:], 1):
+    better = tap > best
+    best, index = jnp.where(better, tap, best), jnp.where(better, jnp.int8(k), index)
+  return best, (index, x.shape)
+
+
+def _max_pool_bwd(window, stride, padding, residuals, g):
+  index, (b, h, w, c) = residuals
+  ho, wo = g.shape[1:3]
+  hp, wp = h + 2 * padding, w + 2 * padding
+  d_padded = 0.0
+  for k in range(window * window):
+    i, j = divmod(k, window)
+    config = ((0, 0, 0), (i, hp - i - stride * (ho - 1) - 1, stride - 1), (j, wp - j - stride * (wo - 1) - 1, stride - 1),
+              (0, 0, 0))
+    d_padded = d_padded + jax.lax.pad(jnp.where(index == k, g, 0).astype(g.dtype), jnp.zeros((), g.dtype), config)
+  return (d_padded[:, padding:padding + h, padding:padding + w],)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jnp.ndarray, window: int = 3, stride: int = 2, padding: int = 1) -> jnp.ndarray:
+  """nn.max_pool(x, (window, window), (stride, stride), padding=((padding, padding),) * 2) on NHWC, whose
+  gradient goes to the first maximum of each window in row-major order (PyTorch's choice) through an int8
+  tap index: autodiff of reduce_window kept four int32 index maps of the padded input (136 MB for R50 at
+  512 px) alive to the memory peak."""
+  return _max_pool_fwd(x, window, stride, padding)[0]
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

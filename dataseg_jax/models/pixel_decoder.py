@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dataseg_jax.models.layers import NORM_EPS, ConvSame, dense, resize_bilinear, sine_position_encoding
+from dataseg_jax.models.layers import (NORM_EPS, ConvSame, after, dense, relu_ffn_layers, resize_bilinear,
+                                       sine_position_encoding)
 from dataseg_jax.models.resnet import conv_kernel_init
 
 
@@ -114,9 +115,8 @@ def _core_bwd(shapes, residuals, grad):
       d_attn = d_attn + weight * s_k
       du = du + (1.0 if dx else -1.0) * wy * s_k
       dv = dv + (1.0 if dy else -1.0) * wx * s_k
-      # The zero term makes this update wait for the previous scatter (XLA-CPU drops optimization barriers
-      # before scheduling), else all 12 updates of a layer (42 MB each) are computed first; isnan keeps it 0.
-      update = weight.reshape(-1, 1) * rows + 0.0 * jnp.isnan(d_table[:1])
+      # This update waits for the previous scatter, else all 12 updates of a layer (42 MB each) are computed first.
+      update = after(weight.reshape(-1, 1) * rows, d_table)
       d_table = d_table.at[index].add(update, mode="promise_in_bounds")
     start += h * w
     d_loc.append(jnp.stack([a * du * w, a * dv * h], -1))
@@ -180,8 +180,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, pos, reference, shapes):
     attn = MSDeformAttn(self.num_heads, self.num_levels, self.num_points, self.dtype, name="self_attn")
     x = nn.LayerNorm(NORM_EPS, dtype=self.dtype, name="norm1")(x + attn(x + pos, reference, x, shapes))
-    y = dense(self.ffn_dim, ("embed", "mlp"), self.dtype, name="linear1")(x)
-    y = dense(x.shape[-1], ("mlp", "embed"), self.dtype, name="linear2")(nn.relu(y))
+    y = relu_ffn_layers(x, self.ffn_dim, self.dtype)  # parameters 'linear1', 'linear2'
     return nn.LayerNorm(NORM_EPS, dtype=self.dtype, name="norm2")(x + y)
 
 

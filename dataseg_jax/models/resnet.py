@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from dataseg_jax.models.layers import dense
+from dataseg_jax.models.layers import dense, max_pool
 
 STAGES = {10: ("basic", (1, 1, 1, 1)), 18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
           50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
@@ -99,7 +99,7 @@ class ResNet(nn.Module):
       block_cls = nn.remat(block_cls)
     x = conv(self.width, 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
     x = nn.relu(FrozenBN(self.dtype, name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, 3, 2, 1)
     feats = {}
     for s, n in enumerate(blocks):
       for b in range(n):
