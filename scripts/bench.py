@@ -97,6 +97,7 @@ def main():
   for i, part in enumerate(parts):
     print(f"[{i + 1}/{len(parts)}] bench {part} ...", flush=True)
     results[part] = run_part(part, a.quick, a.threads)
+    results[part]["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # parts kept by --update differ
     print(f"    done in {results[part].get('wall_s')} s" + (" (ERROR)" if "error" in results[part] else ""),
           flush=True)
   results["ratios_to_peer"] = peer_ratios(results)
