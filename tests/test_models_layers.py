@@ -90,5 +90,6 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_pytorch():
   t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
   out = torch.nn.functional.max_pool2d(t, 3, 2, 1)
   (out * torch.from_numpy(cot.transpose(0, 3, 1, 2).copy())).sum().backward()
-  np.testing.assert_array_equal(np.asarray(layers.max_pool(jnp.asarray(x), 3, 2, 1)), out.detach().numpy().transpose(0, 2, 3, 1))
+  np.testing.assert_array_equal(np.asarray(layers.max_pool(jnp.asarray(x), 3, 2, 1)),
+                                out.detach().numpy().transpose(0, 2, 3, 1))
   np.testing.assert_allclose(np.asarray(grad), t.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)

@@ -100,6 +100,7 @@ def _assign_pixels(weights: jnp.ndarray, masks: jnp.ndarray) -> tuple:
   """
   return jax.lax.platform_dependent(weights, masks, cpu=_assign_pixels_loop, default=_assign_pixels_argmax)
 
+
 def upsample_masks(pred_masks: jnp.ndarray, size: tuple) -> jnp.ndarray:
   """Bilinear resize of mask logits [B, Q, h, w] -> [B, Q, H, W], `F.interpolate(mode='bilinear',
   align_corners=False)` as Mask2Former [default]. An integer factor (the evaluator's case: stride 4)

@@ -170,8 +170,8 @@ class ConvSame(nn.Module):
 def after(x: jnp.ndarray, *deps: jnp.ndarray) -> jnp.ndarray:
   """x, computed only once `deps` are: adds 0 * isnan(one element of each dep) (isnan keeps it exactly 0).
 
-  XLA-CPU drops optimization barriers before scheduling; this data dependence is how a backward pass makes
-  its scheduler finish a weight gradient (and free the activations it reads) before going upstream.
+  XLA-CPU drops optimization barriers before scheduling; this data dependence is how a pass makes its scheduler
+  finish something early (a weight gradient, and so free the activations it reads) rather than at its last use.
   """
   zero = sum(jnp.isnan(d.reshape(-1)[:1].astype(jnp.float32)).astype(jnp.float32) for d in deps) * 0.0
   return x + zero.astype(x.dtype)
@@ -257,8 +257,9 @@ def _max_pool_bwd(window, stride, padding, residuals, g):
   d_padded = 0.0
   for k in range(window * window):
     i, j = divmod(k, window)
-    config = ((0, 0, 0), (i, hp - i - stride * (ho - 1) - 1, stride - 1), (j, wp - j - stride * (wo - 1) - 1, stride - 1),
-              (0, 0, 0))
+    # tap k's gradient, spread back to the padded input's rows i + stride * y and columns j + stride * x
+    config = ((0, 0, 0), (i, hp - i - stride * (ho - 1) - 1, stride - 1),
+              (j, wp - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0))
     d_padded = d_padded + jax.lax.pad(jnp.where(index == k, g, 0).astype(g.dtype), jnp.zeros((), g.dtype), config)
   return (d_padded[:, padding:padding + h, padding:padding + w],)
 
