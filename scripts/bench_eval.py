@@ -99,7 +99,8 @@ def _forward_fn(config):
 def bench_size(name, config, num_classes, batch, repeats, extent=None, orig_size=None) -> dict:
   """`extent`: the image's valid (h, w) in the padded S x S input, `orig_size` its original (H, W)."""
   q, s = int(config.model.num_queries), int(config.data.eval_size)
-  extent, orig_size = extent or (s, s), orig_size or extent or (s, s)
+  extent = extent or (s, s)
+  orig_size = orig_size or extent
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(0, 3, (batch, q, num_classes + 1)), jnp.float32)
   masks = _mask_logits(rng, batch, q, s)
