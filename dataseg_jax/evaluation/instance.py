@@ -52,9 +52,9 @@ def _to_rle(segm, h, w):
   return segm
 
 
-def encode_results(image_id, masks, scores, category_ids, boxes=None, transposed=False) -> list:
-  """COCO results of one image: masks bool [K, H, W] -> RLE (counts as str), 'bbox' [x, y, w, h]
-  (from `boxes` [K, 4] x0, y0, x1, y1 when given, else from the masks), 'score', 'category_id'.
+def encode_results(image_id, masks, scores, category_ids, transposed=False) -> list:
+  """COCO results of one image: masks bool [K, H, W] -> RLE (counts as str), 'bbox' [x, y, w, h] (the masks'
+  tight boxes), 'score', 'category_id'.
 
   With `transposed`, masks are [K, W, H] (each mask column-major, as `postprocess.infer_tasks` emits them):
   pycocotools encodes [H, W, K] in Fortran order, which is that array's memory, so a contiguous one is
@@ -66,10 +66,7 @@ def encode_results(image_id, masks, scores, category_ids, boxes=None, transposed
   # one call for all K masks on [H, W, K] in Fortran order (bool viewed as uint8)
   hwk = masks.view(np.uint8).transpose(2, 1, 0) if transposed else masks.view(np.uint8).transpose(1, 2, 0)
   rles = mask_utils.encode(np.asfortranarray(hwk))
-  if boxes is None:
-    bboxes = mask_utils.toBbox(rles).tolist()
-  else:
-    bboxes = [[float(x0), float(y0), float(x1) - float(x0), float(y1) - float(y0)] for x0, y0, x1, y1 in boxes]
+  bboxes = mask_utils.toBbox(rles).tolist()
   out = []
   for k, rle in enumerate(rles):
     rle["counts"] = rle["counts"].decode("ascii")

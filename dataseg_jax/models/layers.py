@@ -188,7 +188,7 @@ def relu_ffn(x: jnp.ndarray, w1: jnp.ndarray, b1: jnp.ndarray, w2: jnp.ndarray, 
   keeps z = x w1 only, and the backward rebuilds h = a [a > 0], a = z + b1 (written unlike the forward's
   maximum, so that common-subexpression elimination does not keep the forward's h alive instead).
   """
-  return jnp.maximum(x @ w1 + b1, 0) @ w2 + b2
+  return _relu_ffn_fwd(x, w1, b1, w2, b2)[0]
 
 
 def _relu_ffn_fwd(x, w1, b1, w2, b2):
