@@ -274,9 +274,10 @@ def infer_tasks(pred_logits, pred_masks, size: tuple, tasks: tuple, thing_mask, 
 
   Returns:
     'semantic' int32 [B, H, W] labels; 'panoptic' as `panoptic_inference` returns it; 'instance' as
-    `instance_inference` returns it except that its 'masks' are transposed, bool [B, K, W, H]: each mask
-    column-major, the order COCO's RLE encodes (`instance.encode_results(..., transposed=True)` reads them
-    without a copy).
+    `instance_inference` returns it but without 'boxes' (COCO results take theirs from the RLEs, exact at the
+    original size; XLA then drops their computation) and with its 'masks' transposed, bool [B, K, W, H]:
+    each mask column-major, the order COCO's RLE encodes (`instance.encode_results(..., transposed=True)`
+    reads them without a copy).
 
   Every task works on the transposed [B, Q, W, H] upsampled masks (per-pixel operations do not care), and
   the label maps are transposed back at the end: [B, H, W] int32 maps are 100x smaller than the K masks.
@@ -292,5 +293,5 @@ def infer_tasks(pred_logits, pred_masks, size: tuple, tasks: tuple, thing_mask, 
     res["panoptic"] = dict(pan, panoptic_seg=pan["panoptic_seg"].swapaxes(1, 2))
   if "instance" in tasks:
     inst = instance_inference(pred_logits, masks, topk=int(eval_config.instance_topk))
-    res["instance"] = dict(inst, boxes=inst["boxes"][..., jnp.array([1, 0, 3, 2])])  # (y0, x0, ..) -> (x0, y0, ..)
+    res["instance"] = {k: v for k, v in inst.items() if k != "boxes"}
   return res
