@@ -56,19 +56,15 @@ def _postprocess_fn(eval_config, tasks=("semantic", "panoptic", "instance")):
 
 
 def _host_metrics(outputs, k, b, extent, size):
-  """The evaluator's per-image host work on example `b` (as `evaluator._DatasetEval.add`: crop to the valid
+  """The evaluator's per-image host work on example `b` (`evaluator._DatasetEval.add`'s steps: crop to the valid
   `extent`, nearest resize to the original `size`, accumulate), against a synthetic ground truth."""
   outputs = jax.tree.map(np.asarray, outputs)
-  sem, pan, inst = outputs["semantic"], outputs["panoptic"], outputs["instance"]
-  crop = lambda a: evaluator.resize_nearest(a[:extent[0], :extent[1]], size)  # noqa: E731
-  labels = crop(sem[b]).astype(np.int64)
+  sem, inst = outputs["semantic"], outputs["instance"]
+  labels = evaluator.semantic_labels(sem[b], extent, size)
   semantic.SemanticConfusion.from_model_output(labels, (labels + 1) % k, k)
   stat = panoptic.PQStat({c: {"isthing": int(c % 2)} for c in range(k)})
-  ids = crop(pan["panoptic_seg"][b]).astype(np.int64)
-  opened = np.nonzero(pan["segment_id"][b] > 0)[0]
-  present = set(np.unique(ids).tolist())
-  segs = [{"id": int(pan["segment_id"][b][q]), "category_id": int(pan["segment_class"][b][q])}
-          for q in opened if int(pan["segment_id"][b][q]) in present]
+  pan = {key: v[b] for key, v in outputs["panoptic"].items()}
+  ids, segs, _ = evaluator.panoptic_segments(pan, extent, size, list(range(k)), np.arange(k) % 2 == 1)
   stat.add_image(ids, segs, ids, segs)
   evaluator.encode_instances(0, inst["masks"][b], inst["scores"][b], inst["classes"][b], extent, size)
 

@@ -148,3 +148,17 @@ def test_encode_instances_crops_resizes_and_encodes_transposed_masks(rng, extent
     ys, xs = np.nonzero(want)
     box = [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()] if len(ys) else [0, 0, 0, 0]
     np.testing.assert_allclose(r["bbox"], box)
+
+
+def test_panoptic_segments_keeps_the_segments_left_after_crop_and_resize():
+  """Segments are cropped to the valid extent and resized with the id map: a segment whose pixels all lie in
+  the padding is dropped; the kept ones carry the dataset's category ids, thing flags and scores."""
+  ids = np.zeros((8, 8), np.int32)
+  ids[:4, :4], ids[:4, 4:6], ids[6:, :] = 1, 2, 3  # segment 3 only in the padded rows
+  p = {"panoptic_seg": ids, "segment_id": np.array([0, 1, 3, 2]), "segment_class": np.array([-1, 0, 2, 1]),
+       "segment_score": np.array([0.0, 0.9, 0.8, 0.7])}
+  out_ids, segs, classes = evaluator.panoptic_segments(p, (4, 8), (8, 16), [10, 20, 30], np.array([True, False, True]))
+  np.testing.assert_array_equal(out_ids, np.repeat(np.repeat(ids[:4], 2, 0), 2, 1))
+  assert segs == [{"id": 1, "category_id": 10, "iscrowd": 0, "isthing": 1, "score": 0.9},
+                  {"id": 2, "category_id": 20, "iscrowd": 0, "isthing": 0, "score": 0.7}]
+  assert classes == {1: 0, 2: 1}

@@ -67,6 +67,28 @@ def resize_nearest(a: np.ndarray, size) -> np.ndarray:
   return a.take(rows, axis=-2).take(cols, axis=-1)
 
 
+def semantic_labels(labels: np.ndarray, extent, size) -> np.ndarray:
+  """One example's label map [H', W'] (`postprocess.infer_tasks`) cropped to the valid `extent` (h, w) and
+  resized to the original `size` (H, W) -> int64 [H, W]."""
+  return resize_nearest(labels[:extent[0], :extent[1]], size).astype(np.int64)
+
+
+def panoptic_segments(p: dict, extent, size, category_ids, local_thing) -> tuple:
+  """One example's panoptic outputs (`postprocess.panoptic_inference`, batch row taken) -> (ids int64 [H, W] at
+  the original `size`, panopticapi segments_info, {segment id: dataset-local class}); segments whose pixels
+  all fell outside the valid `extent` or between the resized pixels are dropped."""
+  ids = semantic_labels(p["panoptic_seg"], extent, size)
+  present = set(np.unique(ids).tolist())
+  segs, classes = [], {}
+  for q in np.nonzero(p["segment_id"] > 0)[0]:
+    sid, local = int(p["segment_id"][q]), int(p["segment_class"][q])
+    if sid in present:
+      segs.append({"id": sid, "category_id": category_ids[local], "iscrowd": 0,
+                   "isthing": int(local_thing[local]), "score": float(p["segment_score"][q])})
+      classes[sid] = local
+  return ids, segs, classes
+
+
 def encode_instances(image_id, masks_t, scores, category_ids, extent, size) -> list:
   """COCO results of one example's instances: transposed masks bool [K, W, H] (`postprocess.infer_tasks`)
   cropped to the valid `extent` (h, w), resized to the original `size` (H, W) when it differs, RLE-encoded."""
@@ -174,7 +196,7 @@ class _DatasetEval:
     size = tuple(int(v) for v in batch["orig_size"][b])
     sem = pan_ids = pan_classes = None
     if "semantic" in self.tasks:
-      sem = resize_nearest(res["semantic"][b][:hv, :wv], size).astype(np.int64)
+      sem = semantic_labels(res["semantic"][b], (hv, wv), size)
       gt = self._gt_semantic(row, image_id)
       self.confusion = self.confusion.merge(
           semantic.SemanticConfusion.from_model_output(sem, gt, self.num_classes, IGNORE))
@@ -182,16 +204,7 @@ class _DatasetEval:
       writers.write_semantic_png(os.path.join(self.out_dir, "semantic", stem + ".png"), np.maximum(sem, 0) + offset)
     if "panoptic" in self.tasks:
       p = {k: v[b] for k, v in res["panoptic"].items()}
-      pan_ids = resize_nearest(p["panoptic_seg"][:hv, :wv], size).astype(np.int64)
-      present = set(np.unique(pan_ids).tolist())
-      segs, pan_classes = [], {}
-      for q in np.nonzero(p["segment_id"] > 0)[0]:
-        sid, local = int(p["segment_id"][q]), int(p["segment_class"][q])
-        if sid not in present:
-          continue
-        segs.append({"id": sid, "category_id": self.category_ids[local], "iscrowd": 0,
-                     "isthing": int(self.local_thing[local]), "score": float(p["segment_score"][q])})
-        pan_classes[sid] = local
+      pan_ids, segs, pan_classes = panoptic_segments(p, (hv, wv), size, self.category_ids, self.local_thing)
       json_id = self.index.panoptic_gt[row]["image_id"] if self.index.panoptic_gt else image_id
       self.pan_writer.add(json_id, stem + ".png", pan_ids, segs)  # ids of the ground-truth JSON when one exists
       gt_ids, gt_segs = self._gt_panoptic(image_id)
