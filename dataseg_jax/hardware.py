@@ -1,4 +1,5 @@
-"""Host and accelerator facts: peak dense bf16 FLOP/s for MFU, and the host allocator setting XLA-CPU wants.
+"""Host and accelerator facts: peak dense bf16 FLOP/s for MFU, the host allocator setting XLA-CPU wants, and the
+benchmarks' timer.
 
 `PEAK_FLOPS` is keyed by a substring of the device's name (`jax.Device.device_kind`,
 `torch.cuda.get_device_name()`); values from the vendors' data sheets, dense (no sparsity). Pure Python: the
@@ -7,7 +8,9 @@ PyTorch peer benchmark uses it too.
 import ctypes
 import os
 import platform
+import statistics
 import sys
+import time
 
 PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
               "TPU v6": 918e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -53,3 +56,14 @@ def release_freed_host_memory() -> None:
   """
   if _glibc():
     ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def median_seconds(fn, repeats: int) -> float:
+  """Median wall-clock seconds of `repeats` calls of `fn()`, which must return only when its work is done
+  (benchmarks pass `lambda: jax.block_until_ready(f(x))`)."""
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return float(statistics.median(times))

@@ -19,7 +19,6 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -35,15 +34,6 @@ from dataseg_jax.evaluation import evaluator  # noqa: E402
 from dataseg_jax.evaluation import panoptic  # noqa: E402
 from dataseg_jax.evaluation import postprocess  # noqa: E402
 from dataseg_jax.evaluation import semantic  # noqa: E402
-
-
-def _median(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def _postprocess_fn(eval_config, tasks=("semantic", "panoptic", "instance")):
@@ -103,23 +93,24 @@ def bench_size(name, config, num_classes, batch, repeats, extent=None, orig_size
   things = jnp.asarray(np.arange(num_classes) % 2 == 1)
   fn = _postprocess_fn(config.eval)
   jax.block_until_ready(fn(logits, masks, things))
-  post = _median(lambda: fn(logits, masks, things), repeats) / batch
+  post = hardware.median_seconds(lambda: jax.block_until_ready(fn(logits, masks, things)), repeats) / batch
   outputs = jax.device_get(fn(logits, masks, things))
-  metrics = _median(lambda: _host_metrics(outputs, num_classes, 0, extent, orig_size), repeats)
+  metrics = hardware.median_seconds(lambda: _host_metrics(outputs, num_classes, 0, extent, orig_size), repeats)
   out = {"images": f"{s}x{s}", "valid_extent": list(extent), "original_size": list(orig_size), "queries": q,
          "classes": num_classes, "batch": batch,
          "postprocess_s_per_image": round(post, 5), "metrics_s_per_image": round(metrics, 5)}
   for task in ("semantic", "panoptic", "instance"):
     one = _postprocess_fn(config.eval, (task,))
     jax.block_until_ready(one(logits, masks, things))
-    out[f"postprocess_{task}_only_s_per_image"] = round(_median(lambda: one(logits, masks, things), repeats) / batch, 5)
+    seconds = hardware.median_seconds(lambda: jax.block_until_ready(one(logits, masks, things)), repeats)
+    out[f"postprocess_{task}_only_s_per_image"] = round(seconds / batch, 5)
   forward = _forward_fn(config)
   if forward is None:
     out["forward_s_per_image"] = None
     out["note"] = "dataseg_jax.models.dataseg not importable: forward not measured"
     return out
   jax.block_until_ready(forward())
-  fwd = _median(forward, repeats)
+  fwd = hardware.median_seconds(lambda: jax.block_until_ready(forward()), repeats)
   out.update({"forward_s_per_image": round(fwd, 5),
               "eval_images_per_s": round(1.0 / (fwd + post + metrics), 3),
               "post_and_metrics_over_forward": round((post + metrics) / fwd, 4)})

@@ -23,15 +23,6 @@ from dataseg_jax.losses import criterion as criterion_lib
 from dataseg_jax.losses import matching
 
 
-def _median_time(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
-
-
 def synthetic_inputs(rng, layers, batch, queries, segments, classes, image, stride=4):
   """Random outputs and a contract batch with `segments` rectangles per image, tasks cycled."""
   h = image // stride
@@ -70,7 +61,8 @@ def bench_criterion(quick: bool = False) -> dict:
   compile_s = time.perf_counter() - t0
   return {"criterion_shape": f"L={layers} B={b} Q={q} N={n} C={classes} masks={image // 4}x{image // 4} "
                              f"points={config.loss.num_points}",
-          "criterion_fwd_bwd_s": _median_time(lambda: grad_fn(outputs, key), 3 if quick else 1),
+          "criterion_fwd_bwd_s": hardware.median_seconds(lambda: jax.block_until_ready(grad_fn(outputs, key)),
+                                                         3 if quick else 1),
           "criterion_compile_s": compile_s}
 
 
@@ -80,11 +72,11 @@ def bench_matching(b: int = 16, q: int = 100, n: int = 100) -> dict:
   match_fn = jax.jit(matching.hungarian_match_batch)
   dev_costs = jnp.asarray(costs)
   jax.block_until_ready(match_fn(dev_costs))
-  device_s = _median_time(lambda: match_fn(dev_costs), 5)
-  scipy_s = _median_time(lambda: [linear_sum_assignment(c) for c in costs], 5)
+  device_s = hardware.median_seconds(lambda: jax.block_until_ready(match_fn(dev_costs)), 5)
+  scipy_s = hardware.median_seconds(lambda: [linear_sum_assignment(c) for c in costs], 5)
   callback_fn = jax.jit(matching._scipy_match)  # scipy through a host callback, from the device
   jax.block_until_ready(callback_fn(dev_costs))
-  callback_s = _median_time(lambda: callback_fn(dev_costs), 5)
+  callback_s = hardware.median_seconds(lambda: jax.block_until_ready(callback_fn(dev_costs)), 5)
   got = np.asarray(match_fn(dev_costs))
   same = all(np.isclose(costs[i][got[i], np.arange(n)].sum(), costs[i][linear_sum_assignment(costs[i])].sum(),
                         rtol=1e-5) for i in range(b))

@@ -27,15 +27,6 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 NUM_CLASSES = 40
 
 
-def _median_time(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
-
-
 def bench_config(model_config, size: int, batch: int, repeats: int) -> dict:
   model = dataseg.DataSeg(model_config)
   rng = np.random.default_rng(0)
@@ -55,7 +46,7 @@ def bench_config(model_config, size: int, batch: int, repeats: int) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(fn(params))
     result[f"{name}_compile_s"] = round(time.perf_counter() - t0, 2)
-    result[f"{name}_s"] = round(_median_time(lambda: fn(params), repeats), 4)
+    result[f"{name}_s"] = round(hardware.median_seconds(lambda: jax.block_until_ready(fn(params)), repeats), 4)
   result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
   return result
 

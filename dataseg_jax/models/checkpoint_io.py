@@ -20,6 +20,7 @@ def flatten_params(tree, prefix: str = "") -> dict:
 
 
 def unflatten_params(flat: dict) -> dict:
+  """{'a/b': x} -> {'a': {'b': x}}."""
   tree = {}
   for key, value in flat.items():
     node = tree
