@@ -5,6 +5,7 @@ evaluators (evaluate_predictions.py, COCOeval) against the original ground truth
 when it is importable, freshly initialised; a small stand-in with the same `apply` contract otherwise.
 """
 import json
+import logging
 import pathlib
 import sys
 
@@ -65,12 +66,34 @@ def evaluated(tmp_path_factory):
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
                          jnp.ones((1, len(vocab.names)), bool))
   workdir = tmp_path_factory.mktemp("work")
-  metrics = evaluator.evaluate(c, variables, vocab, emb, str(workdir), 7, model=model)
-  return c, root, workdir, metrics
+  logs = _Messages()
+  logger = logging.getLogger()
+  level = logger.level
+  logger.addHandler(logs)
+  logger.setLevel(logging.INFO)
+  try:
+    with pytest.MonkeyPatch.context() as mp:
+      mp.setattr(evaluator, "PROGRESS_EVERY_S", 0.0)  # a progress line after every batch
+      metrics = evaluator.evaluate(c, variables, vocab, emb, str(workdir), 7, model=model)
+  finally:
+    logger.removeHandler(logs)
+    logger.setLevel(level)
+  return c, root, workdir, metrics, logs.messages
+
+
+class _Messages(logging.Handler):
+  """The messages logged while it is attached."""
+
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
 
 
 def test_reports_every_dataset_and_task(evaluated):
-  _, _, workdir, metrics = evaluated
+  _, _, workdir, metrics, _ = evaluated
   for key in ("toy_ade/semantic/mIoU", "toy_ade/semantic/pixel_acc", "toy_ade/semantic/fwIoU",
               "toy_ade/panoptic/PQ", "toy_coco/panoptic/PQ", "toy_coco/panoptic/PQ_th", "toy_coco/panoptic/PQ_st",
               "toy_o365/instance/AP", "toy_o365/instance/box_AP"):
@@ -81,7 +104,7 @@ def test_reports_every_dataset_and_task(evaluated):
 
 
 def test_semantic_metrics_equal_file_based_evaluation(evaluated):
-  c, root, workdir, metrics = evaluated
+  c, root, workdir, metrics, _ = evaluated
   k = len((root / "toy_ade" / "names.txt").read_text().split())
   ours = evaluate_predictions.evaluate_semantic(
       str(root / c.data.datasets.toy_ade.val_annotations), str(workdir / "eval" / "7" / "toy_ade" / "semantic"),
@@ -93,7 +116,7 @@ def test_semantic_metrics_equal_file_based_evaluation(evaluated):
 @pytest.mark.parametrize("name,gt_json", [("toy_coco", "val_annotations"),
                                            ("toy_ade", "val_panoptic_annotations")])  # weak transfer: true instances
 def test_panoptic_metrics_equal_file_based_pq(evaluated, name, gt_json):
-  c, root, workdir, metrics = evaluated
+  c, root, workdir, metrics, _ = evaluated
   e = c.data.datasets[name]
   out = workdir / "eval" / "7" / name
   ref = panoptic.pq_compute(str(root / e[gt_json]), str(root / e.val_panoptic_dir),
@@ -104,7 +127,7 @@ def test_panoptic_metrics_equal_file_based_pq(evaluated, name, gt_json):
 
 
 def test_instance_metrics_equal_cocoeval_on_written_results(evaluated):
-  c, root, workdir, metrics = evaluated
+  c, root, workdir, metrics, _ = evaluated
   gt = str(root / c.data.datasets.toy_o365.val_instances)
   res = str(workdir / "eval" / "7" / "toy_o365" / "instance_results.json")
   assert json.loads(pathlib.Path(res).read_text())
@@ -114,7 +137,7 @@ def test_instance_metrics_equal_cocoeval_on_written_results(evaluated):
 
 
 def test_per_class_iou_and_the_open_vocabulary_mean_over_classes_no_training_dataset_has(evaluated):
-  _, root, _, metrics = evaluated
+  _, root, _, metrics, _ = evaluated
   ade = [v for k, v in metrics.items() if k.startswith("toy_ade/semantic/IoU/")]
   assert metrics["toy_ade/semantic/mIoU"] == pytest.approx(np.mean(ade))
   assert "toy_ade/semantic/mIoU_unseen" not in metrics  # every toy_ade class is trained on
@@ -128,6 +151,25 @@ def test_per_class_iou_and_the_open_vocabulary_mean_over_classes_no_training_dat
   unseen = [names.index(n) for n in (root / "heldout_names.txt").read_text().split()]
   expected = np.nanmean(semantic.chance_iou(counts)[unseen])
   assert metrics["toy_heldout/semantic/mIoU_unseen_chance"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_logs_progress_with_rate_and_eta_for_each_dataset(evaluated):
+  """Each dataset's pass logs images done of its total after every batch here, with a rate counted from the end
+  of the first batch (whose time includes compiling: no rate, no ETA yet), ending at all of them and ETA 0s."""
+  messages = evaluated[4]
+  for name in ("toy_ade", "toy_coco", "toy_o365"):
+    lines = [m for m in messages if m.startswith(f"{name}: ")]
+    assert [line.split()[1] for line in lines] == ["2/5", "4/5", "5/5"], lines  # 5 images in batches of 2
+    assert lines[0].endswith("0.00 images/s, ETA ?")
+    assert float(lines[1].split(", ")[1].split()[0]) > 0 and "ETA ?" not in lines[1]
+    assert "(100 %)" in lines[-1] and lines[-1].endswith("ETA 0s")
+
+
+def test_progress_line_formats_rate_and_eta():
+  assert evaluator.progress_line("d", 30, 120, 3.0) == "d: 30/120 images (25 %), 3.00 images/s, ETA 30s"
+  assert evaluator.progress_line("d", 1, 1000, 0.25).endswith("0.25 images/s, ETA 1h06m")
+  assert evaluator.progress_line("d", 10, 200, 0.5).endswith("ETA 6m20s")
+  assert evaluator.progress_line("d", 0, 5, 0.0).endswith("0.00 images/s, ETA ?")
 
 
 # odd extents: no output pixel centre falls exactly on a source pixel edge, where PIL rounds its own way

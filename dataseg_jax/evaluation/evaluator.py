@@ -15,10 +15,12 @@ device shapes stay static] and accumulates metrics against the original ground-t
 
 Files under WORKDIR/eval/<step>/<dataset>/: semantic/*.png, panoptic.json + panoptic/*.png,
 instance_results.json, overlays/*.png; the metrics in WORKDIR/eval/metrics.json (and per step).
+Progress (images done, images/s, ETA) is logged every `PROGRESS_EVERY_S` seconds of a dataset's pass.
 """
 import json
 import logging
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +38,7 @@ from dataseg_jax.evaluation import semantic
 from dataseg_jax.evaluation import writers
 
 IGNORE = -1  # void ground truth: outside every class id (benchmarks with > 255 classes use 255)
+PROGRESS_EVERY_S = 30.0
 
 
 def make_infer_fn(model, tasks: tuple, eval_config):
@@ -96,6 +99,18 @@ def encode_instances(image_id, masks_t, scores, category_ids, extent, size) -> l
   if tuple(extent) != tuple(size):
     masks_t = resize_nearest(masks_t, (size[1], size[0]))
   return instance.encode_results(image_id, masks_t, scores, category_ids, transposed=True)
+
+
+def _duration(seconds: float) -> str:
+  """7 -> '7s', 185 -> '3m05s', 7384 -> '2h03m'."""
+  s = int(round(seconds))
+  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def progress_line(name: str, done: int, total: int, rate: float) -> str:
+  """'<name>: done/total images (p %), r images/s, ETA t' for the evaluation log; ETA '?' at rate 0."""
+  eta = _duration((total - done) / rate) if rate > 0 else "?"
+  return f"{name}: {done}/{total} images ({100 * done / max(total, 1):.0f} %), {rate:.2f} images/s, ETA {eta}"
 
 
 def _valid_extent(valid: np.ndarray) -> tuple:
@@ -303,7 +318,9 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
       continue
     state = _DatasetEval(config, vocab, name, tasks, os.path.join(eval_dir, str(step), name))
     infer = make_infer_fn(model, tasks, config.eval)
-    seen = 0
+    seen, total = 0, min(len(state.index), max_examples) if max_examples else len(state.index)
+    start = time.perf_counter()
+    last_log, warm = start, None  # (time, images) after the first batch, whose time includes compiling
     for batch in mixture.eval_batches(config, vocab, name):
       cm = vocab.class_mask[batch["dataset_id"]]
       res = jax.device_get(infer(variables, batch["image"], embeddings, cm, state.local_classes,
@@ -313,10 +330,17 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
           break
         state.add(batch, res, int(b))
         seen += 1
+      now = time.perf_counter()
+      warm = warm or (now, seen)
+      if now - last_log >= PROGRESS_EVERY_S:
+        rate = (seen - warm[1]) / (now - warm[0]) if now > warm[0] else 0.0
+        logging.info(progress_line(name, seen, total, rate))
+        last_log = now
       if max_examples and seen >= max_examples:
         break
     metrics.update(state.finish())
-    logging.info("evaluated %s (%s) on %d images", name, ", ".join(tasks), seen)
+    logging.info("evaluated %s (%s) on %d images in %s", name, ", ".join(tasks), seen,
+                 _duration(time.perf_counter() - start))
   os.makedirs(eval_dir, exist_ok=True)
   for path in (os.path.join(eval_dir, "metrics.json"), os.path.join(eval_dir, str(step), "metrics.json")):
     with open(path, "w") as f:
