@@ -10,7 +10,8 @@ label PNG of another size or with a value outside the names file, an unknown cat
 list, a box of zero or negative size or outside its image; and, for a semantic_png entry with
 `val_panoptic_annotations`, every panoptic PNG through `readers.load_panoptic_gt`. It prints, per split,
 counts, class frequencies and every problem with its file and the fix, writes a few overlay pictures to --out
-(default ./check_dataset/), and exits 1 when there are errors, 0 when there are only warnings.
+(default ./check_dataset/), reports progress and ETA on stderr every 30 s, and exits 1 when there are errors,
+0 when there are only warnings.
 Empty images (no annotation, or a label map that is all void) are warnings (training skips or learns
 nothing from them); everything else is an error.
 """
@@ -22,6 +23,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image, ImageDraw
+
+from dataseg_jax import progress as progress_lib
 
 WARNINGS = ("empty_annotations",)
 # Failures inside `pipeline.decode_example`: (text of its assertion, reason); anything else is 'undecodable_image'.
@@ -55,7 +58,9 @@ def check_split(config, name: str, split: str, out_dir: str, num_overlays: int) 
   entry = registry.resolve_entry(config, name)
   tables = pipeline.Tables(index)
   counts = collections.Counter()
+  progress = progress_lib.Progress(f"{name}/{split}", len(index), lambda line: print(line, file=sys.stderr))
   for r in range(len(index)):
+    progress.update(r)
     try:
       ex = pipeline.decode_example(index, tables, r, bool(entry.reduce_zero_label))
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:

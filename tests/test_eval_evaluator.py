@@ -165,13 +165,6 @@ def test_logs_progress_with_rate_and_eta_for_each_dataset(evaluated):
     assert "(100 %)" in lines[-1] and lines[-1].endswith("ETA 0s")
 
 
-def test_progress_line_formats_rate_and_eta():
-  assert evaluator.progress_line("d", 30, 120, 3.0) == "d: 30/120 images (25 %), 3.00 images/s, ETA 30s"
-  assert evaluator.progress_line("d", 1, 1000, 0.25).endswith("0.25 images/s, ETA 1h06m")
-  assert evaluator.progress_line("d", 10, 200, 0.5).endswith("ETA 6m20s")
-  assert evaluator.progress_line("d", 0, 5, 0.0).endswith("0.00 images/s, ETA ?")
-
-
 # odd extents: no output pixel centre falls exactly on a source pixel edge, where PIL rounds its own way
 @pytest.mark.parametrize("extent,size", [((24, 30), (24, 30)), ((25, 31), (17, 45)), ((31, 39), (50, 21))])
 def test_encode_instances_crops_resizes_and_encodes_transposed_masks(rng, extent, size):

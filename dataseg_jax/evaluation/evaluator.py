@@ -20,7 +20,6 @@ Progress (images done, images/s, ETA) is logged every `PROGRESS_EVERY_S` seconds
 import json
 import logging
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +30,7 @@ from scipy import ndimage
 from data_pipelines import mixture
 from data_pipelines import readers
 from data_pipelines import registry
+from dataseg_jax import progress as progress_lib
 from dataseg_jax.evaluation import instance
 from dataseg_jax.evaluation import panoptic
 from dataseg_jax.evaluation import postprocess
@@ -99,18 +99,6 @@ def encode_instances(image_id, masks_t, scores, category_ids, extent, size) -> l
   if tuple(extent) != tuple(size):
     masks_t = resize_nearest(masks_t, (size[1], size[0]))
   return instance.encode_results(image_id, masks_t, scores, category_ids, transposed=True)
-
-
-def _duration(seconds: float) -> str:
-  """7 -> '7s', 185 -> '3m05s', 7384 -> '2h03m'."""
-  s = int(round(seconds))
-  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
-def progress_line(name: str, done: int, total: int, rate: float) -> str:
-  """'<name>: done/total images (p %), r images/s, ETA t' for the evaluation log; ETA '?' at rate 0."""
-  eta = _duration((total - done) / rate) if rate > 0 else "?"
-  return f"{name}: {done}/{total} images ({100 * done / max(total, 1):.0f} %), {rate:.2f} images/s, ETA {eta}"
 
 
 def _valid_extent(valid: np.ndarray) -> tuple:
@@ -319,8 +307,7 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
     state = _DatasetEval(config, vocab, name, tasks, os.path.join(eval_dir, str(step), name))
     infer = make_infer_fn(model, tasks, config.eval)
     seen, total = 0, min(len(state.index), max_examples) if max_examples else len(state.index)
-    start = time.perf_counter()
-    last_log, warm = start, None  # (time, images) after the first batch, whose time includes compiling
+    progress = progress_lib.Progress(name, total, logging.info, every_s=PROGRESS_EVERY_S)
     for batch in mixture.eval_batches(config, vocab, name):
       cm = vocab.class_mask[batch["dataset_id"]]
       res = jax.device_get(infer(variables, batch["image"], embeddings, cm, state.local_classes,
@@ -330,17 +317,11 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
           break
         state.add(batch, res, int(b))
         seen += 1
-      now = time.perf_counter()
-      warm = warm or (now, seen)
-      if now - last_log >= PROGRESS_EVERY_S:
-        rate = (seen - warm[1]) / (now - warm[0]) if now > warm[0] else 0.0
-        logging.info(progress_line(name, seen, total, rate))
-        last_log = now
+      progress.update(seen)
       if max_examples and seen >= max_examples:
         break
     metrics.update(state.finish())
-    logging.info("evaluated %s (%s) on %d images in %s", name, ", ".join(tasks), seen,
-                 _duration(time.perf_counter() - start))
+    logging.info("evaluated %s (%s) on %d images in %s", name, ", ".join(tasks), seen, progress.elapsed())
   os.makedirs(eval_dir, exist_ok=True)
   for path in (os.path.join(eval_dir, "metrics.json"), os.path.join(eval_dir, str(step), "metrics.json")):
     with open(path, "w") as f:
