@@ -50,7 +50,7 @@ def _host_metrics(outputs, k, b, extent, size):
   `extent`, nearest resize to the original `size`, accumulate), against a synthetic ground truth."""
   outputs = jax.tree.map(np.asarray, outputs)
   sem, inst = outputs["semantic"], outputs["instance"]
-  labels = evaluator.semantic_labels(sem[b], extent, size)
+  labels = evaluator.crop_resize_labels(sem[b], extent, size)
   semantic.SemanticConfusion.from_model_output(labels, (labels + 1) % k, k)
   stat = panoptic.PQStat({c: {"isthing": int(c % 2)} for c in range(k)})
   pan = {key: v[b] for key, v in outputs["panoptic"].items()}

@@ -70,9 +70,9 @@ def resize_nearest(a: np.ndarray, size) -> np.ndarray:
   return a.take(rows, axis=-2).take(cols, axis=-1)
 
 
-def semantic_labels(labels: np.ndarray, extent, size) -> np.ndarray:
-  """One example's label map [H', W'] (`postprocess.infer_tasks`) cropped to the valid `extent` (h, w) and
-  resized to the original `size` (H, W) -> int64 [H, W]."""
+def crop_resize_labels(labels: np.ndarray, extent, size) -> np.ndarray:
+  """One example's label map or panoptic id map [H', W'] (`postprocess.infer_tasks`) cropped to the valid `extent`
+  (h, w) and resized to the original `size` (H, W) -> int64 [H, W]."""
   return resize_nearest(labels[:extent[0], :extent[1]], size).astype(np.int64)
 
 
@@ -80,7 +80,7 @@ def panoptic_segments(p: dict, extent, size, category_ids, local_thing) -> tuple
   """One example's panoptic outputs (`postprocess.panoptic_inference`, batch row taken) -> (ids int64 [H, W] at
   the original `size`, panopticapi segments_info, {segment id: dataset-local class}); segments whose pixels
   all fell outside the valid `extent` or between the resized pixels are dropped."""
-  ids = semantic_labels(p["panoptic_seg"], extent, size)
+  ids = crop_resize_labels(p["panoptic_seg"], extent, size)
   present = set(np.unique(ids).tolist())
   segs, classes = [], {}
   for q in np.nonzero(p["segment_id"] > 0)[0]:
@@ -199,7 +199,7 @@ class _DatasetEval:
     size = tuple(int(v) for v in batch["orig_size"][b])
     sem = pan_ids = pan_classes = None
     if "semantic" in self.tasks:
-      sem = semantic_labels(res["semantic"][b], (hv, wv), size)
+      sem = crop_resize_labels(res["semantic"][b], (hv, wv), size)
       gt = self._gt_semantic(row, image_id)
       self.confusion = self.confusion.merge(
           semantic.SemanticConfusion.from_model_output(sem, gt, self.num_classes, IGNORE))
