@@ -112,6 +112,7 @@ def bench(config, steps: int, classes_per_dataset: int = 50) -> dict:
   size = config.data.image_size
   _, shardings, create = loop.init_state(config, components, mesh, tx, (size, size, 3))
   state = create()
+  del create  # as the training loop does: the initialiser's executable is not kept
   fn = functools.partial(step_lib.train_step, model=model, loss_fn=loss_fn, tx=tx,
                          schedule=optimizer_lib.learning_rate_schedule(config), ema_decay=0.0, num_datasets=3)
   jitted = step_lib.jit_train_step(fn, mesh, shardings, mesh_lib.batch_sharding(mesh))

@@ -254,6 +254,7 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
     state, data_state = checkpointing.restore(manager, latest, abstract, workdir)
     iterator.set_state(data_state)
     logging.info("resumed from %s/%d", checkpointing.checkpoint_dir(workdir), latest)
+  del create  # its compiled initialiser (0.2 GiB of host memory for R50) would otherwise live through training
   start = int(state.step)
 
   replicated = mesh_lib.replicated(mesh)
