@@ -118,6 +118,15 @@ def test_a_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
   assert checkpointing.make_manager("runs/rel").latest_step() == 4
 
 
+def test_restore_variables_names_a_missing_checkpoint_and_the_steps_there(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"^no checkpoint under .*checkpoints \(found steps \[\]\); train first"):
+    checkpointing.restore_variables(str(tmp_path / "empty"))
+  c = config(total=2)
+  loop.train(c, str(tmp_path / "run"), components(c))
+  with pytest.raises(FileNotFoundError, match=r"^no checkpoint of step 5 under .* \(found steps \[1, 2\]\)"):
+    checkpointing.restore_variables(str(tmp_path / "run"), 5)
+
+
 def test_step_flops_counts_a_matrix_product_per_device():
   m, k, n = 64, 48, 32
   fn = jax.jit(lambda a, b: a @ b)

@@ -131,8 +131,9 @@ def restore_variables(workdir: str, step: int | None = None) -> dict:
   manager = make_manager(workdir)
   step = manager.latest_step() if step is None else step
   if step is None or step not in manager.all_steps():
-    raise FileNotFoundError(f"no checkpoint {'' if step is None else step} under {checkpoint_dir(workdir)} "
-                            f"(found steps {list(manager.all_steps())}); train first or pass an existing step")
+    which = "no checkpoint" if step is None else f"no checkpoint of step {step}"
+    raise FileNotFoundError(f"{which} under {checkpoint_dir(workdir)} (found steps {list(manager.all_steps())}); "
+                            "train first or pass an existing step")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                         manager.item_metadata(step)["state"].tree)
