@@ -1,4 +1,5 @@
 """The training loop end to end on CPU: loss falls, exact resume after SIGTERM, clear errors at start."""
+import logging
 import os
 import pathlib
 import signal
@@ -125,6 +126,13 @@ def test_restore_variables_names_a_missing_checkpoint_and_the_steps_there(tmp_pa
   loop.train(c, str(tmp_path / "run"), components(c))
   with pytest.raises(FileNotFoundError, match=r"^no checkpoint of step 5 under .* \(found steps \[1, 2\]\)"):
     checkpointing.restore_variables(str(tmp_path / "run"), 5)
+
+
+def test_a_read_only_manager_warns_of_nothing(tmp_path, caplog):
+  """Evaluation and export open the checkpoints read-only; orbax's notices about that are not warnings to show."""
+  with caplog.at_level(logging.INFO):
+    checkpointing.make_manager(str(tmp_path)).close()
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_step_flops_counts_a_matrix_product_per_device():

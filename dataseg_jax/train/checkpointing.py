@@ -22,10 +22,13 @@ from jax.experimental import multihost_utils
 
 
 class _DropOrbaxInfo(logging.Filter):
-  """Drops orbax's INFO records (dozens per save); its warnings and errors still show."""
+  """Drops orbax's INFO records (dozens per save) and its warning that a manager opened read-only is read-only;
+  its other warnings and errors still show."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    return record.levelno >= logging.WARNING and not record.getMessage().startswith("Given directory is read only")
 
 
 _ORBAX_FILTER = _DropOrbaxInfo()
@@ -54,7 +57,8 @@ def make_manager(workdir: str, config=None) -> ocp.CheckpointManager:
   quiet_orbax_logs()
   if config is None:
     return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=_handlers(),
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
+                                 options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                                     save_interval_steps=0))
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every_steps,
       enable_async_checkpointing=True, create=True)
