@@ -328,7 +328,6 @@ def read_coco_panoptic(dataset, split, images_dir, json_path, png_dir, bad: BadI
     out["crowd"] += [s[2] for s in segs]
     out["splits"].append(len(out["ids"]))
   _require_some(out["image_paths"], json_path, "coco_panoptic")
-  n = len(out["image_paths"])
   bad.log_summary(split)
   return Index(dataset, "coco_panoptic", split, vocab, out["image_paths"], out["label_paths"],
                image_ids=np.array(out["image_ids"], np.int64), sizes=np.array(out["sizes"], np.int32),

@@ -150,7 +150,7 @@ def test_convert_script_npz_roundtrip_and_merge(tmp_path):
 
 
 def test_wrong_depth_state_dict_is_a_clear_error():
-  torch = pytest.importorskip("torch")
+  pytest.importorskip("torch")
   sd = torch_resnet(50, WIDTH).state_dict()
   with pytest.raises(ValueError, match="ResNet-101"):
     resnet.convert_torchvision_resnet(sd, depth=101)
