@@ -3,7 +3,7 @@
   progress = Progress("coco/val", total=5000, emit=logging.info)
   for i, batch in enumerate(batches):
     ...
-    progress.update(done)   # emits 'coco/val: 1200/5000 images (24 %), 31.20 images/s, ETA 2m02s' every 30 s
+    progress.update(done)   # 'coco/val: 1200/5000 images (24 %), 31.20 images/s, ETA 2m02s' every 30 s
 
 The rate counts from the first update on, so the first item's time (compiling, warming caches) does not
 make the early ETAs hours long.
@@ -24,19 +24,23 @@ def progress_line(what: str, done: int, total: int, rate: float, unit: str = "im
 
 
 class Progress:
-  """Emits `progress_line` through `emit` at the first update, then once `every_s` seconds have passed."""
+  """Emits how long the first update took (start-up such as compiling included), then `progress_line` once
+  `every_s` seconds have passed since the last line."""
 
   def __init__(self, what: str, total: int, emit, every_s: float = 30.0, unit: str = "images"):
     self.what, self.total, self.emit, self.every_s, self.unit = what, total, emit, every_s, unit
     self.start = time.perf_counter()
     self._first = None  # (time, done) at the first update
-    self._last = self.start
+    self._last = 0.0  # time of the last line
 
   def update(self, done: int) -> None:
     now = time.perf_counter()
     if self._first is None:
-      self._first = (now, done)
-    elif now - self._last < self.every_s:
+      self._first, self._last = (now, done), now
+      self.emit(f"{self.what}: {done}/{self.total} {self.unit} ({100 * done / max(self.total, 1):.0f} %) in "
+                f"{duration(now - self.start)} (start-up included; rate and ETA from here on)")
+      return
+    if now - self._last < self.every_s:
       return
     t0, d0 = self._first
     rate = (done - d0) / (now - t0) if now > t0 else 0.0

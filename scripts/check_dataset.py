@@ -60,7 +60,8 @@ def check_split(config, name: str, split: str, out_dir: str, num_overlays: int) 
   counts = collections.Counter()
   progress = progress_lib.Progress(f"{name}/{split}", len(index), lambda line: print(line, file=sys.stderr))
   for r in range(len(index)):
-    progress.update(r)
+    if r:
+      progress.update(r)
     try:
       ex = pipeline.decode_example(index, tables, r, bool(entry.reduce_zero_label))
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:

@@ -154,13 +154,13 @@ def test_per_class_iou_and_the_open_vocabulary_mean_over_classes_no_training_dat
 
 
 def test_logs_progress_with_rate_and_eta_for_each_dataset(evaluated):
-  """Each dataset's pass logs images done of its total after every batch here, with a rate counted from the end
-  of the first batch (whose time includes compiling: no rate, no ETA yet), ending at all of them and ETA 0s."""
+  """Each dataset's pass logs images done of its total after every batch here: the first batch's time (compiling
+  included), then a rate counted from the end of that batch and an ETA, ending at all of them and ETA 0s."""
   messages = evaluated[4]
   for name in ("toy_ade", "toy_coco", "toy_o365"):
     lines = [m for m in messages if m.startswith(f"{name}: ")]
     assert [line.split()[1] for line in lines] == ["2/5", "4/5", "5/5"], lines  # 5 images in batches of 2
-    assert lines[0].endswith("0.00 images/s, ETA ?")
+    assert lines[0].startswith(f"{name}: 2/5 images (40 %) in ") and lines[0].endswith("rate and ETA from here on)")
     assert float(lines[1].split(", ")[1].split()[0]) > 0 and "ETA ?" not in lines[1]
     assert "(100 %)" in lines[-1] and lines[-1].endswith("ETA 0s")
 
