@@ -17,10 +17,14 @@ def duration(seconds: float) -> str:
   return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def _count(done: int, total: int, unit: str) -> str:
+  return f"{done}/{total} {unit} ({100 * done / max(total, 1):.0f} %)"
+
+
 def progress_line(what: str, done: int, total: int, rate: float, unit: str = "images") -> str:
   """'<what>: done/total <unit> (p %), r <unit>/s, ETA t'; ETA '?' at rate 0."""
   eta = duration((total - done) / rate) if rate > 0 else "?"
-  return f"{what}: {done}/{total} {unit} ({100 * done / max(total, 1):.0f} %), {rate:.2f} {unit}/s, ETA {eta}"
+  return f"{what}: {_count(done, total, unit)}, {rate:.2f} {unit}/s, ETA {eta}"
 
 
 class Progress:
@@ -37,8 +41,8 @@ class Progress:
     now = time.perf_counter()
     if self._first is None:
       self._first, self._last = (now, done), now
-      self.emit(f"{self.what}: {done}/{self.total} {self.unit} ({100 * done / max(self.total, 1):.0f} %) in "
-                f"{duration(now - self.start)} (start-up included; rate and ETA from here on)")
+      self.emit(f"{self.what}: {_count(done, self.total, self.unit)} in {duration(now - self.start)} "
+                "(start-up included; rate and ETA from here on)")
       return
     if now - self._last < self.every_s:
       return
