@@ -41,6 +41,18 @@ def test_matching_batch_vmapped_equals_scipy_per_example(rng):
     np.testing.assert_allclose(cost[b][match[b], np.arange(4)].sum(), cost[b][rows, cols].sum(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("cores", [1, 2, 3, 8])
+def test_host_solver_splits_the_batch_over_cores_without_changing_it(cores, rng, monkeypatch):
+  """The CPU path's callback gives, on any number of threads, exactly scipy's assignment of every matrix."""
+  monkeypatch.setattr(matching, "_HOST_CORES", cores)
+  cost = rng.normal(size=(5, 2, 9, 4)).astype(np.float32)
+  got = matching._scipy_match_host(cost)
+  assert got.shape == (5, 2, 4) and got.dtype == np.int32
+  for idx in np.ndindex(5, 2):
+    rows, cols = linear_sum_assignment(cost[idx].astype(np.float64))
+    np.testing.assert_array_equal(got[idx][cols], rows)
+
+
 def test_matching_zero_targets():
   assert matching.hungarian_match(jnp.zeros((5, 0))).shape == (0,)
 

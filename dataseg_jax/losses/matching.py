@@ -4,10 +4,15 @@ On accelerators the assignment is `optax.assignment.hungarian_algorithm` (exact,
 that jits and vmaps), run per example inside the jitted step instead of scipy on the host [default:
 DaTaSeg says "bipartite matching", Mask2Former's matcher.py uses scipy on the CPU]. When the step is
 compiled for the CPU, where device memory is host memory, the same call lowers to a `pure_callback` into
-scipy's `linear_sum_assignment` (the while-loop solver is ~10x slower than scipy there); the choice is
+scipy's `linear_sum_assignment` (the while-loop solver is ~10x slower than scipy there), which solves a
+batch's matrices on as many threads as the process has cores (scipy releases the GIL); the choice is
 made by `jax.lax.platform_dependent` at lowering, so one function serves every platform. Costs are built by
 `criterion.py` from the pairwise terms of `mask_losses.py` and `box_projection.py`.
 """
+import concurrent.futures
+import functools
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,14 +90,34 @@ def _optax_match(cost: jax.Array) -> jax.Array:
   return jnp.zeros((cost.shape[1],), jnp.int32).at[cols].set(rows.astype(jnp.int32))
 
 
+def _scipy_solve(flat: np.ndarray, out: np.ndarray, part: slice) -> None:
+  """Writes scipy's assignment of each matrix flat[part] [K, Q, N] into out[part] [K, N]."""
+  for i in range(part.start, part.stop):
+    rows, cols = optimize.linear_sum_assignment(flat[i])
+    out[i, cols] = rows
+
+
+_HOST_CORES = len(os.sched_getaffinity(0))
+
+
+@functools.cache
+def _host_pool() -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(_HOST_CORES, thread_name_prefix="lsap")
+
+
 def _scipy_match_host(cost: np.ndarray) -> np.ndarray:
-  """[..., Q, N] -> [..., N]: scipy's linear_sum_assignment per matrix (the CPU path's callback)."""
+  """[..., Q, N] -> [..., N]: scipy's linear_sum_assignment per matrix (the CPU path's callback), the
+  matrices split into one contiguous share per core of the process."""
   cost = np.asarray(cost, np.float64)
   flat = cost.reshape(-1, *cost.shape[-2:])
-  out = np.empty((flat.shape[0], cost.shape[-1]), np.int32)
-  for i, c in enumerate(flat):
-    rows, cols = optimize.linear_sum_assignment(c)
-    out[i, cols] = rows
+  out = np.full((flat.shape[0], cost.shape[-1]), -1, np.int32)
+  shares = min(len(flat), _HOST_CORES)
+  bounds = np.linspace(0, len(flat), shares + 1).astype(int)
+  parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+  if shares > 1:
+    list(_host_pool().map(functools.partial(_scipy_solve, flat, out), parts))
+  else:
+    _scipy_solve(flat, out, slice(0, len(flat)))
   return out.reshape(*cost.shape[:-2], cost.shape[-1])
 
 
