@@ -5,7 +5,8 @@
 
 Runs on whatever accelerator JAX sees (`scripts/bench.py` is the CPU suite). In order, each written to
 `--out` as soon as it finishes so that a run cut short keeps what it measured:
-  matching     B=16, Q=100, N=100: the jitted batched Hungarian matching vs a scipy loop on the host
+  matching     B=16, Q=100, N=100: the jitted batched Hungarian matching vs a scipy loop on the host, with
+               every target real and with 20 of 100 real (the rest padding, as in training)
   vitb_parts   the step's parts timed alone (bench_train.breakdown) for the ViT-B recipe without remat
   vitb_remat   configs/dataseg_vitdet_b.py as the paper trains it: 1024x1024, batch 16, 100 queries,
                bf16 activations, remat per ViT block

@@ -24,9 +24,9 @@ def test_matching_total_cost_equals_scipy(q, n, rng):
 
 @pytest.mark.parametrize("q,n", SHAPES)
 def test_accelerator_path_total_cost_equals_scipy(q, n, rng):
-  """The optax solver that accelerators lower to (the CPU lowers to scipy itself), run here under jit + vmap."""
+  """The on-device solver that accelerators lower to (the CPU lowers to scipy itself), run here under jit + vmap."""
   cost = np.stack([rng.normal(size=(q, n)), rng.integers(0, 5, (q, n))]).astype(np.float32)
-  match = np.asarray(jax.jit(jax.vmap(matching._optax_match))(jnp.asarray(cost)))
+  match = np.asarray(jax.jit(jax.vmap(matching._device_match))(jnp.asarray(cost)))
   for c, m in zip(cost, match):
     assert len(set(m.tolist())) == n, "a prediction was matched twice"
     rows, cols = linear_sum_assignment(c)
@@ -41,24 +41,46 @@ def test_matching_batch_vmapped_equals_scipy_per_example(rng):
     np.testing.assert_allclose(cost[b][match[b], np.arange(4)].sum(), cost[b][rows, cols].sum(), rtol=1e-5)
 
 
+def test_device_solver_on_hard_cases_equals_scipy(rng):
+  """Shortest augmenting paths against scipy on 200 random problems: ties (few cost levels), constant rows
+  (padded targets) among real ones, wide and square shapes, large offsets; one jitted vmap per shape."""
+  for n, m in [(1, 1), (4, 4), (9, 30), (30, 30), (50, 100)]:
+    cost = np.where(rng.random((40, n, m)) < 0.5, rng.integers(0, 3, (40, n, m)), rng.normal(size=(40, n, m)))
+    cost[rng.random((40, n)) < 0.3] = rng.normal()  # constant rows
+    cost = (cost + rng.normal(size=(40, 1, 1)) * 1e3).astype(np.float32)
+    cols = np.asarray(jax.jit(jax.vmap(matching.shortest_augmenting_paths))(jnp.asarray(cost)))
+    for c, col in zip(cost, cols):
+      assert len(set(col.tolist())) == n and col.min() >= 0 and col.max() < m
+      rows, best = linear_sum_assignment(c.astype(np.float64))
+      np.testing.assert_allclose(c[np.arange(n), col].sum(), c[rows, best].sum(), rtol=1e-6, atol=1e-2)
+
+
 @pytest.mark.parametrize("cores", [1, 2, 3, 8])
 def test_host_solver_splits_the_batch_over_cores_without_changing_it(cores, rng, monkeypatch):
-  """The CPU path's callback gives, on any number of threads, exactly scipy's assignment of every matrix."""
+  """The CPU path's callback, on any number of threads, gives scipy's optimum on every matrix's real columns
+  and a one-to-one assignment, constant (padded) columns included."""
   monkeypatch.setattr(matching, "_HOST_CORES", cores)
+  monkeypatch.setattr(matching, "_COLUMNS_PER_THREAD", 1)
   cost = rng.normal(size=(5, 2, 9, 4)).astype(np.float32)
+  cost[:3, :, :, 1] = 0.5  # padded targets
+  cost[0, 0] = 0.0  # all padded
   got = matching._scipy_match_host(cost)
   assert got.shape == (5, 2, 4) and got.dtype == np.int32
   for idx in np.ndindex(5, 2):
-    rows, cols = linear_sum_assignment(cost[idx].astype(np.float64))
-    np.testing.assert_array_equal(got[idx][cols], rows)
+    c, m = cost[idx], got[idx]
+    assert len(set(m.tolist())) == 4 and m.min() >= 0
+    real = np.flatnonzero(c.max(0) != c.min(0))
+    rows, cols = linear_sum_assignment(c[:, real].astype(np.float64))
+    np.testing.assert_allclose(c[m[real], real].sum(), c[:, real][rows, cols].sum(), rtol=1e-6)
 
 
 def test_matching_zero_targets():
   assert matching.hungarian_match(jnp.zeros((5, 0))).shape == (0,)
 
 
+@pytest.mark.parametrize("solver", ["platform", "device"])
 @pytest.mark.parametrize("num_valid,num_active", [(0, 8), (3, 8), (6, 8), (6, 4), (6, 0)])
-def test_padded_targets_and_inactive_predictions_never_take_real_pairs(num_valid, num_active, rng):
+def test_padded_targets_and_inactive_predictions_never_take_real_pairs(num_valid, num_active, solver, rng):
   """Real pairs are optimal on the (active x valid) submatrix, as many as possible, as scipy finds."""
   q, n = 8, 6
   cost = (rng.normal(size=(q, n)) * 3).astype(np.float32)
@@ -69,7 +91,8 @@ def test_padded_targets_and_inactive_predictions_never_take_real_pairs(num_valid
   cost_in = cost.copy()
   cost_in[~active] = np.nan  # inactive rows may hold anything
   a = matching.assignment_cost(jnp.asarray(cost_in), jnp.asarray(active), jnp.asarray(valid))
-  match = np.asarray(matching.hungarian_match(a))
+  match = np.asarray(matching.hungarian_match(a) if solver == "platform" else jax.jit(matching._device_match)(a))
+  assert len(set(match.tolist())) == n, "a prediction was matched twice"
   real = valid & active[match]
   assert real.sum() == min(num_valid, num_active)
   sub = cost[np.ix_(active, valid)]
