@@ -10,6 +10,7 @@ from dataseg_jax.contract import Task
 from dataseg_jax.losses import box_projection
 from dataseg_jax.losses import criterion as criterion_lib
 from dataseg_jax.losses import mask_losses
+from dataseg_jax.losses import matching
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -280,8 +281,12 @@ def test_box_rasterisation_uses_pixel_centres():
 
 # ------------------------------------------------------------------ the whole criterion
 
+@pytest.mark.parametrize("solver", ["scipy", "device"])
 @pytest.mark.parametrize("merge", ["hard", "soft"])
-def test_criterion_terms_equal_numpy_transcription_on_a_mixed_task_batch(merge, rng):
+def test_criterion_terms_equal_numpy_transcription_on_a_mixed_task_batch(merge, solver, rng, monkeypatch):
+  """Both matching paths: the CPU's scipy callback, and the accelerators' solver put in its place."""
+  if solver == "device":
+    monkeypatch.setattr(matching, "_scipy_match", matching._device_match)
   cfg = small_config(merge)
   outputs, batch = random_batch(rng, c=4, n=4)
   points = criterion_lib.draw_points(jax.random.key(1), 2, 4, 4, cfg)
