@@ -147,8 +147,8 @@ def shortest_augmenting_paths(cost: jax.Array) -> jax.Array:
     u_new = u_new.at[root].add(lowest)
     v_new = jnp.where(scanned_col, v - (lowest - spc), v)
     r4c, c4r = _augment(row4col, col4row, path, jnp.where(found, j, -1))
-    tree = jax.tree.map(functools.partial(jnp.where, found), search_from_next_free_row(c4r), grown)
     pick = functools.partial(jnp.where, found)
+    tree = jax.tree.map(pick, search_from_next_free_row(c4r), grown)
     return tree, pick(u_new, u), pick(v_new, v), pick(r4c, row4col), pick(c4r, col4row), steps + 1
 
   # Each search scans at most m columns, so n * m steps bound the loop whatever the input (NaN included).
@@ -190,7 +190,8 @@ def _scipy_solve(flat: np.ndarray, real: np.ndarray, out: np.ndarray, part: slic
       out[i, ~real[i]] = np.flatnonzero(free)[:len(real[i]) - len(cols)]
 
 
-_HOST_CORES = len(os.sched_getaffinity(0))
+# The cores this process may run on (all of them where the OS cannot say, e.g. macOS).
+_HOST_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @functools.cache
