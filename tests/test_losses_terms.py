@@ -299,13 +299,15 @@ def test_criterion_terms_equal_numpy_transcription_on_a_mixed_task_batch(merge, 
 
 
 def test_row_blocks_skip_only_rows_that_no_example_needs(rng):
-  """Blocks of 2 target rows, the last block padding in every example (skipped): terms and gradients equal
-  the numpy transcription and the one-block run."""
-  outputs, batch = random_batch(rng, c=6, n=6)
-  batch["seg_valid"][:, 4:] = False
-  batch["seg_valid"][1, 2:4] = False  # block 1 still needed by the other examples
+  """Blocks of 2 of the 7 target rows: rows 2-3 padding in every example (a skipped block), rows 5-6 padding in
+  one example only (needed blocks, the last of one row): terms and gradients equal the numpy transcription and
+  the one-block run."""
+  outputs, batch = random_batch(rng, c=7, n=7)
+  batch["seg_valid"][:, 2:4] = False
+  batch["seg_valid"][:, 5] = True
+  batch["seg_valid"][1, 5:] = False
   cfg = small_config()
-  points = criterion_lib.draw_points(jax.random.key(4), 2, 4, 6, cfg)
+  points = criterion_lib.draw_points(jax.random.key(4), 2, 4, 7, cfg)
   ref = np_criterion(outputs, batch, cfg, jax.tree.map(np.asarray, points))
   results = {}
   for block in (2, 16):
