@@ -20,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.eval_every_steps = 0  # 0: evaluate only at the end.
   c.data_dir = ""  # root that relative dataset paths are joined to
+  c.compilation_cache_dir = "~/.cache/dataseg_jax/jax"  # persistent XLA cache: a restart skips compiling; '' = off
 
   # ---------------------------------------------------------------- model
   c.model = m = ml_collections.ConfigDict()

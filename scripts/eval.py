@@ -34,6 +34,7 @@ def run(config, workdir: str, step=None) -> dict:
   from dataseg_jax.vocab import embeddings
 
   config_lib.validate(config)
+  hardware.use_compilation_cache(config.get("compilation_cache_dir", ""))
   manager = checkpointing.make_manager(workdir)
   step = manager.latest_step() if step is None else step
   manager.close()

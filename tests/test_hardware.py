@@ -1,6 +1,8 @@
-"""The host allocator re-exec, the heap trim, the accelerator peak table and the benchmarks' timer."""
+"""The host allocator re-exec, the heap trim, the compilation cache, the accelerator peak table and the benchmarks'
+timer."""
 import ctypes
 import os
+import pathlib
 import platform
 import subprocess
 import sys
@@ -39,6 +41,37 @@ def test_script_reexecs_once_with_huge_page_malloc_and_its_arguments(tmp_path):
 def test_no_reexec_when_set_or_disabled(tmp_path):
   assert _run(tmp_path, GLIBC_TUNABLES=hardware.HUGE_PAGE_MALLOC)[-1].startswith(f"run {hardware.HUGE_PAGE_MALLOC} ")
   assert _run(tmp_path, DATASEG_NO_REEXEC="1") == ["start None", "run None ['a', '--b=1']"]
+
+
+CACHE_SCRIPT = """
+import os, sys
+import jax
+from dataseg_jax import hardware
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+print(hardware.use_compilation_cache(sys.argv[1]))
+jax.jit(lambda x: x * 2 + 1)(jax.numpy.ones(3)).block_until_ready()
+"""
+
+
+@pytest.mark.parametrize("given,env,expected", [
+    ("~/cache", None, "HOME/cache"),  # the config's directory, user-expanded, filled by the first compile
+    ("", None, None),  # off
+    ("~/cache", "TMP/env_cache", "TMP/env_cache"),  # a directory set before (JAX_COMPILATION_CACHE_DIR) wins
+])
+def test_compilation_cache_directory_and_precedence(tmp_path, given, env, expected):
+  script = tmp_path / "cache.py"
+  script.write_text(CACHE_SCRIPT)
+  home = tmp_path / "home"
+  base = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  base.update(HOME=str(home), DATASEG_NO_REEXEC="1", JAX_PLATFORMS="cpu")
+  if env:
+    base["JAX_COMPILATION_CACHE_DIR"] = env.replace("TMP", str(tmp_path))
+  out = subprocess.run([sys.executable, str(script), given], env=base, capture_output=True, text=True, check=True)
+  want = expected and expected.replace("HOME", str(home)).replace("TMP", str(tmp_path))
+  assert out.stdout.strip() == str(want)
+  if want:
+    assert any(pathlib.Path(want).iterdir()), "the first compile wrote no cache entry"
+  assert not (home / "cache").exists() or want == str(home / "cache")
 
 
 def test_peak_flops_by_device_name():

@@ -233,6 +233,7 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
   """
   config_lib.validate(config)
   mesh_lib.maybe_initialize_distributed(config)
+  hardware.use_compilation_cache(config.get("compilation_cache_dir", ""))
   path = check_workdir(workdir)
   if jax.process_index() == 0:
     (path / "config.json").write_text(config.to_json_best_effort(indent=2))
