@@ -102,3 +102,20 @@ def test_ms_deform_attn_core_and_gradients_equal_pytorch():
   np.testing.assert_allclose(np.asarray(out), t_out.detach().numpy(), atol=1e-5, rtol=1e-5)
   for name, g, t in zip(("value", "loc", "weights"), grads, (tv, tl, tw)):
     np.testing.assert_allclose(np.asarray(g), t.grad.numpy(), atol=1e-4, rtol=1e-4, err_msg=name)
+
+
+def test_location_gradient_on_pixel_centres_equals_pytorch():
+  """Samples exactly on pixel centres (where Deformable DETR's initial offsets put them) have taps inside the map
+  that weigh 0 but still carry d loc: torch's grid_sample backward in float32, on x = (i + 1/2) / W, exact in
+  float32 for the levels' widths 4 and 2 (u = x W - 1/2 = i in both frameworks)."""
+  torch = pytest.importorskip("torch")
+  value, loc, weights = random_inputs(2)
+  rng = np.random.default_rng(5)
+  for lvl, (_, w) in enumerate(SHAPES):
+    loc[:, :, :, lvl, :, 0] = (rng.integers(0, w, size=loc.shape[:3] + (P,)) + 0.5) / w
+  cotangent = np.random.default_rng(3).normal(size=(B, LQ, M * DH)).astype(np.float32)
+  tv, tl, tw = (torch.tensor(a, dtype=torch.float32, requires_grad=True) for a in (value, loc, weights))
+  (ms_deform_attn_core_pytorch(tv, SHAPES, tl, tw) * torch.tensor(cotangent)).sum().backward()
+  _, vjp = jax.vjp(core, jnp.asarray(value), jnp.asarray(loc), jnp.asarray(weights))
+  for name, g, t in zip(("value", "loc", "weights"), jax.jit(vjp)(jnp.asarray(cotangent)), (tv, tl, tw)):
+    np.testing.assert_allclose(np.asarray(g), t.grad.numpy(), atol=1e-4, rtol=1e-4, err_msg=name)

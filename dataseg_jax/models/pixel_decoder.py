@@ -19,10 +19,12 @@ from dataseg_jax.models.resnet import conv_kernel_init
 
 
 def _bilinear_taps(loc, heights, widths):
-  """Per bilinear tap (4 of them): (flat pixel index, weight with zero padding) at grid_sample(align_corners=False).
+  """Per bilinear tap (4 of them): (flat pixel index, weight with zero padding, inside the map) at
+  grid_sample(align_corners=False).
 
   Pixel coordinate u = x * W - 0.5 (v likewise); tap (u0 + du, v0 + dv) has weight (1 - |u - uu|)(1 - |v - vv|),
-  zero outside the map. `loc` [..., 2] (x, y); heights / widths broadcast against loc[..., 0].
+  zero outside the map. `loc` [..., 2] (x, y); heights / widths broadcast against loc[..., 0]. A tap inside the
+  map can weigh 0 (u on a pixel centre) and still carries a gradient for u.
   """
   u = loc[..., 0] * widths - 0.5
   v = loc[..., 1] * heights - 0.5
@@ -33,7 +35,7 @@ def _bilinear_taps(loc, heights, widths):
     inside = (uu >= 0) & (uu <= widths - 1) & (vv >= 0) & (vv <= heights - 1)
     weight = jnp.where(inside, (1 - jnp.abs(u - uu)) * (1 - jnp.abs(v - vv)), 0.0)
     pix = (jnp.clip(vv, 0, heights - 1) * widths + jnp.clip(uu, 0, widths - 1)).astype(jnp.int32)
-    taps.append((pix, weight))
+    taps.append((pix, weight, inside))
   return taps
 
 
@@ -56,7 +58,7 @@ def _core_per_level(value, shapes, loc, weights):
   out = 0.0
   for h, w, flat, pts, attn in _level_inputs(value, shapes, loc, weights):
     sampled = 0.0
-    for pix, weight in _bilinear_taps(pts, h, w):
+    for pix, weight, _ in _bilinear_taps(pts, h, w):
       tap = jnp.take_along_axis(flat, pix[..., None], axis=2)  # [B, M, Lq P, Dh]
       sampled = sampled + tap * weight[..., None].astype(value.dtype)
     out = out + jnp.einsum("bmqpd,bmqp->bqmd", sampled.reshape(b, m, lq, p, dh), attn.astype(value.dtype))
@@ -87,7 +89,7 @@ def _core_bwd(shapes, residuals, grad):
 
   With T_k the value row under bilinear tap k of a sample, w_k = wx_k wy_k its weight (0 outside the map),
   a the sample's attention weight and g the output gradient of its (query, head):
-    s_k = <T_k, g>;   d a = sum_k w_k s_k;   d value[tap k] += a w_k g (a scatter-add);
+    s_k = <T_k, g> (0 for a tap outside the map);   d a = sum_k w_k s_k;   d value[tap k] += a w_k g (a scatter-add);
     d loc_x = a W sum_k s_k wy_k dwx_k/du,   d loc_y = a H sum_k s_k wx_k dwy_k/dv,
   where u = x W - 1/2, v = y H - 1/2 and dwx/du = -1 for the left tap, +1 for the right (likewise v).
   Value rows are read and written as whole rows of one flat [B S M, Dh] table (2x faster than autodiff of
@@ -107,10 +109,10 @@ def _core_bwd(shapes, residuals, grad):
     fu, fv = u - jnp.floor(u), v - jnp.floor(v)
     rows = (a[..., None] * g).reshape(-1, dh)  # a g per sample
     d_attn = du = dv = 0.0
-    for (pix, weight), (dy, dx) in zip(_bilinear_taps(pts, h, w), ((0, 0), (0, 1), (1, 0), (1, 1))):
+    for (pix, weight, inside), (dy, dx) in zip(_bilinear_taps(pts, h, w), ((0, 0), (0, 1), (1, 0), (1, 1))):
       index = (base + (start + pix) * m).reshape(-1)
       tap = table.at[index].get(mode="promise_in_bounds").astype(jnp.float32).reshape(b, lq, m, p, dh)
-      s_k = jnp.where(weight > 0, jnp.sum(tap * g, -1), 0.0)
+      s_k = jnp.where(inside, jnp.sum(tap * g, -1), 0.0)
       wx, wy = (fu if dx else 1 - fu), (fv if dy else 1 - fv)
       d_attn = d_attn + weight * s_k
       du = du + (1.0 if dx else -1.0) * wy * s_k
