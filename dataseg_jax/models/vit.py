@@ -7,12 +7,16 @@ decomposed relative position bias (ViTDet/MViTv2: bias(q, k) = q . R_h[q_y - k_y
 The simple feature pyramid builds strides 4, 8, 16, 32 from the last stride-16 map: two / one transposed
 2x2 convs, identity, 2x2 max pool; each followed by a 1x1 and a 3x3 conv with LayerNorm.
 
-The position embedding is a parameter of the model's own token grid (ViTDet instead keeps the pretraining grid and
-resizes it on every call); `convert_hf_vitdet` and `convert_mae` map pretrained plain-ViT state dicts onto the
-trunk and do that resize once, at conversion (scripts/convert_weights.py).
+The position embedding and the global blocks' relative-position tables are stored for the token grid of the input the
+model was initialised with (the config's image size). Applied to another grid (h, w), as ViTDet does on every call,
+the embedding is resized bicubically (torch `F.interpolate(mode='bicubic', align_corners=False)`) to (h, w) and each
+global table linearly (`get_rel_pos`) to 2 h - 1 / 2 w - 1; on the stored grid nothing is resized. Windowed
+blocks' tables are window-sized and never resized. `convert_hf_vitdet` and `convert_mae` map pretrained plain-ViT
+state dicts onto the trunk, resizing from the pretraining grid to the stored one (scripts/convert_weights.py).
 """
 import math
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,6 +24,33 @@ import numpy as np
 
 from dataseg_jax.models.layers import ConvSame, dense, interpolation_matrix
 from dataseg_jax.models.resnet import conv_kernel_init
+
+
+def param_as_stored(module: nn.Module, name: str, init, shape):
+  """`module.param(name, init, shape)`, but with the stored parameter's shape when there is one (apply time), so
+  that a parameter initialised for another input size is accepted as it is; at init, `shape`."""
+  if module.has_variable("params", name):
+    shape = jnp.shape(flax.core.meta.unbox(module.get_variable("params", name)))
+  return module.param(name, init, shape)
+
+
+def resize_rows(table, length: int):
+  """A relative-position table [L, d] -> [length, d], linearly as ViTDet's `get_rel_pos` (torch
+  `F.interpolate(mode='linear', align_corners=False)`); returned as it is when L == length."""
+  if table.shape[0] == length:
+    return table
+  mat = jnp.asarray(interpolation_matrix(table.shape[0], length), table.dtype)
+  return jnp.einsum("li,id->ld", mat, table, precision=jax.lax.Precision.HIGHEST)
+
+
+def resize_grid(pos, h: int, w: int):
+  """A position embedding [1, H, W, D] -> [1, h, w, D], bicubically as ViTDet's `get_abs_pos` (torch
+  `F.interpolate(mode='bicubic', align_corners=False)`, `bicubic_matrix` per axis); as it is when (H, W) == (h, w)."""
+  if pos.shape[1:3] == (h, w):
+    return pos
+  my = jnp.asarray(bicubic_matrix(pos.shape[1], h), pos.dtype)
+  mx = jnp.asarray(bicubic_matrix(pos.shape[2], w), pos.dtype)
+  return jnp.einsum("Yy,byxd,Xx->bYXd", my, pos, mx, precision=jax.lax.Precision.HIGHEST)
 
 
 def window_partition(x, window: int):
@@ -41,7 +72,9 @@ def window_unpartition(x, window: int, padded, size, batch: int):
 
 
 class RelPosAttention(nn.Module):
-  """Multi-head self-attention over a [B, H, W, C] grid with optional decomposed relative position bias."""
+  """Multi-head self-attention over a [B, H, W, C] grid with optional decomposed relative position bias; the tables
+  `rel_pos_h` / `rel_pos_w` keep the length 2 H - 1 / 2 W - 1 of the grid at init and are resized linearly (ViTDet's
+  `get_rel_pos`) when applied to another grid."""
   num_heads: int
   rel_pos: bool
   dtype: jnp.dtype = jnp.float32
@@ -54,8 +87,9 @@ class RelPosAttention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(dh)
     if self.rel_pos:
-      rh = self.param("rel_pos_h", nn.with_logical_partitioning(nn.initializers.zeros, (None, None)), (2 * h - 1, dh))
-      rw = self.param("rel_pos_w", nn.with_logical_partitioning(nn.initializers.zeros, (None, None)), (2 * w - 1, dh))
+      init = nn.with_logical_partitioning(nn.initializers.zeros, (None, None))
+      rh = resize_rows(param_as_stored(self, "rel_pos_h", init, (2 * h - 1, dh)), 2 * h - 1)
+      rw = resize_rows(param_as_stored(self, "rel_pos_w", init, (2 * w - 1, dh)), 2 * w - 1)
       idx_h = jnp.arange(h)[:, None] - jnp.arange(h)[None, :] + h - 1
       idx_w = jnp.arange(w)[:, None] - jnp.arange(w)[None, :] + w - 1
       qg = q.reshape(b, h, w, nh, dh).astype(jnp.float32)
@@ -98,7 +132,10 @@ def up2x2(features: int, dtype, name: str) -> nn.ConvTranspose:
 
 
 class ViTDet(nn.Module):
-  """images [B, H, W, 3] (normalised) -> {'res2': stride 4, 'res3': 8, 'res4': 16, 'res5': 32}, `out_dim` channels."""
+  """images [B, H, W, 3] (normalised) -> {'res2': stride 4, 'res3': 8, 'res4': 16, 'res5': 32}, `out_dim` channels.
+
+  Any image size: `pos_embed` and the global blocks' tables stay at the init image's token grid and are resized to
+  the current one when it differs (module docstring)."""
   patch_size: int = 16
   hidden_dim: int = 768
   num_layers: int = 12
@@ -117,8 +154,8 @@ class ViTDet(nn.Module):
     x = nn.Conv(d, (p, p), (p, p), dtype=self.dtype, name="patch_embed",
                 kernel_init=conv_kernel_init())(x.astype(self.dtype))
     b, h, w, _ = x.shape
-    pos = self.param("pos_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, None, "embed")),
-                     (1, h, w, d))
+    init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, None, "embed"))
+    pos = resize_grid(param_as_stored(self, "pos_embed", init, (1, h, w, d)), h, w)  # stored grid: as it is
     x = x + pos.astype(self.dtype)
     block = nn.remat(Block) if self.remat else Block
     for i in range(self.num_layers):
@@ -205,7 +242,8 @@ def resize_pos_embed(pos: np.ndarray, grid) -> np.ndarray:
   """A pretrained absolute position embedding [1, (1 +) S * S, D] -> `pos_embed` [1, h, w, D] for `grid` = (h, w).
 
   The cls slot (present when the count is a square plus one) is dropped and the S x S grid resized bicubically,
-  as ViTDet's `get_abs_pos` and HF's VitDetEmbeddings do on every call; `ViTDet` stores the result instead.
+  as ViTDet's `get_abs_pos` and HF's VitDetEmbeddings do on every call (`ViTDet` does so, in jax, for a grid other
+  than its stored one).
   """
   pos = pos.reshape(-1, pos.shape[-1])
   if math.isqrt(pos.shape[0] - 1) ** 2 == pos.shape[0] - 1:
