@@ -39,9 +39,8 @@ from dataseg_jax.evaluation import semantic  # noqa: E402
 def _postprocess_fn(eval_config, tasks=("semantic", "panoptic", "instance")):
   """The evaluator's device work after the model for a dataset evaluated on `tasks`."""
   @jax.jit
-  def fn(logits, masks, things):
-    size = (masks.shape[2] * 4, masks.shape[3] * 4)
-    return postprocess.infer_tasks(logits, masks, size, tasks, things, eval_config)
+  def fn(logits, masks, valid, things):
+    return postprocess.infer_tasks(logits, masks, valid, tasks, things, eval_config)
   return fn
 
 
@@ -91,18 +90,19 @@ def bench_size(name, config, num_classes, batch, repeats, extent=None, orig_size
   logits = jnp.asarray(rng.normal(0, 3, (batch, q, num_classes + 1)), jnp.float32)
   masks = _mask_logits(rng, batch, q, s)
   things = jnp.asarray(np.arange(num_classes) % 2 == 1)
+  valid = postprocess.valid_from_sizes(jnp.tile(jnp.asarray([extent], jnp.int32), (batch, 1)), (s, s))
   fn = _postprocess_fn(config.eval)
-  jax.block_until_ready(fn(logits, masks, things))
-  post = hardware.median_seconds(lambda: jax.block_until_ready(fn(logits, masks, things)), repeats) / batch
-  outputs = jax.device_get(fn(logits, masks, things))
+  jax.block_until_ready(fn(logits, masks, valid, things))
+  post = hardware.median_seconds(lambda: jax.block_until_ready(fn(logits, masks, valid, things)), repeats) / batch
+  outputs = jax.device_get(fn(logits, masks, valid, things))
   metrics = hardware.median_seconds(lambda: _host_metrics(outputs, num_classes, 0, extent, orig_size), repeats)
   out = {"images": f"{s}x{s}", "valid_extent": list(extent), "original_size": list(orig_size), "queries": q,
          "classes": num_classes, "batch": batch,
          "postprocess_s_per_image": round(post, 5), "metrics_s_per_image": round(metrics, 5)}
   for task in ("semantic", "panoptic", "instance"):
     one = _postprocess_fn(config.eval, (task,))
-    jax.block_until_ready(one(logits, masks, things))
-    seconds = hardware.median_seconds(lambda: jax.block_until_ready(one(logits, masks, things)), repeats)
+    jax.block_until_ready(one(logits, masks, valid, things))
+    seconds = hardware.median_seconds(lambda: jax.block_until_ready(one(logits, masks, valid, things)), repeats)
     out[f"postprocess_{task}_only_s_per_image"] = round(seconds / batch, 5)
   forward = _forward_fn(config)
   if forward is None:

@@ -53,6 +53,7 @@ def evaluated(tmp_path_factory):
   make_toy_data.main(["--out", str(root), "--train", "2", "--val", "5", "--size", "64", "--seed", "0"])
   c = toy.get_config()
   c.data_dir = str(root)
+  _number_categories_from_zero(root / c.data.datasets.toy_ade.val_panoptic_annotations)
   c.data.eval_size = 64
   c.data.eval_batch_size = 2
   c.eval.object_mask_threshold = 0.2
@@ -79,6 +80,18 @@ def evaluated(tmp_path_factory):
     logger.removeHandler(logs)
     logger.setLevel(level)
   return c, root, workdir, metrics, logs.messages
+
+
+def _number_categories_from_zero(path: pathlib.Path) -> None:
+  """Renumbers a panoptic JSON's categories 1..K as 0..K-1, as ADE20K's own `ade20k_panoptic_val.json`."""
+  data = json.loads(path.read_text())
+  assert sorted(c["id"] for c in data["categories"]) == list(range(1, len(data["categories"]) + 1))
+  for c in data["categories"]:
+    c["id"] -= 1
+  for a in data["annotations"]:
+    for seg in a["segments_info"]:
+      seg["category_id"] -= 1
+  path.write_text(json.dumps(data))
 
 
 class _Messages(logging.Handler):
@@ -121,7 +134,11 @@ def test_panoptic_metrics_equal_file_based_pq(evaluated, name, gt_json):
   out = workdir / "eval" / "7" / name
   ref = panoptic.pq_compute(str(root / e[gt_json]), str(root / e.val_panoptic_dir),
                             str(out / "panoptic.json"), str(out / "panoptic"))
-  assert any(a["segments_info"] for a in json.loads((out / "panoptic.json").read_text())["annotations"])
+  written = json.loads((out / "panoptic.json").read_text())
+  assert any(a["segments_info"] for a in written["annotations"])
+  gt_ids = {c["id"]: c["name"] for c in json.loads((root / e[gt_json]).read_text())["categories"]}
+  assert {c["id"]: c["name"] for c in written["categories"]} == gt_ids  # toy_ade's: 0..K-1, as ADE20K's
+  assert {s["category_id"] for a in written["annotations"] for s in a["segments_info"]} <= set(gt_ids)
   for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
     assert metrics[f"{name}/panoptic/{key}"] == pytest.approx(ref[key], abs=1e-9)
 

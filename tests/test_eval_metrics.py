@@ -313,6 +313,24 @@ def test_ap_equals_cocoeval_on_generated_results(refdata, tmp_path, mode):
       assert ours["AP"] == pytest.approx(100.0)
 
 
+def test_ap_on_part_of_the_images_equals_ap_against_their_ground_truth_alone(refdata, tmp_path):
+  """Results for 20 of 100 images, evaluated on those images (`image_ids`), score what they score against a
+  ground truth holding only those images; without `image_ids` the other 80 images count as missed."""
+  r = refdata / "coco_instances_fake100"
+  data = json.loads((r / "instances_val2014_100.json").read_text())
+  ids = sorted(im["id"] for im in data["images"])[:20]
+  alone = dict(data, images=[im for im in data["images"] if im["id"] in ids],
+               annotations=[a for a in data["annotations"] if a["image_id"] in ids])
+  (tmp_path / "alone.json").write_text(json.dumps(alone))
+  for iou_type in ("segm", "bbox"):
+    results = json.loads((r / f"instances_val2014_fake{iou_type}100_results.json").read_text())
+    part = [x for x in results if x["image_id"] in ids]
+    ours = instance.coco_evaluate(data, part, iou_type, image_ids=ids)
+    ref = _cocoeval_stats(str(tmp_path / "alone.json"), part, iou_type)
+    np.testing.assert_allclose([ours["AP"], ours["AP50"], ours["AP75"]], ref, atol=1e-6)
+    assert instance.coco_evaluate(data, part, iou_type)["AP"] < ours["AP"] - 5
+
+
 def test_gt_boxes_from_masks_when_absent(refdata):
   data = json.loads((refdata / "coco_instances_small" / "gt_dataset.json").read_text())
   for a in data["annotations"]:

@@ -1,5 +1,6 @@
 """Jitted post-processing against numpy transcriptions of Mask2Former's maskformer_model.py loops."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -164,25 +165,35 @@ def test_assign_pixels_loop_equals_argmax_form(rng):
     np.testing.assert_array_equal(np.asarray(got[1]), np.take_along_axis(masks, ids[:, None], 1)[:, 0] >= 0.5)
 
 
-def test_infer_tasks_equals_each_task_on_the_upsampled_masks(rng):
-  """infer_tasks works on transposed masks: its label maps, panoptic segments and (transposed) instance masks
-  equal the per-task functions run on the upsampled [B, Q, H, W] masks; it returns no instance boxes."""
+@pytest.mark.parametrize("extent", [(32, 40), (20, 40), (32, 13)])
+def test_infer_tasks_equals_each_task_on_the_upsampled_masks_cropped_to_the_image(rng, extent):
+  """infer_tasks works on transposed masks of the padded input: its label maps, panoptic segments and
+  (transposed) instance masks, cropped to the image's `extent`, equal the per-task functions run on the upsampled
+  [B, Q, H, W] masks cropped to the image first (Mask2Former's order: no query covers the padding, which changes
+  panoptic overlap tests and instance mask scores); it returns no instance boxes."""
   import ml_collections
   logits, masks = _inputs(rng, h=8, w=10)
   things = np.array([True, False, True, False, False])
   ev = ml_collections.ConfigDict({"object_mask_threshold": 0.4, "overlap_threshold": 0.5, "instance_topk": 20})
   size = (32, 40)
-  out = jax.tree.map(np.asarray, postprocess.infer_tasks(logits, masks, size, ("semantic", "panoptic", "instance"),
+  h, w = extent
+  valid = postprocess.valid_from_sizes(jnp.full((len(logits), 2), jnp.asarray(extent)), size)
+  assert int(valid.sum()) == len(logits) * h * w
+  out = jax.tree.map(np.asarray, postprocess.infer_tasks(logits, masks, valid, ("semantic", "panoptic", "instance"),
                                                           things, ev))
-  up = postprocess.upsample_masks(masks, size)
-  np.testing.assert_array_equal(out["semantic"], np.asarray(postprocess.semantic_inference(logits, up)["labels"]))
+  up = postprocess.upsample_masks(masks, size)[:, :, :h, :w]
+  np.testing.assert_array_equal(out["semantic"][:, :h, :w],
+                                np.asarray(postprocess.semantic_inference(logits, up)["labels"]))
   pan = jax.tree.map(np.asarray, postprocess.panoptic_inference(logits, up, things, object_mask_threshold=0.4,
                                                                 overlap_threshold=0.5))
-  assert (pan["segment_id"] > 0).any(1).all()  # segments kept in every example
+  assert (pan["segment_id"] > 0).any()  # segments kept
+  assert (out["panoptic"]["panoptic_seg"][:, h:] == 0).all() and (out["panoptic"]["panoptic_seg"][:, :, w:] == 0).all()
   for key, value in pan.items():
-    np.testing.assert_array_equal(out["panoptic"][key], value)
+    got = out["panoptic"][key][:, :h, :w] if key == "panoptic_seg" else out["panoptic"][key]
+    np.testing.assert_array_equal(got, value, err_msg=key)
   inst = jax.tree.map(np.asarray, postprocess.instance_inference(logits, up, topk=20))
-  np.testing.assert_array_equal(out["instance"]["masks"], inst["masks"].swapaxes(2, 3))
+  assert not out["instance"]["masks"][:, :, w:].any() and not out["instance"]["masks"][:, :, :, h:].any()
+  np.testing.assert_array_equal(out["instance"]["masks"][:, :, :w, :h], inst["masks"].swapaxes(2, 3))
   assert set(out["instance"]) == {"masks", "scores", "classes", "valid"}
   np.testing.assert_allclose(out["instance"]["scores"], inst["scores"], rtol=1e-5)
   np.testing.assert_array_equal(out["instance"]["classes"], inst["classes"])

@@ -1,10 +1,11 @@
 """Evaluates every dataset entry on each of its `eval_tasks`; writes standard files and metrics.json.
 
 One pass over a dataset's val split per evaluation: the model runs once per batch, the per-task
-post-processing (`postprocess`) runs on device at `data.eval_size`, and the host crops each example to
-its valid region, resizes label maps to the original size (nearest) [default: Mask2Former resizes mask
-logits to the original size before post-processing; we post-process at the evaluation size so the
-device shapes stay static] and accumulates metrics against the original ground-truth files:
+post-processing (`postprocess`) runs on device at `data.eval_size` with the padding around the image
+belonging to no segment (`postprocess`'s `in_image`), and the host crops each example to its valid region,
+resizes label maps to the original size (nearest) [default: Mask2Former crops the mask logits to the image
+and resizes them to the original size before post-processing; we post-process at the evaluation size so
+the device shapes stay static] and accumulates metrics against the original ground-truth files:
 - semantic: confusion matrix (`semantic.SemanticConfusion`) against the label PNGs (semantic_png) or the
   panoptic PNGs' classes (coco_panoptic), on the dataset's own classes;
 - panoptic: `panoptic.PQStat` against the COCO panoptic ground truth; on a semantic-only dataset (weak
@@ -42,20 +43,20 @@ PROGRESS_EVERY_S = 30.0
 
 
 def make_infer_fn(model, tasks: tuple, eval_config):
-  """Jitted (variables, images [B, H, W, 3], embeddings [C, D], class_mask [B, C], local_classes [K] int32,
-  local_things [K] bool) -> per-task post-processed outputs at the image size, from the final decoder layer.
+  """Jitted (variables, images [B, H, W, 3], valid [B, H, W], embeddings [C, D], class_mask [B, C], local_classes
+  [K] int32, local_things [K] bool) -> per-task post-processed outputs at the input size, from the final decoder
+  layer, with the padding (`valid` False) belonging to no segment.
 
   Post-processing runs on the dataset's own K classes (logits gathered from the union's C, background
   last), so class ids in the outputs are dataset-local and the [B, K, H, W] semantic scores stay small.
   """
 
   @jax.jit
-  def infer(variables, images, embeddings, class_mask, local_classes, local_things):
+  def infer(variables, images, valid, embeddings, class_mask, local_classes, local_things):
     out = model.apply(variables, images, embeddings, class_mask, train=False)
     union_logits = out["pred_logits"][-1]  # [B, Q, C + 1]
     logits = jnp.concatenate([union_logits[..., local_classes], union_logits[..., -1:]], -1)  # [B, Q, K + 1]
-    return postprocess.infer_tasks(logits, out["pred_masks"][-1], images.shape[1:3], tasks, local_things,
-                                   eval_config)
+    return postprocess.infer_tasks(logits, out["pred_masks"][-1], valid, tasks, local_things, eval_config)
 
   return infer
 
@@ -131,9 +132,13 @@ class _DatasetEval:
       self.category_ids = sorted(int(c["id"]) for c in data["categories"])
       self.categories = sorted(data["categories"], key=lambda c: c["id"])
     elif e.format == "semantic_png":
-      self.category_ids = list(range(1, self.num_classes + 1))  # ADE label values: class k -> k + 1
-      self.categories = [{"id": k + 1, "name": n, "isthing": int(t)}
-                         for k, (n, t) in enumerate(zip(self.local_names, self.local_thing))]
+      # Panoptic category ids: those of the val panoptic JSON (sorted, the names file's classes in order; ADE's
+      # own uses 0..149), else the label values (class k -> k + 1).
+      self.category_ids = (sorted(int(c["id"]) for c in readers.load_json(e.val_panoptic_annotations,
+                                                                           "coco_panoptic")["categories"])
+                           if e.val_panoptic_annotations else list(range(1, self.num_classes + 1)))
+      self.categories = [{"id": i, "name": n, "isthing": int(t)}
+                         for i, n, t in zip(self.category_ids, self.local_names, self.local_thing)]
     else:
       gt_path = e.val_instances or e.val_annotations
       self.instance_gt = instance.load_ground_truth(gt_path)
@@ -142,6 +147,7 @@ class _DatasetEval:
     self.confusion = semantic.SemanticConfusion.empty(self.num_classes)
     self.pq = panoptic.PQStat({c["id"]: c for c in self.categories})
     self.instance_results = []
+    self.image_ids = []  # evaluated images, in order
     if "semantic" in tasks:
       os.makedirs(os.path.join(out_dir, "semantic"), exist_ok=True)
     if "panoptic" in tasks:
@@ -187,12 +193,13 @@ class _DatasetEval:
       for j in range(1, n + 1):
         sid = len(segs) + 1
         ids[comps == j] = sid
-        segs.append({"id": sid, "category_id": int(k) + 1, "iscrowd": 0})
+        segs.append({"id": sid, "category_id": self.category_ids[k], "iscrowd": 0})
     return ids, segs
 
   def add(self, batch: dict, res: dict, b: int) -> None:
     """Accumulates example `b` of a batch and its post-processed outputs."""
     image_id = batch["image_id"][b].item()
+    self.image_ids.append(image_id)
     row = self.row_of_id[int(image_id)]
     stem = self._stem(row)
     hv, wv = _valid_extent(batch["valid"][b])
@@ -258,7 +265,8 @@ class _DatasetEval:
       path = os.path.join(self.out_dir, "instance_results.json")
       writers.write_json(path, self.instance_results)
       for iou_type, prefix in (("segm", ""), ("bbox", "box_")):
-        for k, v in instance.coco_evaluate(self.instance_gt, self.instance_results, iou_type, path).items():
+        for k, v in instance.coco_evaluate(self.instance_gt, self.instance_results, iou_type, path,
+                                           self.image_ids).items():
           out[f"{self.name}/instance/{prefix}{k}"] = v
     return out
 
@@ -310,7 +318,7 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
     progress = progress_lib.Progress(name, total, logging.info, every_s=PROGRESS_EVERY_S)
     for batch in mixture.eval_batches(config, vocab, name):
       cm = vocab.class_mask[batch["dataset_id"]]
-      res = jax.device_get(infer(variables, batch["image"], embeddings, cm, state.local_classes,
+      res = jax.device_get(infer(variables, batch["image"], batch["valid"], embeddings, cm, state.local_classes,
                                  state.local_thing))
       for b in np.nonzero(batch["example_valid"])[0]:
         if max_examples and seen >= max_examples:

@@ -89,8 +89,10 @@ def check_results(gt: coco_lib.COCO, results: list, where: str) -> None:
                        f"unknown to the ground truth")
 
 
-def coco_evaluate(gt, results, iou_type: str = "segm", where: str = "results") -> dict:
-  """COCOeval `iou_type` ('segm' or 'bbox') of `results` (list, or a results JSON path) against `gt`.
+def coco_evaluate(gt, results, iou_type: str = "segm", where: str = "results", image_ids=None) -> dict:
+  """COCOeval `iou_type` ('segm' or 'bbox') of `results` (list, or a results JSON path) against `gt`, on the
+  images `image_ids` (default: every image of `gt`; an evaluation of part of a split passes the images it
+  predicted, as detectron2's COCOEvaluator does, so that the others do not count as missed).
 
   Returns {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl'} on the 0-100 scale (-1 where COCOeval has no
   ground truth for an entry).
@@ -125,6 +127,8 @@ def coco_evaluate(gt, results, iou_type: str = "segm", where: str = "results") -
       dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
       dt.createIndex()
     ev = cocoeval.COCOeval(gt, dt, iou_type)
+    if image_ids is not None:
+      ev.params.imgIds = sorted(int(i) for i in image_ids)
     ev.evaluate()
     ev.accumulate()
     ev.summarize()

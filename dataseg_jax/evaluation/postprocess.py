@@ -6,7 +6,10 @@ rewritten with static shapes so that each is one jitted, batched function.
 
 Inputs everywhere: `pred_logits` float32 [B, Q, C + 1] (index C is the shared background; classes
 outside an example's dataset carry the logit -1e9, so their probability is exactly 0) and
-`pred_masks` float32 [B, Q, H, W] mask logits already resized to the evaluation size.
+`pred_masks` float32 [B, Q, H, W] mask logits already resized to the evaluation size; panoptic and instance
+inference take the image's pixels `in_image` [B, H, W] (`valid_from_sizes`), outside of which the padded input
+belongs to no segment: Mask2Former crops the masks to the image before post-processing (`sem_seg_postprocess`)
+[default], and the panoptic overlap test and the instance mask scores count the image's pixels only.
 """
 import functools
 
@@ -119,6 +122,14 @@ def upsample_masks(pred_masks: jnp.ndarray, size: tuple) -> jnp.ndarray:
   return x
 
 
+def valid_from_sizes(sizes: jnp.ndarray, shape: tuple) -> jnp.ndarray:
+  """bool [B, H, W], True on the top-left (h, w) of each example's sizes int32 [B, 2]: the image inside an
+  input padded bottom and right to `shape` (H, W)."""
+  rows = jnp.arange(shape[0])[None, :, None] < sizes[:, 0, None, None]
+  cols = jnp.arange(shape[1])[None, None, :] < sizes[:, 1, None, None]
+  return rows & cols
+
+
 def _class_probs(pred_logits: jnp.ndarray) -> jnp.ndarray:
   """softmax over C + 1, background dropped: p [B, Q, C]."""
   return jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)[..., :-1]
@@ -145,7 +156,7 @@ def semantic_inference(pred_logits, pred_masks, class_mask=None):
 
 
 @functools.partial(jax.jit, static_argnames=("object_mask_threshold", "overlap_threshold"))
-def panoptic_inference(pred_logits, pred_masks, thing_mask, *, object_mask_threshold=0.8,
+def panoptic_inference(pred_logits, pred_masks, thing_mask, in_image=None, *, object_mask_threshold=0.8,
                        overlap_threshold=0.8):
   """Mask2Former panoptic inference with static shapes [default: Mask2Former `panoptic_inference`].
 
@@ -160,6 +171,7 @@ def panoptic_inference(pred_logits, pred_masks, thing_mask, *, object_mask_thres
     pred_logits: [B, Q, C + 1].
     pred_masks: [B, Q, H, W] mask logits.
     thing_mask: bool [C] or [B, C], which classes are things.
+    in_image: optional bool [B, H, W], the image's pixels; the others are in no segment and counted in no area.
     object_mask_threshold, overlap_threshold: `config.eval` thresholds.
 
   Returns:
@@ -175,10 +187,13 @@ def panoptic_inference(pred_logits, pred_masks, thing_mask, *, object_mask_thres
   keep = (labels != c1 - 1) & (scores > object_mask_threshold)  # [B, Q]
   labels = jnp.minimum(labels, c1 - 2)
   masks = jax.nn.sigmoid(pred_masks.astype(jnp.float32))  # [B, Q, H, W]
+  if in_image is not None:
+    masks = jnp.where(in_image[:, None], masks, 0.0)
   mask_ids, pixel_own = _assign_pixels(jnp.where(keep, scores, -1.0), masks)  # [B, H, W]
   original_area = (masks >= 0.5).sum((2, 3))
   count = jax.vmap(lambda ids, wts: jnp.bincount(ids.ravel(), wts.ravel(), length=q))
-  mask_area = count(mask_ids, jnp.ones_like(mask_ids))  # |{x : x assigned to i}|
+  in_image = jnp.ones_like(mask_ids) if in_image is None else in_image.astype(jnp.int32)
+  mask_area = count(mask_ids, in_image)  # |{x in the image : x assigned to i}|
   final_area = count(mask_ids, pixel_own.astype(jnp.int32))  # |{x : assigned to i, sigmoid(m_i(x)) >= 0.5}|
   valid = (keep & (mask_area > 0) & (original_area > 0) & (final_area > 0)
            & (mask_area / jnp.maximum(original_area, 1) >= overlap_threshold))
@@ -227,7 +242,7 @@ def _pixel_sums(x: jnp.ndarray) -> jnp.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("topk",))
-def instance_inference(pred_logits, pred_masks, class_mask=None, *, topk=100):
+def instance_inference(pred_logits, pred_masks, class_mask=None, in_image=None, *, topk=100):
   """Top-k (query, class) pairs by score(i, c) = p_i(c) x mean of sigmoid(m_i) over {m_i > 0}
   [DATASEG.md; default: Mask2Former `instance_inference`: top-k by p_i(c), then times the mask score].
 
@@ -235,6 +250,7 @@ def instance_inference(pred_logits, pred_masks, class_mask=None, *, topk=100):
     pred_logits: [B, Q, C + 1].
     pred_masks: [B, Q, H, W] mask logits.
     class_mask: optional bool [B, C]; pairs of classes outside it are marked invalid.
+    in_image: optional bool [B, H, W], the image's pixels; masks hold no other pixel.
     topk: `config.eval.instance_topk`; K = min(topk, Q * C).
 
   Returns:
@@ -252,6 +268,8 @@ def instance_inference(pred_logits, pred_masks, class_mask=None, *, topk=100):
   # Mask score and box depend on the query only: computed once per query, gathered per pair.
   logits = pred_masks.astype(jnp.float32)
   fg = logits > 0  # [B, Q, H, W]
+  if in_image is not None:
+    fg = fg & in_image[:, None]
   mask_scores = _pixel_sums(jnp.where(fg, jax.nn.sigmoid(logits), 0.0)) / (_pixel_sums(fg) + 1e-6)  # [B, Q]
   per_pair = lambda x: jnp.take_along_axis(x, query.reshape(query.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa: E731
   return {
@@ -263,13 +281,14 @@ def instance_inference(pred_logits, pred_masks, class_mask=None, *, topk=100):
   }
 
 
-def infer_tasks(pred_logits, pred_masks, size: tuple, tasks: tuple, thing_mask, eval_config) -> dict:
-  """Final-layer predictions -> {task: outputs} for the evaluated `tasks` at the image `size`.
+def infer_tasks(pred_logits, pred_masks, in_image, tasks: tuple, thing_mask, eval_config) -> dict:
+  """Final-layer predictions -> {task: outputs} for the evaluated `tasks` at the input size (H, W).
 
   Args:
     pred_logits: [B, Q, K + 1] over the dataset's own K classes, background last.
     pred_masks: [B, Q, h, w] mask logits at stride 4.
-    size: (H, W); tasks: any of 'semantic', 'panoptic', 'instance'; thing_mask: bool [K];
+    in_image: bool [B, H, W], the image inside the padded input (see the module docstring).
+    tasks: any of 'semantic', 'panoptic', 'instance'; thing_mask: bool [K];
     eval_config: `config.eval` (thresholds, instance_topk).
 
   Returns:
@@ -282,16 +301,17 @@ def infer_tasks(pred_logits, pred_masks, size: tuple, tasks: tuple, thing_mask, 
   Every task works on the transposed [B, Q, W, H] upsampled masks (per-pixel operations do not care), and
   the label maps are transposed back at the end: [B, H, W] int32 maps are 100x smaller than the K masks.
   """
-  masks = upsample_masks(pred_masks.swapaxes(2, 3), size[::-1])  # [B, Q, W, H]
+  masks = upsample_masks(pred_masks.swapaxes(2, 3), in_image.shape[:0:-1])  # [B, Q, W, H]
+  in_image = in_image.swapaxes(1, 2)
   res = {}
   if "semantic" in tasks:
     res["semantic"] = semantic_inference(pred_logits, masks)["labels"].swapaxes(1, 2)
   if "panoptic" in tasks:
     pan = panoptic_inference(
-        pred_logits, masks, thing_mask, object_mask_threshold=float(eval_config.object_mask_threshold),
+        pred_logits, masks, thing_mask, in_image, object_mask_threshold=float(eval_config.object_mask_threshold),
         overlap_threshold=float(eval_config.overlap_threshold))
     res["panoptic"] = dict(pan, panoptic_seg=pan["panoptic_seg"].swapaxes(1, 2))
   if "instance" in tasks:
-    inst = instance_inference(pred_logits, masks, topk=int(eval_config.instance_topk))
+    inst = instance_inference(pred_logits, masks, in_image=in_image, topk=int(eval_config.instance_topk))
     res["instance"] = {k: v for k, v in inst.items() if k != "boxes"}
   return res
