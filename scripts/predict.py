@@ -81,9 +81,10 @@ def predict_folder(model: loader.ExportedModel, images_dir: str, out_dir: str) -
     pics = [np.asarray(Image.open(os.path.join(images_dir, f)).convert("RGB")) for f in chunk]
     boxed = [letterbox(p, model.image_size) for p in pics]
     batch = np.zeros((bs, model.image_size, model.image_size, 3), np.uint8)
-    for j, (img, _) in enumerate(boxed):
-      batch[j] = img
-    out = model(batch)
+    sizes = np.full((bs, 2), model.image_size, np.int32)
+    for j, (img, valid) in enumerate(boxed):
+      batch[j], sizes[j] = img, valid
+    out = model(batch, sizes)
     for j, f in enumerate(chunk):
       stem, size, valid = os.path.splitext(f)[0], pics[j].shape[:2], boxed[j][1]
       sem = restore_size(out["semantic"][j], valid, size)

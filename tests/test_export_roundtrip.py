@@ -67,18 +67,23 @@ def exported(request, tmp_path_factory):
   return c, model, variables, emb, out
 
 
-def _reference(c, model, variables, emb, images, things):
-  """The in-framework model and post-processing on the unpadded vocabulary."""
+def _reference(c, model, variables, emb, images, things, sizes=((SIZE, SIZE), (SIZE, SIZE))):
+  """The in-framework model and post-processing on the unpadded vocabulary, each image (h, w) of `sizes` at the
+  top left of its input."""
   cm = jnp.ones((len(images), len(emb)), bool)
   raw = model.apply(variables, jnp.asarray(images), jnp.asarray(emb), cm, train=False)
   logits, masks = raw["pred_logits"][-1], raw["pred_masks"][-1]
   up = postprocess.upsample_masks(masks, (SIZE, SIZE))
-  pan = postprocess.panoptic_inference(logits, up, jnp.asarray(things), object_mask_threshold=0.2,
-                                       overlap_threshold=0.3)
+  in_image = np.zeros((len(images), SIZE, SIZE), bool)
+  for k, (h, w) in enumerate(sizes):
+    in_image[k, :h, :w] = True
+  pan = postprocess.panoptic_inference(logits, up, jnp.asarray(things), jnp.asarray(in_image),
+                                       object_mask_threshold=0.2, overlap_threshold=0.3)
   return {"logits": np.asarray(logits), "masks": np.asarray(masks),
           "semantic": np.asarray(postprocess.semantic_inference(logits, up, cm)["labels"]),
           "panoptic": jax.tree.map(np.asarray, pan),
-          "instance": jax.tree.map(np.asarray, postprocess.instance_inference(logits, up, cm, topk=16))}
+          "instance": jax.tree.map(np.asarray, postprocess.instance_inference(logits, up, cm, jnp.asarray(in_image),
+                                                                              topk=16))}
 
 
 def _logit_scale(variables, config) -> float:
@@ -114,6 +119,12 @@ def test_exported_equals_in_framework_model(exported):
   got = served(images)
   _compare(got, _reference(c, model, variables, emb, images, THINGS), C, _logit_scale(variables, c))
   assert (got["semantic"] < C).all()
+  sizes = ((SIZE, 40), (24, SIZE))  # images padded bottom or right: no segment reaches the padding
+  got = served(images, sizes)
+  _compare(got, _reference(c, model, variables, emb, images, THINGS, sizes), C, _logit_scale(variables, c))
+  assert not got["panoptic_seg"][0, :, 40:].any() and not got["instance_masks"][1, :, 24:].any()
+  with pytest.raises(ValueError, match="image_sizes"):
+    served(images, [(SIZE + 1, SIZE), (1, 1)])
 
 
 def test_swapped_vocabulary_equals_in_framework_model(exported):

@@ -1,9 +1,10 @@
 """Exports DataSeg as a serialized StableHLO function (`jax.export`) with its weights and vocabulary.
 
 The exported function is
-  f(params, images uint8 [B, S, S, 3], class_embeddings float32 [C_max, D], class_mask bool [C_max],
-    thing_mask bool [C_max]) -> outputs
-with the class embeddings an input, so a vocabulary of up to C_max names can be swapped in at serving
+  f(params, images uint8 [B, S, S, 3], image_sizes int32 [B, 2], class_embeddings float32 [C_max, D],
+    class_mask bool [C_max], thing_mask bool [C_max]) -> outputs
+where image_sizes holds each image's (h, w) inside its input, padded bottom and right to S x S (the padding
+belongs to no segment), and with the class embeddings an input, so a vocabulary of up to C_max names can be swapped in at serving
 time (open-vocabulary transfer [paper]). `outputs='raw'` returns the final decoder layer ('pred_logits'
 [B, Q, C_max + 1], 'pred_masks' [B, Q, S/4, S/4]); `outputs='postprocessed'` adds the per-task inference
 at S x S ('semantic' [B, S, S], 'panoptic_seg' [B, S, S] with 'segment_id' / 'segment_class' /
@@ -42,7 +43,7 @@ def inference_fn(model, eval_config, outputs: str = "postprocessed"):
   if outputs not in OUTPUTS:
     raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
 
-  def fn(params, images, class_embeddings, class_mask, thing_mask):
+  def fn(params, images, image_sizes, class_embeddings, class_mask, thing_mask):
     b = images.shape[0]
     cm = jnp.broadcast_to(class_mask, (b, class_mask.shape[0]))
     tm = jnp.broadcast_to(thing_mask, (b, thing_mask.shape[0]))
@@ -51,12 +52,13 @@ def inference_fn(model, eval_config, outputs: str = "postprocessed"):
     out = {"pred_logits": logits, "pred_masks": masks}
     if outputs == "raw":
       return out
+    in_image = postprocess.valid_from_sizes(image_sizes, images.shape[1:3])
     up = postprocess.upsample_masks(masks, images.shape[1:3])
     out["semantic"] = postprocess.semantic_inference(logits, up, cm)["labels"]
     out.update(postprocess.panoptic_inference(
-        logits, up, tm, object_mask_threshold=float(eval_config.object_mask_threshold),
+        logits, up, tm, in_image, object_mask_threshold=float(eval_config.object_mask_threshold),
         overlap_threshold=float(eval_config.overlap_threshold)))
-    inst = postprocess.instance_inference(logits, up, cm, topk=int(eval_config.instance_topk))
+    inst = postprocess.instance_inference(logits, up, cm, in_image, topk=int(eval_config.instance_topk))
     out.update({f"instance_{k}": v for k, v in inst.items()})
     return out
 
@@ -90,6 +92,7 @@ def export_model(config, variables, names, embeddings, things, out_dir: str, *, 
   params = flax.core.meta.unbox(variables["params"])  # plain arrays: logical-axis boxes do not serialize
   args = (jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), params),
           jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
+          jax.ShapeDtypeStruct((batch_size, 2), jnp.int32),
           jax.ShapeDtypeStruct((c_max, dim), jnp.float32),
           jax.ShapeDtypeStruct((c_max,), jnp.bool_),
           jax.ShapeDtypeStruct((c_max,), jnp.bool_))

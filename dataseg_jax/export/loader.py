@@ -1,8 +1,8 @@
 """Loads and runs an exported DataSeg with nothing but jax and numpy (no flax, no training code).
 
 An export directory holds:
-  model.stablehlo   `jax.export` serialized function f(params, images, class_embeddings, class_mask,
-                    thing_mask) -> dict of outputs (see `dataseg_jax.export.exporter`);
+  model.stablehlo   `jax.export` serialized function f(params, images, image_sizes, class_embeddings,
+                    class_mask, thing_mask) -> dict of outputs (see `dataseg_jax.export.exporter`);
   params.npz        the weights, one array per '/'-joined parameter path;
   embeddings.npy    float32 [C_max, D] class-name embeddings (rows past the vocabulary are zero);
   names.txt         the vocabulary, one class name a line; things.txt its thing classes;
@@ -35,7 +35,7 @@ def read_names(path) -> list:
 
 
 class ExportedModel:
-  """A served DataSeg: `__call__(images uint8 [B, S, S, 3])` -> dict of numpy outputs.
+  """A served DataSeg: `__call__(images uint8 [B, S, S, 3], image_sizes [B, 2])` -> dict of numpy outputs.
 
   `set_vocabulary(names, embeddings [n, D], things)` swaps the classifier (n <= C_max) without re-export.
   """
@@ -81,11 +81,20 @@ class ExportedModel:
     self.thing_mask = np.zeros(c_max, bool)
     self.thing_mask[:len(names)] = np.asarray(things, bool)
 
-  def __call__(self, images: np.ndarray) -> dict:
+  def __call__(self, images: np.ndarray, image_sizes=None) -> dict:
+    """images: uint8 [B, S, S, 3], each image at the top left, padded bottom and right; image_sizes: its
+    (h, w) [B, 2] (default: S, S), outside of which no segment reaches."""
     images = np.asarray(images)
     want = (self.batch_size, self.image_size, self.image_size, 3)
     if images.shape != want:
       raise ValueError(f"images are {images.shape}; this export takes {want} (resize the longer side to "
                        f"{self.image_size} and pad)")
-    out = self.exported.call(self.params, images.astype(np.uint8), self.embeddings, self.class_mask, self.thing_mask)
+    if image_sizes is None:
+      image_sizes = np.full((self.batch_size, 2), self.image_size)
+    image_sizes = np.asarray(image_sizes, np.int32)
+    if image_sizes.shape != (self.batch_size, 2) or (image_sizes < 1).any() or (image_sizes > self.image_size).any():
+      raise ValueError(f"image_sizes must be [{self.batch_size}, 2] (h, w) pairs in 1..{self.image_size}, got "
+                       f"{image_sizes.tolist()}")
+    out = self.exported.call(self.params, images.astype(np.uint8), image_sizes, self.embeddings, self.class_mask,
+                             self.thing_mask)
     return jax.tree.map(np.asarray, out)
