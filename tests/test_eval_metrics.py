@@ -431,5 +431,6 @@ def test_chance_iou_equals_uniform_random_labelling():
   chance = semantic.chance_iou(counts)
   simulated = semantic.metrics_from_confusion(semantic.confusion_matrix(rng.integers(0, k, gt.size), gt, k))["IoU"]
   np.testing.assert_allclose(chance[:4], simulated[:4], rtol=0.02)
-  assert np.isnan(chance[4]) and simulated[4] == 0  # absent class: no chance level (it is only predicted)
+  assert chance[4] == 0 and simulated[4] == 0  # absent class: predicted all the same, never right
+  assert np.isnan(semantic.chance_iou([0, 0])).all()
   np.testing.assert_allclose(semantic.chance_iou([1, 1]), [100 / 3, 100 / 3])  # (1/2) / (1 + 1 - 1/2)

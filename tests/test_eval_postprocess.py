@@ -168,7 +168,7 @@ def test_assign_pixels_loop_equals_argmax_form(rng):
 @pytest.mark.parametrize("extent", [(32, 40), (20, 40), (32, 13)])
 def test_infer_tasks_equals_each_task_on_the_upsampled_masks_cropped_to_the_image(rng, extent):
   """infer_tasks works on transposed masks of the padded input: its label maps, panoptic segments and
-  (transposed) instance masks, cropped to the image's `extent`, equal the per-task functions run on the upsampled
+  (transposed) instance masks of thing classes, cropped to the image's `extent`, equal the per-task functions run on the upsampled
   [B, Q, H, W] masks cropped to the image first (Mask2Former's order: no query covers the padding, which changes
   panoptic overlap tests and instance mask scores); it returns no instance boxes."""
   import ml_collections
@@ -191,7 +191,8 @@ def test_infer_tasks_equals_each_task_on_the_upsampled_masks_cropped_to_the_imag
   for key, value in pan.items():
     got = out["panoptic"][key][:, :h, :w] if key == "panoptic_seg" else out["panoptic"][key]
     np.testing.assert_array_equal(got, value, err_msg=key)
-  inst = jax.tree.map(np.asarray, postprocess.instance_inference(logits, up, topk=20))
+  inst = jax.tree.map(np.asarray, postprocess.instance_inference(logits, up, np.broadcast_to(things, (3, 5)), topk=20))
+  assert things[inst["classes"]].all()  # instances of thing classes only
   assert not out["instance"]["masks"][:, :, w:].any() and not out["instance"]["masks"][:, :, :, h:].any()
   np.testing.assert_array_equal(out["instance"]["masks"][:, :, :w, :h], inst["masks"].swapaxes(2, 3))
   assert set(out["instance"]) == {"masks", "scores", "classes", "valid"}

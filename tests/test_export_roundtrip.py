@@ -82,8 +82,8 @@ def _reference(c, model, variables, emb, images, things, sizes=((SIZE, SIZE), (S
   return {"logits": np.asarray(logits), "masks": np.asarray(masks),
           "semantic": np.asarray(postprocess.semantic_inference(logits, up, cm)["labels"]),
           "panoptic": jax.tree.map(np.asarray, pan),
-          "instance": jax.tree.map(np.asarray, postprocess.instance_inference(logits, up, cm, jnp.asarray(in_image),
-                                                                              topk=16))}
+          "instance": jax.tree.map(np.asarray, postprocess.instance_inference(
+              logits, up, cm & jnp.asarray(things), jnp.asarray(in_image), topk=16))}
 
 
 def _logit_scale(variables, config) -> float:

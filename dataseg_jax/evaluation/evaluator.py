@@ -139,9 +139,9 @@ class _DatasetEval:
                            if e.val_panoptic_annotations else list(range(1, self.num_classes + 1)))
       self.categories = [{"id": i, "name": n, "isthing": int(t)}
                          for i, n, t in zip(self.category_ids, self.local_names, self.local_thing)]
-    else:
-      gt_path = e.val_instances or e.val_annotations
-      self.instance_gt = instance.load_ground_truth(gt_path)
+    if "instance" in tasks:
+      self.instance_gt = instance.load_ground_truth(e.val_instances or e.val_annotations)
+    if e.format in ("coco_instances", "coco_detection"):
       self.category_ids = sorted(self.instance_gt.getCatIds())
       self.categories = [self.instance_gt.cats[c] for c in self.category_ids]
     self.confusion = semantic.SemanticConfusion.empty(self.num_classes)
@@ -221,6 +221,8 @@ class _DatasetEval:
       self.pq.add_image(gt_ids, gt_segs, pan_ids, segs, f"{self.name} image_id {image_id}")
     if "instance" in self.tasks:
       r = {k: v[b] for k, v in res["instance"].items()}
+      if not r["valid"].all():  # fewer (query, thing class) pairs than instance_topk
+        r = {k: v[r["valid"]] for k, v in r.items()}
       cats = [self.category_ids[c] for c in r["classes"]]
       self.instance_results += encode_instances(image_id, r["masks"], r["scores"], cats, (hv, wv), size)
     if self.overlays < self.num_overlays:
@@ -250,11 +252,11 @@ class _DatasetEval:
       for name, v in zip(self.local_names, iou):
         if np.isfinite(v):  # classes in the ground truth or the predictions
           out[f"{self.name}/semantic/IoU/{name}"] = float(v)
-      if np.isfinite(iou[self.unseen]).any():
-        out[f"{self.name}/semantic/mIoU_unseen"] = float(np.nanmean(iou[self.unseen]))
-        chance = semantic.chance_iou(self.confusion.matrix.sum(1))[self.unseen]
-        if np.isfinite(chance).any():  # unseen classes in the ground truth
-          out[f"{self.name}/semantic/mIoU_unseen_chance"] = float(np.nanmean(chance))
+      scored = self.unseen & np.isfinite(iou)  # unseen classes in the ground truth or the predictions
+      if scored.any():
+        out[f"{self.name}/semantic/mIoU_unseen"] = float(np.mean(iou[scored]))
+        chance = semantic.chance_iou(self.confusion.matrix.sum(1))[scored]  # over the same classes
+        out[f"{self.name}/semantic/mIoU_unseen_chance"] = float(np.mean(chance))
       for k, v in scores.items():
         out[f"{self.name}/semantic/{k}"] = v
     if "panoptic" in self.tasks:
@@ -280,11 +282,11 @@ def _dataset_tasks(config, name) -> tuple:
   if "instance" in tasks and e.format == "semantic_png":
     raise ValueError(f"config.data.datasets.{name}.eval_tasks: instance evaluation needs instance ground "
                      f"truth; a semantic_png dataset has none")
-  if "instance" in tasks and e.format == "coco_detection" and not e.val_instances:
-    raise ValueError(f"config.data.datasets.{name}: instance evaluation of a box-only dataset needs "
-                     f"val_instances (a COCO JSON with masks of the val images)")
-  if e.format == "coco_detection" and set(tasks) - {"instance"}:
-    raise ValueError(f"config.data.datasets.{name}.eval_tasks: a coco_detection dataset supports only 'instance'")
+  if "instance" in tasks and e.format != "coco_instances" and not e.val_instances:
+    raise ValueError(f"config.data.datasets.{name}: instance evaluation of a {e.format} dataset needs "
+                     f"val_instances (a COCO instances JSON with masks of the val images)")
+  if e.format in ("coco_detection", "coco_instances") and set(tasks) - {"instance"}:
+    raise ValueError(f"config.data.datasets.{name}.eval_tasks: a {e.format} dataset supports only 'instance'")
   return tasks
 
 

@@ -288,7 +288,8 @@ def infer_tasks(pred_logits, pred_masks, in_image, tasks: tuple, thing_mask, eva
     pred_logits: [B, Q, K + 1] over the dataset's own K classes, background last.
     pred_masks: [B, Q, h, w] mask logits at stride 4.
     in_image: bool [B, H, W], the image inside the padded input (see the module docstring).
-    tasks: any of 'semantic', 'panoptic', 'instance'; thing_mask: bool [K];
+    tasks: any of 'semantic', 'panoptic', 'instance'; thing_mask: bool [K], which classes are things; instances
+      are of thing classes only [default: Mask2Former's instance inference on a panoptic dataset];
     eval_config: `config.eval` (thresholds, instance_topk).
 
   Returns:
@@ -312,6 +313,7 @@ def infer_tasks(pred_logits, pred_masks, in_image, tasks: tuple, thing_mask, eva
         overlap_threshold=float(eval_config.overlap_threshold))
     res["panoptic"] = dict(pan, panoptic_seg=pan["panoptic_seg"].swapaxes(1, 2))
   if "instance" in tasks:
-    inst = instance_inference(pred_logits, masks, in_image=in_image, topk=int(eval_config.instance_topk))
+    things = jnp.broadcast_to(thing_mask, (masks.shape[0], pred_logits.shape[-1] - 1))
+    inst = instance_inference(pred_logits, masks, things, in_image, topk=int(eval_config.instance_topk))
     res["instance"] = {k: v for k, v in inst.items() if k != "boxes"}
   return res

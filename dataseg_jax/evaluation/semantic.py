@@ -64,18 +64,20 @@ def metrics_from_confusion(matrix: np.ndarray) -> dict:
 
 
 def chance_iou(pixel_counts: np.ndarray) -> np.ndarray:
-  """Per-class IoU (0-100, NaN where a class has no pixel) of labelling every pixel uniformly at random with
-  one of the K classes, from the ground-truth pixel counts n [K] (N = sum n), in the many-pixel limit:
+  """Per-class IoU (0-100) of labelling every pixel uniformly at random with one of the K classes, from the
+  ground-truth pixel counts n [K] (N = sum n), in the many-pixel limit:
 
     IoU_c = (n_c / K) / (n_c + N / K - n_c / K)
 
-  (true positives n_c / K; predicted N / K; union = ground truth + predicted - true positives). The chance
+  (true positives n_c / K; predicted N / K; union = ground truth + predicted - true positives): 0 for a class
+  without ground truth, which random labels predict all the same (NaN for every class when N = 0). The chance
   level of an open-vocabulary score: what a model that knows nothing of a class's name scores on it.
   """
   n = np.asarray(pixel_counts, np.float64)
   k, total = len(n), n.sum()
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(n > 0, 100.0 * (n / k) / (n + total / k - n / k), np.nan)
+  if total == 0:
+    return np.full(k, np.nan)
+  return 100.0 * (n / k) / (n + total / k - n / k)
 
 
 @flax.struct.dataclass

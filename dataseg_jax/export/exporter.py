@@ -4,12 +4,12 @@ The exported function is
   f(params, images uint8 [B, S, S, 3], image_sizes int32 [B, 2], class_embeddings float32 [C_max, D],
     class_mask bool [C_max], thing_mask bool [C_max]) -> outputs
 where image_sizes holds each image's (h, w) inside its input, padded bottom and right to S x S (the padding
-belongs to no segment), and with the class embeddings an input, so a vocabulary of up to C_max names can be swapped in at serving
-time (open-vocabulary transfer [paper]). `outputs='raw'` returns the final decoder layer ('pred_logits'
-[B, Q, C_max + 1], 'pred_masks' [B, Q, S/4, S/4]); `outputs='postprocessed'` adds the per-task inference
-at S x S ('semantic' [B, S, S], 'panoptic_seg' [B, S, S] with 'segment_id' / 'segment_class' /
+belongs to no segment), and with the class embeddings an input, so a vocabulary of up to C_max names can be
+swapped in at serving time (open-vocabulary transfer [paper]). `outputs='raw'` returns the final decoder layer
+('pred_logits' [B, Q, C_max + 1], 'pred_masks' [B, Q, S/4, S/4]); `outputs='postprocessed'` adds the per-task
+inference at S x S ('semantic' [B, S, S], 'panoptic_seg' [B, S, S] with 'segment_id' / 'segment_class' /
 'segment_score' / 'segment_is_thing' [B, Q], and 'instance_masks' [B, K, S, S], 'instance_scores',
-'instance_classes', 'instance_boxes', 'instance_valid'). `loader.ExportedModel` runs it.
+'instance_classes', 'instance_boxes', 'instance_valid', of thing classes only). `loader.ExportedModel` runs it.
 """
 import json
 import os
@@ -58,7 +58,7 @@ def inference_fn(model, eval_config, outputs: str = "postprocessed"):
     out.update(postprocess.panoptic_inference(
         logits, up, tm, in_image, object_mask_threshold=float(eval_config.object_mask_threshold),
         overlap_threshold=float(eval_config.overlap_threshold)))
-    inst = postprocess.instance_inference(logits, up, cm, in_image, topk=int(eval_config.instance_topk))
+    inst = postprocess.instance_inference(logits, up, cm & tm, in_image, topk=int(eval_config.instance_topk))
     out.update({f"instance_{k}": v for k, v in inst.items()})
     return out
 
