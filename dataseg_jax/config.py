@@ -153,7 +153,14 @@ def dataset_entry(**kw) -> ml_collections.ConfigDict:
 
 
 def paper_datasets() -> ml_collections.ConfigDict:
-  """The paper's three training sets, with paths relative to `config.data_dir`."""
+  """The paper's three training sets, with paths relative to `config.data_dir`.
+
+  ADE's panoptic PQ (weak transfer [paper]) is scored against ground truth derived from the semantic labels
+  (one segment per stuff class and per connected component of a thing class), which merges touching instances
+  of a class: not the ADE20K panoptic benchmark the paper reports. For that, add
+  `val_panoptic_annotations="ADEChallengeData2016/ade20k_panoptic_val.json"` and
+  `val_panoptic_dir="ADEChallengeData2016/ade20k_panoptic_val"` (Mask2Former's `prepare_ade20k_pan_seg.py`).
+  """
   ds = ml_collections.ConfigDict()
   ds.ade = dataset_entry(
       format="semantic_png", task="semantic",

@@ -1,7 +1,7 @@
 """Masked-attention transformer decoder and mask head [default: Mask2Former, Cheng et al. 2022].
 
 `num_layers` layers visit the 3 memory scales round-robin (stride 32, 16, 8, 32, ...). Each layer is masked
-cross-attention (Mask2Former Eq. 2: a query attends only where its previous mask prediction is > 0.5;
+cross-attention (Mask2Former Eq. 2: a query attends only where its previous mask prediction is >= 0.5;
 a query whose mask is empty attends everywhere) -> self-attention -> FFN, post-norm. Predictions come from
 the initial queries and after every layer (L = num_layers + 1): the normalised query embedding (for the
 classifier) and mask logits = MLP(query) . per-pixel embeddings. Layer norms use torch's epsilon (1e-5).
