@@ -93,7 +93,6 @@ def get_config(arg=None):
   d.max_segments = 24
   d.batch_size = 8
   d.eval_batch_size = 8
-  d.shuffle_buffer = 256
   d.datasets = toy_datasets()
   if arg:
     d.datasets = config_lib.select_dataset(d.datasets, arg, "configs/toy.py")

@@ -89,7 +89,6 @@ def base_config() -> ml_collections.ConfigDict:
   d.mixture_mode = "per_batch"        # [paper] one dataset per step; or 'per_example'
   d.min_scale = 0.1                   # large-scale jitter [default]
   d.max_scale = 2.0
-  d.shuffle_buffer = 1000
   d.prefetch = 2
   d.on_bad_example = "skip"           # 'skip' (counted, logged) or 'error'
   d.datasets = ml_collections.ConfigDict()  # name -> entry, see data_pipelines.registry

@@ -33,7 +33,7 @@ def toy4_config(data_dir):
   c.data_dir, c.total_steps, c.eval_every_steps = str(data_dir), 4, -1
   c.log_every_steps = c.checkpoint_every_steps = 4
   c.data.image_size = c.data.eval_size = 64
-  c.data.batch_size, c.data.eval_batch_size, c.data.shuffle_buffer, c.data.prefetch = 4, 2, 8, 1
+  c.data.batch_size, c.data.eval_batch_size, c.data.prefetch = 4, 2, 1
   c.loss.num_points = c.matcher.num_points = 256
   c.vocab.encoder = "hash"
   return c

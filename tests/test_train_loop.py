@@ -244,7 +244,7 @@ def toy_config(data_dir, total):
   c = runpy.run_path(str(REPO / "configs/toy.py"))["get_config"]()
   c.data_dir, c.total_steps, c.eval_every_steps = str(data_dir), total, -1
   c.log_every_steps = c.checkpoint_every_steps = 3
-  c.data.image_size, c.data.batch_size, c.data.shuffle_buffer, c.data.prefetch = 64, 4, 8, 1
+  c.data.image_size, c.data.batch_size, c.data.prefetch = 64, 4, 1
   c.loss.num_points = c.matcher.num_points = 256
   c.vocab.encoder = "hash"
   return c
