@@ -168,3 +168,23 @@ def test_predict_writes_files_for_a_folder(exported, tmp_path):
   assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 3
   pan = json.loads((tmp_path / "pred" / "panoptic.json").read_text())
   assert [a["file_name"] for a in pan["annotations"]] == ["im0.png", "im1.png", "im2.png"]
+
+
+def test_a_learned_class_table_refuses_other_vocabularies(exported, tmp_path):
+  """A model.classifier='learned' model ignores class embeddings: a larger max_classes or a swapped vocabulary would
+  silently keep classifying its own classes, so both are refused."""
+  import shutil
+  c, model, variables, emb, out = exported
+  c = c.copy_and_resolve_references()
+  c.model.classifier = "learned"
+  with pytest.raises(ValueError, match="learned class table"):
+    exporter.export_model(c, variables, [f"class {k}" for k in range(C)], emb, THINGS, str(tmp_path / "x"),
+                          batch_size=2, max_classes=C_MAX, model=model)
+  learned = tmp_path / "learned"
+  shutil.copytree(out, learned)
+  meta = json.loads((learned / "config.json").read_text())
+  meta["model"]["classifier"] = "learned"
+  (learned / "config.json").write_text(json.dumps(meta))
+  served = loader.ExportedModel(str(learned))  # its own vocabulary: fine
+  with pytest.raises(ValueError, match="cannot be swapped"):
+    served.set_vocabulary([f"new {k}" for k in range(C)], np.zeros((C, D), np.float32), THINGS)

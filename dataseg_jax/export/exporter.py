@@ -87,6 +87,9 @@ def export_model(config, variables, names, embeddings, things, out_dir: str, *, 
   c_max = int(max_classes) or c
   if c_max < c:
     raise ValueError(f"max_classes={c_max} is smaller than the vocabulary ({c} names)")
+  if config.model.classifier == "learned" and c_max != c:
+    raise ValueError(f"max_classes={c_max}: a model with a learned class table (model.classifier='learned') "
+                     f"classifies its own {c} classes only; export it without max_classes")
   size = int(config.data.eval_size)
   fn = jax.jit(inference_fn(model, config.eval, outputs))
   params = flax.core.meta.unbox(variables["params"])  # plain arrays: logical-axis boxes do not serialize

@@ -69,6 +69,9 @@ class ExportedModel:
     """Pads `embeddings` [n, D] to [C_max, D] and masks the padding out of every prediction."""
     c_max, dim = int(self.config["max_classes"]), int(self.config["embed_dim"])
     embeddings = np.asarray(embeddings, np.float32)
+    if self.config["model"].get("classifier") == "learned" and list(names) != getattr(self, "names", list(names)):
+      raise ValueError("this export's classifier is a learned table of its own classes (model.classifier="
+                       "'learned'), which ignores class embeddings: its vocabulary cannot be swapped")
     if len(names) > c_max:
       raise ValueError(f"the vocabulary has {len(names)} names but this export takes at most {c_max}; "
                        f"re-export with --max_classes {len(names)}")
