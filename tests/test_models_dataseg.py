@@ -232,3 +232,23 @@ def test_inference_temperature_rescales_logits_outside_training_only():
   np.testing.assert_allclose(sharp[allowed], train[allowed] * tau / 0.002, rtol=1e-4, atol=1e-3)
   assert (sharp[~allowed] <= -1e9).all() and tau == pytest.approx(m.temperature)
   np.testing.assert_array_equal(np.argmax(sharp, -1), np.argmax(train, -1))
+
+
+def test_text_classifier_logits_are_cosines_to_text_and_shared_background_over_tau():
+  """logit(q, c) = cos(W e_q + b, t_c) / tau and logit(q, bg) = cos(W e_q + b, t_bg) / tau [paper], recomputed in
+  numpy from the module's parameters; classes outside the example's dataset get -1e9, the background never."""
+  from dataseg_jax.models import classifier
+  rng = np.random.default_rng(0)
+  queries = jnp.asarray(rng.normal(size=(3, 2, 5, 12)), jnp.float32)  # [L, B, Q, D_q]
+  text = jnp.asarray(rng.normal(size=(C, 16)) * rng.uniform(0.5, 3, (C, 1)), jnp.float32)
+  class_mask = jnp.asarray([[True] * 4 + [False] * 3, [False, True] * 3 + [True]])
+  module = classifier.TextClassifier(16, temperature=0.05)
+  params = flax.core.meta.unbox(module.init(jax.random.key(1), queries, text, class_mask)["params"])
+  got = np.asarray(module.apply({"params": params}, queries, text, class_mask, train=True), np.float64)
+  q = np.asarray(queries, np.float64) @ np.asarray(params["proj"]["kernel"]) + np.asarray(params["proj"]["bias"])
+  table = np.concatenate([np.asarray(text, np.float64), np.asarray(params["background"])[None]], 0)
+  cos = np.einsum("lbqd,cd->lbqc", q / np.linalg.norm(q, axis=-1, keepdims=True),
+                  table / np.linalg.norm(table, axis=-1, keepdims=True))
+  allowed = np.concatenate([np.asarray(class_mask), np.ones((2, 1), bool)], -1)[None, :, None, :]
+  np.testing.assert_allclose(got, np.where(allowed, cos / 0.05, classifier.MASKED_LOGIT), rtol=1e-5, atol=1e-4)
+  assert float(np.exp(params["log_temperature"])) == pytest.approx(0.05)
