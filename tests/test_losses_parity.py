@@ -19,7 +19,8 @@ transformers = pytest.importorskip("transformers")
 
 
 def _transformers_losses(outputs, batch, cfg, points, num_classes):
-  """Summed over layers: {loss_cross_entropy, loss_mask, loss_dice} from transformers, our points fed in."""
+  """Summed over layers: ({loss_cross_entropy, loss_mask, loss_dice}, the gradient of their sum with respect to
+  pred_logits and pred_masks) from transformers, our points fed in."""
   lc = cfg.loss
   hf_cfg = transformers.Mask2FormerConfig(
       num_labels=num_classes, no_object_weight=lc.no_object_weight, class_weight=cfg.matcher.class_cost,
@@ -59,14 +60,16 @@ def _transformers_losses(outputs, batch, cfg, points, num_classes):
   mask_labels = [torch.from_numpy(np.stack([(batch["segment_map"][i] == k) for k in range(n_valid[i])])
                                   .astype(np.float32)) for i in range(b)]
   class_labels = [torch.from_numpy(batch["seg_class"][i, :n_valid[i]].astype(np.int64)) for i in range(b)]
-  logits = torch.from_numpy(outputs["pred_logits"])
-  masks = torch.from_numpy(outputs["pred_masks"])
+  logits = torch.tensor(outputs["pred_logits"], requires_grad=True)
+  masks = torch.tensor(outputs["pred_masks"], requires_grad=True)
   aux = [{"masks_queries_logits": masks[l], "class_queries_logits": logits[l]} for l in range(num_layers - 1)]
   with mock.patch.object(m2f.torch, "rand", side_effect=fake_rand):
     out = loss_fn(masks[-1], logits[-1], mask_labels, class_labels, auxiliary_predictions=aux)
   assert state["rand_calls"] == num_layers * (b + 2), "transformers drew points we did not supply"
-  return {name: sum(float(v) for k, v in out.items() if k == name or k.startswith(name + "_"))
-          for name in ("loss_cross_entropy", "loss_mask", "loss_dice")}
+  sum(out.values()).backward()
+  return ({name: sum(float(v) for k, v in out.items() if k == name or k.startswith(name + "_"))
+           for name in ("loss_cross_entropy", "loss_mask", "loss_dice")},
+          {"pred_logits": logits.grad.numpy(), "pred_masks": masks.grad.numpy()})
 
 
 @pytest.mark.parametrize("layers", [1, 3])
@@ -84,10 +87,20 @@ def test_instance_terms_equal_transformers_mask2former_loss(layers, rng):
     batch[k] = np.take_along_axis(batch[k], order, axis=1)
   batch["seg_box"] = np.take_along_axis(batch["seg_box"], order[..., None], axis=1)
   points = criterion_lib.draw_points(jax.random.key(3), layers, 3, 5, cfg)
-  _, terms = jax.jit(lambda o, b, p: criterion_lib.criterion_with_points(o, b, cfg, p))(outputs, batch, points)
-  ref = _transformers_losses(outputs, batch, cfg, points, c)
   lc = cfg.loss
+
+  def unweighted(o):
+    _, terms = criterion_lib.criterion_with_points(o, batch, cfg, points)
+    total = (terms["loss_ce"].sum() / lc.class_weight + terms["loss_mask"].sum() / lc.mask_weight
+             + terms["loss_dice"].sum() / lc.dice_weight)
+    return total, terms
+
+  (_, terms), grads = jax.jit(jax.value_and_grad(unweighted, has_aux=True))(outputs)
+  ref, ref_grads = _transformers_losses(outputs, batch, cfg, points, c)
   np.testing.assert_allclose(float(terms["loss_ce"].sum()) / lc.class_weight, ref["loss_cross_entropy"], rtol=1e-5)
   np.testing.assert_allclose(float(terms["loss_mask"].sum()) / lc.mask_weight, ref["loss_mask"], rtol=1e-5)
   np.testing.assert_allclose(float(terms["loss_dice"].sum()) / lc.dice_weight, ref["loss_dice"], rtol=1e-5)
   assert float(terms["loss_proj"].sum()) == 0.0
+  for key, g in ref_grads.items():  # autodiff through our matching, sampling and losses vs torch autograd
+    assert np.abs(g).max() > 1e-3, key
+    np.testing.assert_allclose(np.asarray(grads[key]), g, atol=1e-6 * np.abs(g).max() + 1e-9, err_msg=key)
