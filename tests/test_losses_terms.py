@@ -298,6 +298,26 @@ def test_criterion_terms_equal_numpy_transcription_on_a_mixed_task_batch(merge, 
   assert all(np.asarray(terms[k]).sum() > 0 for k in criterion_lib.TERMS)
 
 
+@pytest.mark.parametrize("merge", ["hard", "soft"])
+def test_criterion_gradient_equals_finite_differences_of_the_numpy_transcription(merge):
+  """The gradient through MERGE (merge weights, clipped sums, mean class probabilities), the projection loss and
+  every task's terms: its product with random directions equals central differences of the float64 numpy
+  criterion (matches and sampled points do not move within +-eps)."""
+  rng = np.random.default_rng(1)
+  cfg = small_config(merge, num_points=32)
+  outputs, batch = random_batch(rng, b=4, q=8, c=4, n=4, layers=2)
+  points = jax.tree.map(np.asarray, criterion_lib.draw_points(jax.random.key(5), 2, 4, 4, cfg))
+  grads = jax.jit(jax.grad(lambda o: criterion_lib.criterion_with_points(o, batch, cfg, points)[0]))(outputs)
+  wide = jax.tree.map(lambda x: np.asarray(x, np.float64), outputs)
+  total = lambda o: sum(v.sum() for v in np_criterion(o, batch, cfg, points).values())  # noqa: E731
+  eps = 1e-6
+  for _ in range(2):
+    d = jax.tree.map(lambda x: rng.normal(size=x.shape), wide)
+    fd = (total(jax.tree.map(lambda x, y: x + eps * y, wide, d))
+          - total(jax.tree.map(lambda x, y: x - eps * y, wide, d))) / (2 * eps)
+    assert sum(float((np.asarray(grads[k], np.float64) * d[k]).sum()) for k in d) == pytest.approx(fd, rel=1e-3)
+
+
 def test_row_blocks_skip_only_rows_that_no_example_needs(rng):
   """Blocks of 2 of the 7 target rows: rows 2-3 padding in every example (a skipped block), rows 5-6 padding in
   one example only (needed blocks, the last of one row): terms and gradients equal the numpy transcription and
