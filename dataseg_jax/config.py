@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   l.importance_sample_ratio = 0.75
   l.deep_supervision = True
   l.row_block = 16                    # [not in paper] target rows per skippable block of the point-sampled terms
-  l.merge = "hard"                    # 'hard' (argmax class, clipped sum) or 'soft' (prob-weighted)
+  l.merge = "hard"                    # 'hard' (argmax class, clipped sum) or 'soft' (ablation: sum_i p_i(c) m_i)
   c.matcher = mt = ml_collections.ConfigDict()
   mt.class_cost = 2.0
   mt.mask_cost = 5.0

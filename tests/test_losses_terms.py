@@ -70,14 +70,16 @@ def np_proj_loss(m_logits, box):
 
 
 def np_groups(logp, task, ex, mode):
-  """Leaders, class of each proposal, whether it merges, and its mask weight."""
+  """Leaders, whether each proposal merges, and the mask weights w[j, i] of proposal i in slot j's merged mask:
+  1 for the members of j's group; soft, for a merging slot j: p_i(c_j) for every proposal i."""
   q, c1 = logp.shape
   cls = logp[:, :c1 - 1].argmax(-1)
   stuff = {int(c) for c, v, t in zip(ex["seg_class"], ex["seg_valid"], ex["seg_is_thing"]) if v and not t}
   merges = [task == Task.SEMANTIC or (task == Task.PANOPTIC and int(cls[i]) in stuff) for i in range(q)]
   key = [("c", int(cls[i])) if merges[i] else ("q", i) for i in range(q)]
   leader = np.array([key.index(key[i]) for i in range(q)])
-  weight = np.array([np.exp(logp[i, cls[i]]) if (mode == "soft" and merges[i]) else 1.0 for i in range(q)])
+  weight = np.array([[np.exp(logp[i, cls[j]]) if (mode == "soft" and merges[j]) else float(leader[i] == j)
+                      for i in range(q)] for j in range(q)])
   return leader, np.array(merges), weight
 
 
@@ -100,11 +102,11 @@ def np_layer(logits, masks, ex, pts, cfg):
 
   def merged_at(j, coords):
     """(logit, prob) of slot j at the points: a raw slot's sampled logit, else its merged mask on the grid
-    clip(sum w_i sigmoid(m_i)), sampled (its 'logit' is then unused)."""
+    clip(sum_i w[j, i] sigmoid(m_i)), sampled (its 'logit' is then unused)."""
     if raw[j]:
       logit = np_point_sample(masks[j], coords)
       return logit, np_sigmoid(logit)
-    grid = np.clip((weight[members[j], None, None] * np_sigmoid(masks[members[j]])).sum(0), 0, 1)
+    grid = np.clip((weight[j][:, None, None] * np_sigmoid(masks)).sum(0), 0, 1)
     prob = np_point_sample(grid, coords)
     return prob, prob
 

@@ -114,15 +114,15 @@ def slot_maps(masks: jax.Array, groups: merge.Groups, slots: jax.Array) -> jax.A
   """The map each slot's prediction is read from, [S, h, w] float32 for `slots` [S].
 
   A raw slot (one unweighted proposal) gives its mask logits, so that sampling it and applying the sigmoid
-  afterwards is exactly Mask2Former's BCE-with-logits; any other slot gives its merged mask on the grid,
-  clip(sum_{i in group} w_i sigmoid(m_i), 0, 1) [paper: MERGE], as a matmul with the group membership
+  afterwards is exactly Mask2Former's BCE-with-logits; any other slot j gives its merged mask on the grid,
+  clip(sum_i member[j, i] sigmoid(m_i), 0, 1) [paper: MERGE; merge.py], as a matmul with `groups.member`
   (at full float32 precision: a probability near 1 rounded to bf16 would become 1 inside log(1 - p)).
   `read_slots` turns samples of these maps into (logit, prob).
   """
   q, h, w = masks.shape
   flat = masks.reshape(q, h * w).astype(jnp.float32)
-  member = jnp.where(groups.leader[None, :] == slots[:, None], groups.weight[None, :], 0.0)
-  merged = jnp.clip(jnp.matmul(member, jax.nn.sigmoid(flat), precision=jax.lax.Precision.HIGHEST), 0.0, 1.0)
+  merged = jnp.clip(jnp.matmul(groups.member[slots], jax.nn.sigmoid(flat), precision=jax.lax.Precision.HIGHEST),
+                    0.0, 1.0)
   return jnp.where(groups.raw[slots][:, None], flat[slots], merged).reshape(-1, h, w)
 
 

@@ -4,17 +4,16 @@ Per task [paper]: semantic merges all proposals of a class into one; panoptic me
 a class and keeps things; instance and box-only keep every proposal. Formula [default, DATASEG.md]:
 proposal i has class c_i = argmax over non-background classes; a merged prediction of class c has
   hard: mask M_c = clip(sum_{i: c_i = c} sigmoid(m_i), 0, 1)
-  soft: mask M_c = clip(sum_{i: c_i = c} p_i(c) sigmoid(m_i), 0, 1)
-and class probability mean_{i: c_i = c} p_i (both variants). The soft variant weights each proposal by its
-probability of the class; it keeps the sum over the proposals whose argmax is c (instead of all Q), so each
-proposal feeds exactly one merged prediction and the merge stays O(Q) per pixel.
+  soft: mask M_c = clip(sum_i p_i(c) sigmoid(m_i), 0, 1)   (the ablation: every proposal, weighted by p_i(c))
+and class probability mean_{i: c_i = c} p_i (both variants). The clip keeps M_c a probability for the BCE
+(sum_i p_i(c) can exceed 1).
 
 Representation (no [C_union, H, W] tensor): the merged predictions live in the Q proposal slots. Proposal i
 joins the group of its `leader[i]`, the first proposal with the same merge key (its class when it merges,
 itself otherwise); slot j is `active` when it leads a group, and then holds that group's merged
 prediction. Masks are merged on the mask grid only for the slots a loss reads (criterion.slot_maps), as a
-matmul with the group membership. Non-leader slots are not predictions: they are never matched and get no
-loss of their own; they are trained through their group.
+matmul with the weights `member` [slot, proposal]. Non-leader slots are not predictions: they are never
+matched and get no loss of their own; they are trained through their group.
 
 Which proposals merge is decided per example from `task` (data, not a static argument). A proposal is
 "stuff" for the panoptic merge when its argmax class is the class of a stuff segment of the example's
@@ -30,10 +29,11 @@ from dataseg_jax.contract import Task
 
 
 class Groups(NamedTuple):
-  """How the Q proposals of one example merge. All [Q]."""
+  """How the Q proposals of one example merge. All [Q] but `member`."""
   leader: jax.Array   # int32: slot of the merged prediction proposal i belongs to (leader[i] <= i)
   active: jax.Array   # bool: slot j holds a merged prediction (j leads a group)
-  weight: jax.Array   # float32: weight of proposal i in its group's mask sum (1, or p_i(c) when soft)
+  member: jax.Array   # float32 [Q, Q]: weight of proposal i in slot j's mask sum, member[j, i] (1 for the group's
+                      #   proposals, 0 for the others; soft: p_i(c_j) for every i when slot j merges)
   raw: jax.Array      # bool: slot j's prediction is exactly one proposal's sigmoid (usable as a logit)
   size: jax.Array     # float32: number of proposals in slot j's group (0 for inactive slots)
 
@@ -63,14 +63,13 @@ def merge_groups(log_probs: jax.Array, task: jax.Array, seg_class: jax.Array, se
   leader = jnp.argmax(key[None, :] == key[:, None], axis=-1).astype(jnp.int32)
   active = leader == jnp.arange(q)
   size = jax.ops.segment_sum(jnp.ones((q,), jnp.float32), leader, q)
+  member = (leader[None, :] == jnp.arange(q)[:, None]).astype(jnp.float32)
   if mode == "hard":
-    weight = jnp.ones((q,), jnp.float32)
     raw = active & (size == 1)
   else:
-    p_own = jnp.exp(jnp.take_along_axis(log_probs, cls[:, None], axis=-1)[:, 0])
-    weight = jnp.where(merges, p_own, 1.0)
+    member = jnp.where(merges[:, None], jnp.exp(log_probs[:, cls]).T, member)  # row j: p_i(c_j) over every i
     raw = active & ~merges
-  return Groups(leader=leader, active=active, weight=weight, raw=raw, size=size)
+  return Groups(leader=leader, active=active, member=member, raw=raw, size=size)
 
 
 def merged_log_probs(log_probs: jax.Array, groups: Groups) -> jax.Array:
