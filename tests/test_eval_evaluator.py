@@ -273,3 +273,31 @@ def test_instance_ap_of_a_panoptic_dataset_on_its_thing_classes(evaluated, tmp_p
   assert results and {r["category_id"] for r in results} <= thing_ids
   assert metrics["toy_coco/instance/AP"] == pytest.approx(
       instance.coco_evaluate(str(tmp_path / "instances.json"), str(res), "segm")["AP"], abs=1e-9)
+
+
+def test_instance_ap_of_part_of_a_split_counts_only_the_evaluated_images(evaluated, tmp_path):
+  """With eval.max_examples, AP is over the evaluated images (as detectron2): equal to COCOeval against a ground
+  truth holding only those images, not one where the others count as missed."""
+  from data_pipelines import registry
+  c, root, _, _, _ = evaluated
+  c = c.copy_and_resolve_references()
+  c.eval.max_examples = 2
+  for name in list(c.data.datasets):
+    if name != "toy_o365":
+      del c.data.datasets[name]
+  vocab = registry.build_vocab(c)
+  emb = np.array(jax.random.normal(jax.random.PRNGKey(1), (len(vocab.names), 8)))
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  model = StandIn()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
+                         jnp.ones((1, len(vocab.names)), bool))
+  metrics = evaluator.evaluate(c, variables, vocab, emb, str(tmp_path / "work"), 1, model=model)
+  res = tmp_path / "work" / "eval" / "1" / "toy_o365" / "instance_results.json"
+  ids = {r["image_id"] for r in json.loads(res.read_text())}
+  gt = json.loads((root / c.data.datasets.toy_o365.val_instances).read_text())
+  assert len(ids) == 2 < len(gt["images"])
+  gt["images"] = [im for im in gt["images"] if im["id"] in ids]
+  gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in ids]
+  (tmp_path / "part.json").write_text(json.dumps(gt))
+  assert metrics["toy_o365/instance/AP"] == pytest.approx(
+      instance.coco_evaluate(str(tmp_path / "part.json"), str(res), "segm")["AP"], abs=1e-9)
