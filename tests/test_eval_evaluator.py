@@ -275,9 +275,10 @@ def test_instance_ap_of_a_panoptic_dataset_on_its_thing_classes(evaluated, tmp_p
       instance.coco_evaluate(str(tmp_path / "instances.json"), str(res), "segm")["AP"], abs=1e-9)
 
 
-def test_instance_ap_of_part_of_a_split_counts_only_the_evaluated_images(evaluated, tmp_path):
-  """With eval.max_examples, AP is over the evaluated images (as detectron2): equal to COCOeval against a ground
-  truth holding only those images, not one where the others count as missed."""
+def test_instance_ap_of_part_of_a_split_counts_only_the_evaluated_images(evaluated, tmp_path, monkeypatch):
+  """With eval.max_examples, AP is over the evaluated images (as detectron2): COCOeval is told those images
+  (`coco_evaluate`'s image_ids, whose effect test_eval_metrics checks on real results) and the AP equals
+  COCOeval's against a ground truth holding only them."""
   from data_pipelines import registry
   c, root, _, _, _ = evaluated
   c = c.copy_and_resolve_references()
@@ -291,9 +292,14 @@ def test_instance_ap_of_part_of_a_split_counts_only_the_evaluated_images(evaluat
   model = StandIn()
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
                          jnp.ones((1, len(vocab.names)), bool))
+  told = []
+  coco_evaluate = instance.coco_evaluate
+  monkeypatch.setattr(instance, "coco_evaluate", lambda *a, **k: told.append(a[4]) or coco_evaluate(*a, **k))
   metrics = evaluator.evaluate(c, variables, vocab, emb, str(tmp_path / "work"), 1, model=model)
+  monkeypatch.undo()
   res = tmp_path / "work" / "eval" / "1" / "toy_o365" / "instance_results.json"
   ids = {r["image_id"] for r in json.loads(res.read_text())}
+  assert [sorted(t) for t in told] == [sorted(ids)] * 2  # segm and bbox
   gt = json.loads((root / c.data.datasets.toy_o365.val_instances).read_text())
   assert len(ids) == 2 < len(gt["images"])
   gt["images"] = [im for im in gt["images"] if im["id"] in ids]
