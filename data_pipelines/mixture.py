@@ -76,6 +76,10 @@ def split_source(config, name: str, split: str, vocab) -> tuple:
   e = registry.resolve_entry(config, name)
   if not e.get("tfds_dir") or (split == "val" and e.val_instances):
     return registry.build_index(config, name, split, vocab), None
+  if split == "train" and e.format == "coco_instances" and e.task != "box":
+    raise ValueError(f"dataset {name!r}: prepared TFDS data holds no coco_instances masks (only boxes), so it "
+                     f"cannot train task {e.task!r}; train it from the native files (tfds_dir='') or with "
+                     "task='box'")
   from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
   tfds_dir = os.path.join(os.path.expanduser(config.data_dir or "."), os.path.expanduser(e.tfds_dir))
   return tfds_builders.load_split(tfds_dir, name, split, vocab)
@@ -151,20 +155,37 @@ class TrainIterator:
     try:
       ex = next(self._stream(name))
     except tf.errors.OpError as e:
-      raise ValueError(f"dataset {name!r}: bad example: {e.message}. Fix or remove the file, or set "
+      detail = self._first_failure(name, self._local) or e.message
+      raise ValueError(f"dataset {name!r}: bad example: {detail}. Fix or remove the file, or set "
                        "config.data.on_bad_example='skip' to count and skip bad examples") from None
+    except StopIteration:  # the endless stream ended: every example failed (pipeline._skip_bad)
+      raise ValueError(
+          f"dataset {name!r}: over {pipeline.MAX_CONSECUTIVE_BAD} examples in a row failed to decode "
+          "(on_bad_example='skip' skipped them all), so it has no usable example; first error: "
+          f"{self._first_failure(name, 8) or 'none when decoded again; see the warnings logged above'}. "
+          f"Fix its files (scripts/check_dataset.py --dataset {name} lists every problem) or remove it "
+          "from config.data.datasets.") from None
     pos = np.atleast_1d(ex.pop("_pos"))
     dropped = int(np.sum(ex.pop("_dropped")))
     expected = self._consumed[name] + len(pos)
     gaps = int(pos[-1]) + 1 - expected
     if gaps:
       self.bad_counts[name]["undecodable_or_invalid"] += gaps
-      logging.warning("%s: skipped %d bad example(s) (corrupt/truncated, not RGB, or bad labels); "
+      logging.warning("%s: skipped %d bad example(s) (corrupt/truncated images or bad labels); "
                       "counts so far: %s", name, gaps, dict(self.bad_counts[name]))
     if dropped:
       self.bad_counts[name]["segments_over_max"] += dropped
     self._consumed[name] = int(pos[-1]) + 1
     return ex
+
+  def _first_failure(self, name: str, count: int):
+    """'<file>: <error>' of the first of the next `count` examples of `name`'s stream that fails to decode
+    (decoded again eagerly, only after a failure), or None."""
+    index, e = self._indexes[name], self._entries[name]
+    rows = pipeline.stream_rows(len(index), self._consumed[name], count, self._pi, self._pc,
+                                self._config.seed, self._vocab.dataset_index(name))
+    return pipeline.first_error(index, self._tables[name], e.reduce_zero_label,
+                                int(contract.task_from_name(e.task)), rows)
 
   def __iter__(self):
     return self

@@ -9,14 +9,28 @@ element carries `_pos` = k, so the consumer knows its exact position even when b
 skipped (`ignore_errors` leaves a gap in `_pos` that the consumer counts).
 
 Decoding and packing (see `augment` and `packing`): an example becomes `image`, an id map
-(`[h, w]` int32 segment row, -1 void) and per-segment tables, then the batch contract.
+(`[h, w]` int32 segment row, -1 void) and per-segment tables, then the batch contract. Images are
+decoded to RGB whatever their colour mode (grayscale replicated, alpha dropped, CMYK converted, as
+PIL's `convert('RGB')` in detectron2); label PNGs give the stored values, palette PNGs their indices.
+
+With `on_bad_example='skip'` a training stream in which `MAX_CONSECUTIVE_BAD` examples in a row fail
+(every file of the dataset broken) ends instead of spinning forever; `mixture.TrainIterator` turns
+that end into an error naming the dataset and the first failure (`first_error`).
 """
+import io
+import os
+
 import numpy as np
+from PIL import Image
 import tensorflow as tf
 
 from data_pipelines import augment
 from data_pipelines import packing
 from data_pipelines import readers
+from dataseg_jax import contract
+
+# Examples in a row that may fail to decode before a training stream gives up (on_bad_example='skip').
+MAX_CONSECUTIVE_BAD = 256
 
 
 def stream_seed(seed: int, dataset_id: int) -> int:
@@ -29,12 +43,46 @@ def _check(cond, message: str, path):
   tf.debugging.Assert(cond, [message, path])
 
 
-def _decode_image(data, path):
-  """Bytes of a JPEG/PNG -> uint8 [h, w, 3]; a non-RGB image fails with a message naming the file."""
-  img = tf.io.decode_image(data, channels=0, expand_animations=False)
-  _check(tf.equal(tf.shape(img)[-1], 3), "image is not 3-channel RGB (grayscale or RGBA); convert it "
-         "to RGB or skip it with config.data.on_bad_example='skip':", path)
-  return img
+def _decode_image(data):
+  """Bytes of a JPEG/PNG/BMP/GIF -> uint8 RGB [h, w, 3]: grayscale is replicated to three channels,
+  alpha dropped and CMYK converted, as detectron2/Mask2Former read images (PIL `convert('RGB')`)."""
+  return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+def _pil_label(data):
+  """numpy_function body: label PNG bytes -> (values as PIL reads them, uint8 [h, w]; decoded ok).
+
+  Palette PNGs give their palette indices and 1-bit PNGs 0/1, what `np.array(Image.open(f))` (the
+  evaluator) reads. A file that does not decode, or that is not one channel, gives ok = False."""
+  try:
+    with Image.open(io.BytesIO(np.asarray(data).item())) as im:  # a 0-d object array holding the bytes
+      values = np.asarray(im)
+    if values.ndim == 2:
+      return values.astype(np.uint8), np.bool_(True)
+  except Exception:  # pylint: disable=broad-except  # reported by the assertion in `_decode_label_png`
+    pass
+  return np.zeros((0, 0), np.uint8), np.bool_(False)
+
+
+def _decode_label_png(data, path):
+  """Bytes of a semantic_png label -> its stored values, int32 [h, w].
+
+  `tf.io.decode_png(channels=1)` turns a palette PNG (IHDR colour type 3, VOC style) into the grey
+  levels of its colours and scales a 1-bit PNG to 0/255, so those (and other bit depths below 8) are
+  read with PIL, as the evaluator reads them; every other label keeps the fast TF decoder."""
+  head = tf.io.decode_raw(tf.strings.substr(data, 0, 26), tf.uint8)  # signature and IHDR up to colour type
+  head = tf.pad(head, [[0, 26 - tf.size(head)]])
+  is_png = tf.reduce_all(tf.equal(head[12:16], tf.constant(list(b"IHDR"), tf.uint8)))
+  use_pil = tf.logical_and(is_png, tf.logical_or(head[25] == 3, head[24] < 8))  # palette, or under 8 bits
+
+  def pil():
+    values, ok = tf.numpy_function(_pil_label, [data], [tf.uint8, tf.bool], stateful=False)
+    return tf.ensure_shape(values, [None, None]), tf.ensure_shape(ok, [])
+
+  label, ok = tf.cond(use_pil, pil, lambda: (tf.io.decode_png(data, channels=1)[..., 0], tf.constant(True)))
+  _check(ok, "label PNG does not decode (corrupt or truncated); re-export it as an 8-bit grayscale or "
+         "palette PNG:", path)
+  return tf.cast(label, tf.int32)
 
 
 class Tables:
@@ -69,17 +117,20 @@ class Tables:
                 crowd=crowd, boxes=boxes)
 
 
-def decode_example(index: readers.Index, tables: Tables, r, reduce_zero_label: bool):
+def decode_example(index: readers.Index, tables: Tables, r, reduce_zero_label: bool, masks: bool = True):
   """Image row r -> dict(image [h, w, 3] uint8, idmap [h, w] int32 or None, seg_class [M] local,
-  seg_crowd [M], boxes [M, 4] pixel x0 y0 x1 y1, has_mask)."""
+  seg_crowd [M], boxes [M, 4] pixel x0 y0 x1 y1, has_mask).
+
+  `masks=False` (a coco_instances entry trained with task 'box') keeps only the boxes: idmap None and
+  has_mask False, so the box-only losses apply, as for coco_detection."""
   row = tables.fetch(r)
-  image = _decode_image(row["image"], row["image_path"])
+  image = _decode_image(row["image"])
   h, w = tf.shape(image)[0], tf.shape(image)[1]
   ids, cls, crowd, boxes = row["ids"], row["cls"], row["crowd"], row["boxes"]
   label_path = row["label_path"]
   fmt = index.format
   if fmt == "semantic_png":
-    label = tf.cast(tf.io.decode_png(row["label"], channels=1)[..., 0], tf.int32)
+    label = _decode_label_png(row["label"], label_path)
     k = len(index.vocab.names)
     _check(tf.reduce_all(tf.equal(tf.shape(label), tf.shape(image)[:2])),
            "label PNG size differs from its image; regenerate it at the image's size:", label_path)
@@ -97,7 +148,7 @@ def decode_example(index: readers.Index, tables: Tables, r, reduce_zero_label: b
            "panoptic PNG size differs from its image; regenerate it at the image's size:", label_path)
     idmap = packing.panoptic_idmap(rgb, ids, crowd)
     return dict(image=image, idmap=idmap, seg_class=cls, seg_crowd=crowd, boxes=boxes, has_mask=True)
-  if fmt == "coco_instances":
+  if fmt == "coco_instances" and masks:
     idmap = tf.numpy_function(_rasterise_fn(index), [r, h, w], tf.int32, stateful=False)
     idmap = tf.ensure_shape(idmap, [None, None])
     return dict(image=image, idmap=idmap, seg_class=cls, seg_crowd=crowd, boxes=boxes, has_mask=True)
@@ -140,9 +191,10 @@ def make_example_fn(index: readers.Index, cfg, dataset_id: int, vocab_union, *, 
   local_to_union = tf.constant(vocab_union.local_to_union[dataset_id], tf.int32)
   is_thing = tf.constant(np.asarray(index.vocab.is_thing, bool))
   seed_d = stream_seed(seed, dataset_id)
+  masks = task != int(contract.Task.BOX)  # box-only supervision: segment_map all void (batch contract)
 
   def fn(k, g, r):
-    ex = decode_example(index, tables, r, reduce_zero_label)
+    ex = decode_example(index, tables, r, reduce_zero_label, masks=masks)
     h, w = tf.shape(ex["image"])[0], tf.shape(ex["image"])[1]
     if train:
       key = tf.stack([tf.constant(seed_d, tf.int64), g])
@@ -185,12 +237,58 @@ def train_stream(index: readers.Index, cfg, dataset_id: int, vocab_union, *, sta
     return fn(k, g, r)
 
   ds = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
-  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if cfg.on_bad_example == "skip":
-    ds = ds.ignore_errors(log_warning=True)
+    ds = _skip_bad(ds, load, batch)
+  else:
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if batch:
+      ds = ds.batch(batch, drop_remainder=True)
+  return ds.prefetch(max(cfg.prefetch, 1))
+
+
+def _skip_bad(positions: tf.data.Dataset, load, batch: int) -> tf.data.Dataset:
+  """`positions.map(load)` without the examples that fail (batched when `batch` > 0), ending after
+  `MAX_CONSECUTIVE_BAD` failures in a row (plus what is in flight) instead of hanging when every example fails.
+
+  The cost is a counter of the positions started since the last element came through: one variable update
+  per position and one per element (example or batch)."""
+  since_ok = tf.Variable(0, dtype=tf.int64, trainable=False)
+  # in flight: at most one example per core in the parallel map, and a batch being filled
+  limit = MAX_CONSECUTIVE_BAD + (os.cpu_count() or 1) + batch
+
+  def came_through(ex):
+    with tf.control_dependencies([since_ok.assign(0)]):
+      return dict(ex, _pos=tf.identity(ex["_pos"]))
+
+  ds = positions.take_while(lambda k: since_ok.assign_add(1) <= limit)
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
   if batch:
     ds = ds.batch(batch, drop_remainder=True)
-  return ds.prefetch(max(cfg.prefetch, 1))
+  return ds.map(came_through)
+
+
+def first_error(index: readers.Index, tables: Tables, reduce_zero_label: bool, task: int, rows):
+  """'<image file>: <error>' of the first of image `rows` whose decoding fails, decoded again eagerly to name
+  the file behind a failure inside tf.data (which does not say which example failed); None if none fails."""
+  tables = tables or Tables(index)
+  for r in rows:
+    try:
+      decode_example(index, tables, tf.constant(int(r), tf.int64), reduce_zero_label,
+                     masks=task != int(contract.Task.BOX))
+    except tf.errors.OpError as e:
+      msg = " ".join(e.message.split()).split("Summarized data: ")[-1]  # an assertion: its message and file
+      return f"{index.image_paths[r]}: {msg[:600]}"
+    except Exception as e:  # pylint: disable=broad-except  # a Python error raised eagerly
+      return f"{index.image_paths[r]}: {type(e).__name__}: {e}"[:800]
+  return None
+
+
+def stream_rows(n: int, start: int, count: int, process_index: int, process_count: int, seed: int,
+                dataset_id: int) -> list:
+  """Image rows of stream positions start..start+count-1 of a process (`order`), as Python ints."""
+  seed_d = stream_seed(seed, dataset_id)
+  return [int(order(tf.constant(k, tf.int64), process_index, process_count, n, seed_d)[1])
+          for k in range(start, start + count)]
 
 
 def eval_stream(index: readers.Index, cfg, dataset_id: int, vocab_union, *, size: int,

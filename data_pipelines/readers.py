@@ -2,10 +2,10 @@
 
 Formats (one `Index` per split):
 - `semantic_png`: ADEChallengeData2016 layout, `images/<split>/*.jpg` + `annotations/<split>/*.png`
-  (same stem), one uint8 class id per pixel, 0 = void when `reduce_zero_label`. 8-bit only: a names file
-  of more than 255 classes, or a 16-bit label PNG (checked on the split's first label), is an error here,
-  since tf.data decodes labels as uint8 and larger ids would come out wrong; such benchmarks are written
-  as `coco_panoptic` (`data_pipelines.transfer`).
+  (same stem), one uint8 class id per pixel (grayscale value or palette index), 0 = void when
+  `reduce_zero_label`. 8-bit only: a names file of more than 255 classes, or a 16-bit label PNG (checked
+  on the split's first label), is an error here, since tf.data decodes labels as uint8 and larger ids
+  would come out wrong; such benchmarks are written as `coco_panoptic` (`data_pipelines.transfer`).
 - `coco_panoptic`: COCO panoptic JSON + RGB PNGs, segment id = R + 256 G + 256^2 B [COCO panoptic
   format]; `iscrowd` segments and id 0 are void.
 - `coco_detection`: COCO-style JSON with `bbox` = [x, y, w, h] in pixels (Objects365 and any box

@@ -5,9 +5,10 @@
 `config.data_dir` is the manual_dir: the builder reads the entry's native files through the same
 readers as the direct path (`readers`, with the same bad-input policy) and writes `train` and
 `validation` splits. Features: `image` (encoded as on disk), `label` (semantic_png: the uint8
-PNG; coco_panoptic: the RGB-id PNG; absent for box formats), `image_id`, and `segments` (per
-segment: panoptic `id`, dataset-local `class`, `crowd`, `box` pixel x0 y0 x1 y1). Builders are
-built from a config entry and skip TFDS's global registration (nothing registered by side effect).
+PNG as on disk, so a palette PNG keeps its indices; coco_panoptic: the RGB-id PNG; absent for box
+formats), `image_id`, and `segments` (per segment: panoptic `id`, dataset-local `class`, `crowd`,
+`box` pixel x0 y0 x1 y1). Builders are built from a config entry and skip TFDS's global registration
+(nothing registered by side effect).
 
 Records are written unshuffled in the native index's row order, as ArrayRecord (random access), so
 row r of the prepared split is row r of the native index. An entry with `tfds_dir` set trains and

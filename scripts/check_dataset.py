@@ -5,9 +5,9 @@
 For each dataset entry (or just --dataset) and each configured split (train only when ratio > 0) it builds
 the same index the training pipeline builds (`data_pipelines.registry.build_index`, every bad item counted
 rather than fatal) and decodes every example through the pipeline's own `decode_example`, so it finds exactly
-what training would trip on: a missing folder or file, an undecodable, truncated, grayscale or RGBA image, a
-label PNG of another size or with a value outside the names file, an unknown category, an empty annotation
-list, a box of zero or negative size or outside its image; and, for a semantic_png entry with
+what training would trip on: a missing folder or file, an undecodable or truncated image, a label PNG of
+another size or with a value outside the names file, an unknown category, an empty annotation list, a box of
+zero or negative size or outside its image; and, for a semantic_png entry with
 `val_panoptic_annotations`, every panoptic PNG through `readers.load_panoptic_gt`. It prints, per split,
 counts, class frequencies and every problem with its file and the fix, writes a few overlay pictures to --out
 (default ./check_dataset/), reports progress and ETA on stderr every 30 s, and exits 1 when there are errors,
@@ -28,8 +28,8 @@ from dataseg_jax import progress as progress_lib
 
 WARNINGS = ("empty_annotations",)
 # Failures inside `pipeline.decode_example`: (text of its assertion, reason); anything else is 'undecodable_image'.
-_DECODE_REASONS = (("not 3-channel RGB", "not_rgb"), ("outside the", "label_out_of_range"),
-                   ("size differs", "label_size_mismatch"))
+# (Grayscale, RGBA and CMYK images are decoded as RGB, as in detectron2, so they are no problem.)
+_DECODE_REASONS = (("outside the", "label_out_of_range"), ("size differs", "label_size_mismatch"))
 _UNDECODABLE_FIX = ("The file is corrupt or truncated (or not an image); re-export or re-download it, or remove "
                     "it (training with on_bad_example='skip' skips it).")
 

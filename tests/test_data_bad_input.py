@@ -1,12 +1,17 @@
 """Bad input never passes silently: a clear error, or a counted and logged skip (config decides)."""
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 from PIL import Image
 import pytest
+import tensorflow as tf
 
 from data_pipelines import mixture
+from data_pipelines import pipeline
 from data_pipelines import registry
 import test_data_common as common
 
@@ -25,7 +30,8 @@ def _single(data_dir, name, policy, batch=4):
 
 @pytest.fixture
 def broken_ade(clean_dir, tmp_path):
-  """toy_ade with a truncated JPEG, a grayscale JPEG and an RGBA PNG among its 12 training images."""
+  """toy_ade with a truncated JPEG (bad), a grayscale JPEG and an RGBA PNG (both fine) among its 12 training
+  images."""
   root = tmp_path / "toy"
   shutil.copytree(clean_dir / "toy_ade", root / "toy_ade")
   imgs = root / "toy_ade/images/training"
@@ -47,7 +53,7 @@ def test_missing_directory_names_the_path_and_layout(tmp_path):
     registry.build_index(config, "toy_coco", "train")
 
 
-def test_corrupt_grayscale_rgba_images_are_counted_and_skipped(broken_ade):
+def test_corrupt_image_is_skipped_grayscale_and_rgba_are_trained(broken_ade):
   config = _single(broken_ade, "toy_ade", "skip")
   vocab = registry.build_vocab(config)
   it = mixture.TrainIterator(config, vocab)
@@ -56,15 +62,74 @@ def test_corrupt_grayscale_rgba_images_are_counted_and_skipped(broken_ade):
     batch = next(it)
     n += len(batch["image"])
     assert batch["image"].shape[-1] == 3
-  assert it.bad_counts["toy_ade"]["undecodable_or_invalid"] == 3
-  assert it.get_state()["consumed"]["toy_ade"] == n + 3
+  assert it.bad_counts["toy_ade"]["undecodable_or_invalid"] == 1  # only the truncated JPEG
+  assert it.get_state()["consumed"]["toy_ade"] == n + 1
 
 
 def test_corrupt_image_is_an_error_naming_the_file(broken_ade):
   config = _single(broken_ade, "toy_ade", "error", batch=12)
   it = mixture.TrainIterator(config, registry.build_vocab(config))
-  with pytest.raises(ValueError, match=r"bad example.*ADE_train_0000000[259]"):
+  with pytest.raises(ValueError, match=r"bad example.*ADE_train_00000002"):
     next(it)
+
+
+def test_grayscale_rgba_and_cmyk_images_decode_to_rgb_like_pil(tmp_path):
+  """Real COCO and ADE20K hold some grayscale JPEGs: they are trained and evaluated as RGB (grayscale
+  replicated), as detectron2's PIL convert('RGB') reads them, not rejected as bad input."""
+  y, x = np.mgrid[:24, :32]
+  rgb = Image.fromarray(np.stack([8 * x, 10 * y, 255 - 4 * (x + y)], -1).astype(np.uint8))  # smooth colours
+  images = {"gray.jpg": rgb.convert("L"), "gray.png": rgb.convert("L"), "rgba.png": rgb.convert("RGBA"),
+            "cmyk.jpg": rgb.convert("CMYK"), "rgb.jpg": rgb}
+  labels = {f.split(".")[0] + ".png": Image.fromarray(np.zeros((24, 32), np.uint8)) for f in images}
+  config = common.write_semantic_png(tmp_path, images, labels)
+  config.data.on_bad_example = "error"
+  index = registry.build_index(config, "tiny", "train")
+  tables = pipeline.Tables(index)
+  for r, path in enumerate(index.image_paths):
+    got = pipeline.decode_example(index, tables, tf.constant(r, tf.int64), False)["image"].numpy()
+    with Image.open(path) as im:
+      want = np.asarray(im.convert("RGB")).astype(int)
+    assert got.shape == (24, 32, 3), path
+    # PNGs are exact; the JPEG decoders of TF and PIL may differ by a few levels (as on any RGB JPEG)
+    np.testing.assert_allclose(got, want, atol=0 if path.endswith(".png") else 4, err_msg=path)
+    if "/gray." in path:
+      assert (got[..., 0] == got[..., 1]).all() and (got[..., 1] == got[..., 2]).all(), path
+  it = mixture.TrainIterator(config, registry.build_vocab(config))
+  next(it)
+  assert not it.bad_counts["tiny"]
+
+
+def test_a_dataset_whose_every_example_fails_raises_instead_of_hanging(tmp_path):
+  """With on_bad_example='skip' an endless stream of failures used to spin forever in ignore_errors; now
+  the iterator stops after pipeline.MAX_CONSECUTIVE_BAD failures in a row with an error naming the
+  dataset and the first failure. Run in a subprocess with a deadline, so a regression fails, not hangs."""
+  rng = np.random.default_rng(0)
+  images = {f"a{i}.jpg": Image.fromarray(rng.integers(0, 256, (24, 32, 3), np.uint8)) for i in range(3)}
+  labels = {f"a{i}.png": Image.fromarray(np.full((24, 32), 7, np.uint8)) for i in range(3)}  # class 7 of 5
+  config = common.write_semantic_png(tmp_path, images, labels)
+  (tmp_path / "config.json").write_text(config.to_json())
+  code = textwrap.dedent(f"""
+      import json, time, ml_collections
+      from data_pipelines import mixture, registry
+      config = ml_collections.ConfigDict(json.load(open({str(tmp_path / "config.json")!r})))
+      assert config.data.on_bad_example == "skip"
+      it = mixture.TrainIterator(config, registry.build_vocab(config))
+      t = time.time()
+      try:
+        next(it)
+        print("NO ERROR")
+      except ValueError as e:
+        print("ERROR", e)
+      print("SECONDS", time.time() - t)
+      """)
+  try:
+    out = subprocess.run([sys.executable, "-c", code], cwd=common.REPO, capture_output=True, text=True,
+                         timeout=120, check=False)
+  except subprocess.TimeoutExpired:
+    pytest.fail("the training iterator hangs on a dataset whose every example fails to decode")
+  assert "ERROR dataset 'tiny'" in out.stdout, out.stdout + out.stderr[-3000:]
+  assert "label value outside the 5 classes" in out.stdout and "tiny/annotations/training/a0.png" in out.stdout
+  assert float(out.stdout.split("SECONDS")[-1]) < 60, out.stdout
 
 
 @pytest.fixture

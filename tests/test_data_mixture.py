@@ -120,7 +120,8 @@ def test_eval_batches_pad_the_last_batch(toy_dir):
   assert batches[-1]["seg_has_mask"][:2].any() and not batches[-1]["seg_valid"][2:].any()
 
 
-def test_lsj_boxes_stay_consistent_with_the_cropped_masks():
+def _lsj_example(labels_only_flip=False):
+  """Non-overlapping rectangles (ids 0..4) in a 90 x 120 image whose colour encodes the id (void black)."""
   rng = np.random.default_rng(0)
   idmap = np.full((90, 120), -1, np.int32)
   boxes = []
@@ -129,16 +130,51 @@ def test_lsj_boxes_stay_consistent_with_the_cropped_masks():
     if (idmap[y:y + h, x:x + w] == -1).all():
       idmap[y:y + h, x:x + w] = len(boxes)
       boxes.append([x, y, x + w, y + h])
-  for g in range(12):
-    ex = dict(image=tf.zeros((90, 120, 3), tf.uint8), idmap=tf.constant(idmap),
-              boxes=tf.constant(boxes, tf.float32))
-    out = augment.large_scale_jitter(ex, tf.constant([3, g], tf.int64), 64, 0.3, 2.0)
-    out = augment.pad_to(out, 64)
-    mb, area = packing.mask_boxes(out["idmap"], 5)
-    b = out["boxes"].numpy() / 64
-    for j in range(5):
-      if area[j] > 0:  # nearest-neighbour resize moves an edge by at most one output pixel
-        np.testing.assert_allclose(mb[j].numpy(), [b[j, 1], b[j, 0], b[j, 3], b[j, 2]], atol=1.6 / 64)
+  colours = np.array([[250, 40, 40], [40, 250, 40], [40, 40, 250], [250, 250, 40], [40, 250, 250]], np.uint8)
+  image = np.where(idmap[..., None] >= 0, colours[np.maximum(idmap, 0)], 0).astype(np.uint8)
+  return image, idmap, np.array(boxes, np.float32), colours
+
+
+def _lsj_misaligned(image, idmap, boxes, colours, g, flip_labels_only=False):
+  """LSJ of one example keyed by g; -> (ids whose box disagrees with their mask, pixels whose colour is not
+  their segment's). Only pixels away from segment edges count (bilinear vs nearest resampling)."""
+  ex = dict(image=tf.constant(image), idmap=tf.constant(idmap), boxes=tf.constant(boxes))
+  out = augment.pad_to(augment.large_scale_jitter(ex, tf.constant([3, g], tf.int64), 64, 0.3, 2.0), 64)
+  if flip_labels_only:  # the bug this test must catch: labels moved differently from the image
+    ch, cw = (int(v) for v in out["content"])
+    ids = out["idmap"].numpy()
+    ids[:ch, :cw] = ids[:ch, :cw][:, ::-1]
+    out["idmap"] = tf.constant(ids)
+  mb, area = packing.mask_boxes(out["idmap"], 5)
+  b = out["boxes"].numpy() / 64
+  bad_boxes = [j for j in range(5) if area[j] > 0 and not np.allclose(  # nearest: an edge moves <= 1 px
+      mb[j].numpy(), [b[j, 1], b[j, 0], b[j, 3], b[j, 2]], atol=1.6 / 64)]
+  ids, img = out["idmap"].numpy(), out["image"].numpy().astype(int)
+  pad = np.pad(ids, 1, constant_values=-2)
+  interior = np.all([pad[1 + dy:65 + dy, 1 + dx:65 + dx] == ids for dy in (-1, 0, 1) for dx in (-1, 0, 1)], 0)
+  want = np.where(ids[..., None] >= 0, colours[np.maximum(ids, 0)], 0)
+  wrong = interior & out["valid"].numpy() & (np.abs(img - want).max(-1) > 40)
+  return bad_boxes, int(wrong.sum()), int((interior & (ids >= 0)).sum())
+
+
+def test_lsj_keeps_image_masks_and_boxes_aligned():
+  """Image, label map and boxes go through the same resize, crop and flip: inside each segment the
+  image has that segment's colour, and each box is its cropped mask's box."""
+  image, idmap, boxes, colours = _lsj_example()
+  flips = set()
+  for g in range(16):
+    bad_boxes, wrong, checked = _lsj_misaligned(image, idmap, boxes, colours, g)
+    assert not bad_boxes, (g, bad_boxes)
+    assert wrong == 0 and checked > 0, (g, wrong, checked)
+    flips.add(bool(tf.random.stateless_uniform([4], seed=tf.constant([3, g], tf.int64))[3] < 0.5))
+  assert flips == {True, False}  # both flipped and unflipped examples were checked
+
+
+def test_lsj_alignment_check_catches_labels_moved_alone():
+  """The check above is not vacuous: flipping only the label map is caught."""
+  image, idmap, boxes, colours = _lsj_example()
+  caught = [_lsj_misaligned(image, idmap, boxes, colours, g, flip_labels_only=True)[1] > 0 for g in range(16)]
+  assert sum(caught) >= 14, caught
 
 
 def test_pack_keeps_the_largest_segments_and_counts_the_rest():
@@ -154,3 +190,24 @@ def test_pack_keeps_the_largest_segments_and_counts_the_rest():
   seg_map = out["segment_map"].numpy()
   np.testing.assert_array_equal(seg_map == 0, idmap == 1)
   assert (seg_map[(idmap == 0) | (idmap == 4)] == -1).all()
+
+
+def test_coco_instances_with_task_box_is_trained_on_its_boxes_only(toy_dir):
+  """A coco_instances entry with task='box' gives box-only examples (batch contract: segment_map all void,
+  seg_has_mask False), the very batches of the same JSON read as coco_detection; its masks are not used."""
+  from dataseg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  def batches(fmt):
+    c = common.toy_config(toy_dir, batch=2)
+    c.data.datasets = {"toy_city": config_lib.dataset_entry(
+        format=fmt, task="box", train_images="toy_city/train",
+        train_annotations="toy_city/annotations/train_instances.json", ratio=1.0)}
+    it = mixture.TrainIterator(c, registry.build_vocab(c))
+    return [next(it) for _ in range(3)]
+
+  for got, want in zip(batches("coco_instances"), batches("coco_detection")):
+    assert (got["task"] == int(contract.Task.BOX)).all()
+    assert (got["segment_map"] == contract.VOID).all() and not got["seg_has_mask"].any()
+    assert got["seg_valid"].any()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)  # boxes (and everything else) unchanged

@@ -250,3 +250,44 @@ def test_overlapping_instances_smaller_on_top_polygon_and_rle(tmp_path):
   expected[small.astype(bool)] = 0  # the smaller instance is on top
   np.testing.assert_array_equal(idmap, expected)  # the crowd region stays void
   assert np.array_equal(mask_utils.decode(mask_utils.frPyObjects(anns[2]["segmentation"], h, w)), crowd)
+
+
+def test_palette_and_1bit_label_pngs_give_their_indices_like_pil(tmp_path):
+  """VOC-style palette labels: training reads the palette indices (what PIL, and so the evaluator, reads),
+  not the grey levels of the palette colours that tf.io.decode_png(channels=1) gives; 1-bit labels 0/1."""
+  from data_pipelines import mixture  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  palette = [v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 13) % 256)]
+  images, labels = {}, {}
+  for i in range(3):
+    lab = rng.integers(0, 5, (32, 64)).astype(np.uint8)
+    lab[:4, :4] = 255  # void
+    p = Image.fromarray(lab, mode="P")
+    p.putpalette(palette)
+    labels[f"p{i}.png"] = p
+    images[f"p{i}.jpg"] = Image.fromarray(rng.integers(0, 256, (32, 64, 3), np.uint8))
+  labels["b.png"] = Image.fromarray(rng.integers(0, 2, (32, 64)).astype(bool))  # mode '1'
+  images["b.jpg"] = images["p0.jpg"]
+  config = common.write_semantic_png(tmp_path, images, labels)
+  config.data.on_bad_example = "error"
+  index = registry.build_index(config, "tiny", "val")
+  want = [np.array(Image.open(p)).astype(np.int32) for p in index.label_paths]
+  assert Image.open(index.label_paths[-1]).mode == "P" and Image.open(index.label_paths[0]).mode == "1"
+  assert any((tf.io.decode_png(open(p, "rb").read(), channels=1)[..., 0].numpy() != w).any()
+             for p, w in zip(index.label_paths, want))  # the grey levels are other values
+  for r, w in enumerate(want):  # eagerly
+    np.testing.assert_array_equal(_decode(index, r, False)["idmap"], np.where(w == 255, -1, w))
+  tables = pipeline.Tables(index)  # and inside tf.data (a graph)
+  ds = tf.data.Dataset.range(len(index)).map(
+      lambda r: pipeline.decode_example(index, tables, r, False)["idmap"])
+  for got, w in zip(ds.as_numpy_iterator(), want):
+    np.testing.assert_array_equal(got, np.where(w == 255, -1, w))
+  vocab = registry.build_vocab(config)  # end to end: eval batches (64 px: no resize) carry those classes
+  union = np.append(vocab.local_to_union[vocab.dataset_index("tiny")], -1)
+  batches = list(mixture.eval_batches(config, vocab, "tiny"))
+  seg_map = np.concatenate([b["segment_map"] for b in batches])
+  seg_class = np.concatenate([b["seg_class"] for b in batches])
+  for b, w in enumerate(want):
+    got = np.where(seg_map[b] >= 0, np.take_along_axis(seg_class[b], np.maximum(seg_map[b], 0).ravel(), 0)
+                   .reshape(seg_map[b].shape), -1)
+    np.testing.assert_array_equal(got[:32], union[np.where(w == 255, -1, w)])

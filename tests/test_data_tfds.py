@@ -68,3 +68,42 @@ def test_tfds_backed_mixture_gives_the_native_batches(tmp_path):
     assert len(a_all) == len(b_all) > 0
     for a, b in zip(a_all, b_all):
       _assert_same(a, b)
+
+
+def test_tfds_path_decodes_palette_labels_and_grayscale_images_like_native(tmp_path):
+  """Prepared records keep the files' bytes, so the shared decode reads palette indices and RGB there too."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from data_pipelines import pipeline, tfds_builders  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  labels = {}
+  for i in range(2):
+    p = Image.fromarray(rng.integers(0, 5, (24, 32)).astype(np.uint8), mode="P")
+    p.putpalette([(j * 37) % 256 for j in range(768)])
+    labels[f"a{i}.png"] = p
+  images = {"a0.jpg": Image.fromarray(rng.integers(0, 256, (24, 32), np.uint8)),  # grayscale
+            "a1.jpg": Image.fromarray(rng.integers(0, 256, (24, 32, 3), np.uint8))}
+  config = common.write_semantic_png(tmp_path, images, labels)
+  config.data.on_bad_example = "error"
+  tfds_builders.build(config, "tiny", str(tmp_path / "tfds"))
+  vocab = registry.dataset_vocab(registry.resolve_entry(config, "tiny"))
+  native = registry.build_index(config, "tiny", "train")
+  index, tables = tfds_builders.load_split(str(tmp_path / "tfds"), "tiny", "train", vocab)
+  for r in range(2):
+    a = pipeline.decode_example(native, pipeline.Tables(native), tf.constant(r, tf.int64), False)
+    b = pipeline.decode_example(index, tables, tf.constant(r, tf.int64), False)
+    np.testing.assert_array_equal(b["idmap"], np.array(Image.open(native.label_paths[r])))
+    np.testing.assert_array_equal(b["image"], a["image"])
+    assert b["image"].shape == (24, 32, 3)
+
+
+def test_coco_instances_trains_from_prepared_data_only_as_boxes(tmp_path):
+  """Prepared data holds no coco_instances masks: task 'instance' would train on empty masks, so it is refused."""
+  from data_pipelines import mixture  # pylint: disable=g-import-not-at-top
+  from dataseg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = common.toy_config(common.write_toy(tmp_path / "toy", train=2, val=1, size=48))
+  config.data.datasets = {"toy_city": config_lib.dataset_entry(
+      format="coco_instances", task="instance", train_images="toy_city/train",
+      train_annotations="toy_city/annotations/train_instances.json", tfds_dir=str(tmp_path / "tfds"))}
+  with pytest.raises(ValueError, match="no coco_instances masks.*task='box'"):
+    mixture.TrainIterator(config, registry.build_vocab(config))
