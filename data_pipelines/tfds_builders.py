@@ -1,6 +1,7 @@
-"""TFDS builders (manual_dir) for the training formats: prepare TFRecords once from the native files.
+"""TFDS builders (manual_dir) for the training formats: prepare records once from the native files.
 
-  python -m data_pipelines.tfds_builders --config configs/toy.py --dataset toy_ade --out ~/tensorflow_datasets
+  python -m data_pipelines.tfds_builders --config configs/dataseg_r50.py --config.data_dir=/datasets \
+      --dataset coco --out ~/tensorflow_datasets
 
 `config.data_dir` is the manual_dir: the builder reads the entry's native files through the same
 readers as the direct path (`readers`, with the same bad-input policy) and writes `train` and
@@ -15,7 +16,6 @@ row r of the prepared split is row r of the native index. An entry with `tfds_di
 evaluates from them (`load_split` + `TfdsTables`): the pipeline's order, augmentation, sharding
 and restore are keyed by row and position exactly as for native files, so the batches are the same.
 """
-import argparse
 import collections
 import os
 import pathlib
@@ -23,6 +23,9 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 
 from data_pipelines import pipeline
 from data_pipelines import readers
@@ -167,19 +170,23 @@ def build(config, dataset: str, out_dir: str) -> NativeFormatBuilder:
   return builder
 
 
-def main():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", required=True, help="config file, e.g. configs/toy.py")
-  p.add_argument("--dataset", required=True, help="entry name in config.data.datasets")
-  p.add_argument("--out", required=True, help="TFDS data_dir to write to")
-  args = p.parse_args()
-  spec = importlib.util.spec_from_file_location("user_config", args.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  builder = build(module.get_config(), args.dataset, args.out)
-  print(builder.info)
+def define_flags() -> None:
+  """Command-line flags, as scripts/train.py's: --config FILE[:arg] and --config.KEY=VALUE overrides."""
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dataseg_r50.py[:arg]; "
+                                  "--config.data_dir=DIR names the native files (the manual_dir).")
+  flags.DEFINE_string("dataset", None, "Entry name in config.data.datasets.")
+  flags.DEFINE_string("out", None, "TFDS data_dir to write to.")
+  flags.mark_flags_as_required(["config", "dataset", "out"])
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  print(build(f.config, f.dataset, os.path.expanduser(f.out)).info)
 
 
 if __name__ == "__main__":
-  main()
+  # Run from the package's copy of this module: TFDS looks up a builder's package, and `__main__` is none.
+  from data_pipelines import tfds_builders  # pylint: disable=import-self
+  tfds_builders.define_flags()
+  app.run(tfds_builders.main)
