@@ -1,4 +1,5 @@
 """AdamW recipe: the schedule against a numpy transcription, backbone multiplier, decay mask, clipping."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -53,10 +54,34 @@ def test_backbone_update_is_scaled_by_the_multiplier():
   np.testing.assert_allclose(updates["backbone"]["kernel"], -1e-4, rtol=1e-4)
 
 
-def test_weight_decay_applies_to_kernels_only():
+@pytest.mark.parametrize("name", ["toy", "vit_relpos", "r50"])
+def test_weight_decay_mask_on_the_model_follows_mask2former(name):
+  """On DataSeg's own parameter tree: every kernel and bias is decayed except those of normalisation layers,
+  the nn.Embedding counterparts (query features and positions, the decoder's level embedding), ViTDet's position
+  embedding and the classifier's background and temperature; the pixel decoder's level embedding (an
+  nn.Parameter in Mask2Former) and the mask-embedding MLP are decayed."""
+  import flax
+  from test_models_dataseg import inputs, tiny
+  from dataseg_jax.models import dataseg
+  m, size = tiny(name)
+  shapes = jax.eval_shape(dataseg.DataSeg(m).init, jax.random.key(0), *inputs(m, size))
+  params = flax.core.meta.unbox(shapes["params"])
+  mask = {"/".join(optimizer_lib._path_names(p)): v
+          for p, v in jax.tree_util.tree_flatten_with_path(optimizer_lib.weight_decay_mask(params))[0]}
+  batch_norms = ("bn1", "bn2", "bn3", "downsample_bn")  # ResNet's; the LayerNorms and GroupNorms are '*norm*'
+  expected_off = {k for k in mask if "norm" in k.split("/")[-2] or k.split("/")[-2] in batch_norms}
+  expected_off |= {k for k in mask if k.split("/")[-1] in ("query_feat", "query_pos", "pos_embed", "background",
+                                                            "log_temperature")}
+  expected_off.add("transformer_decoder/level_embed")
+  assert {k for k, v in mask.items() if not v} == expected_off
+  assert mask["pixel_decoder/level_embed"] and mask["transformer_decoder/mask_embed/layer0/kernel"]
+  assert mask["transformer_decoder/layer_0/linear1/bias"] and not mask["transformer_decoder/decoder_norm/scale"]
+  assert len(expected_off) > 10 and sum(mask.values()) > 20
+
+
+def test_weight_decay_applies_where_the_mask_says():
   mask = optimizer_lib.weight_decay_mask(params())
-  assert mask["backbone"]["kernel"] and mask["transformer_decoder"]["kernel"]
-  assert not mask["backbone"]["bias"] and not mask["transformer_decoder"]["query_embed"]
+  assert mask["backbone"]["kernel"] and mask["backbone"]["bias"] and mask["transformer_decoder"]["kernel"]
   assert not mask["transformer_decoder"]["norm"]["scale"]
   p = params()
   tx = optimizer_lib.make_optimizer(cfg(warmup=0, wd=0.5, mult=1.0))
@@ -64,7 +89,7 @@ def test_weight_decay_applies_to_kernels_only():
            for k, d in p.items()}
   updates, _ = tx.update(zeros, tx.init(p), p)
   np.testing.assert_allclose(updates["backbone"]["kernel"], -1e-3 * 0.5 * 1.0, rtol=1e-5)  # -lr * wd * p
-  np.testing.assert_allclose(updates["backbone"]["bias"], 0.0)
+  np.testing.assert_allclose(updates["transformer_decoder"]["norm"]["scale"], 0.0)
 
 
 def test_gradients_are_clipped_to_global_norm():

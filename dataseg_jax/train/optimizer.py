@@ -10,10 +10,14 @@ The recipe is Mask2Former's, which DaTaSeg follows [default: Mask2Former, see DA
 
 Parameters under the top-level `backbone` collection use `lr(t) * backbone_multiplier`. Gradients are clipped
 to a global L2 norm of `clip_norm` over the whole model (Mask2Former's `full_model` clipping) before AdamW.
-Weight decay applies to kernels only: not to biases, normalisation scales or embeddings (Mask2Former's
-`WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = 0`); a leaf is a kernel when it has two or more axes and its name
-does not contain `embed`.
+Weight decay applies to every parameter (kernels and biases, as detectron2's `build_optimizer`) except
+(`weight_decay_mask`): normalisation scales and offsets (`WEIGHT_DECAY_NORM = 0`), what Mask2Former holds in
+`nn.Embedding`s (`WEIGHT_DECAY_EMBED = 0`: the queries' features and positions, the decoder's level embedding),
+ViTDet's absolute position embedding (its `pos_embed` override), and the classifier's shared background
+embedding and temperature [paper's additions; an embedding and a scalar].
 """
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -54,10 +58,25 @@ def parameter_groups(params):
       lambda path, _: "backbone" if _path_names(path)[:1] == ["backbone"] else "rest", params)
 
 
+# Parameters that are not decayed, by name (see the module docstring).
+NO_DECAY_NAMES = ("query_feat", "query_pos", "pos_embed", "background", "log_temperature")
+NO_DECAY_PATHS = (("transformer_decoder", "level_embed"),)  # the pixel decoder's is an nn.Parameter: decayed
+
+
+def _is_norm(module: str) -> bool:
+  """A normalisation layer's name: LayerNorm/GroupNorm modules are named '*norm*', BatchNorms 'bn*' / '*_bn'."""
+  return "norm" in module or re.fullmatch(r"(.*_)?bn\d*", module) is not None
+
+
 def weight_decay_mask(params):
-  """True for kernels (>= 2 axes, name without 'embed'); biases, norm scales and embeddings are not decayed."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: x.ndim >= 2 and not any("embed" in n.lower() for n in _path_names(path)), params)
+  """True for the parameters that weight decay applies to (see the module docstring), same tree as params."""
+  def decays(path, _):
+    names = _path_names(path)
+    if names[-1] in NO_DECAY_NAMES or tuple(names[-2:]) in NO_DECAY_PATHS:
+      return False
+    return not (len(names) > 1 and _is_norm(names[-2]))
+
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
