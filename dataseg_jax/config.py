@@ -8,6 +8,8 @@ Values marked [paper] come from DaTaSeg; [default] from Mask2Former / BoxInst (s
 import ml_collections
 
 BACKBONES = ("resnet", "vit")
+SCHEDULES = ("poly", "cosine", "constant")  # config.optimizer.schedule (train/optimizer.py)
+PARAM_SHARDINGS = ("replicate", "fsdp")      # config.mesh.param_sharding (train/mesh.py)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -19,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.eval_every_steps = 0  # 0: evaluate only at the end.
+  c.profile_at_step = 0   # > 0: a profiler trace (TensorBoard) of a few steps from this one, in the workdir
   c.data_dir = ""  # root that relative dataset paths are joined to
   c.compilation_cache_dir = "~/.cache/dataseg_jax/jax"  # persistent XLA cache: a restart skips compiling; '' = off
 
@@ -105,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   o.learning_rate = 1e-4              # [default: Mask2Former] AdamW
   o.weight_decay = 0.05
   o.backbone_multiplier = 0.1
-  o.warmup_steps = 1000
+  o.warmup_steps = 1000               # [ours] linear warm-up (Mask2Former's warm-up factor is 1: none)
   o.schedule = "poly"                 # 'poly' (power 0.9), 'cosine' or 'constant'
   o.clip_norm = 0.01                  # Mask2Former's full-model clip value
   o.ema_decay = 0.0                   # 0 disables EMA
@@ -242,3 +245,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("loss.merge", f"must be 'hard' or 'soft', got {config.loss.merge!r}")
   if config.total_steps <= 0:
     fail("total_steps", f"must be > 0, got {config.total_steps}")
+  for key in ("log_every_steps", "checkpoint_every_steps"):
+    if config[key] <= 0:
+      fail(key, f"must be > 0, got {config[key]}")
+  for name, e in d.datasets.items():
+    if e.image_size % 32:
+      fail(f"data.datasets.{name}.image_size", f"must be a multiple of 32 (0: data.image_size), got {e.image_size}")
+  if config.optimizer.schedule not in SCHEDULES:
+    fail("optimizer.schedule", f"must be one of {SCHEDULES}, got {config.optimizer.schedule!r}")
+  if config.mesh.param_sharding not in PARAM_SHARDINGS:
+    fail("mesh.param_sharding", f"must be one of {PARAM_SHARDINGS}, got {config.mesh.param_sharding!r}")

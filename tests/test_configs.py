@@ -41,6 +41,11 @@ def test_unknown_config_argument_names_the_choices(name):
     ("model.classifier", "mlp", "config.model.classifier"),
     ("data.mixture_mode", "random", "config.data.mixture_mode"),
     ("data.image_size", 100, "config.data.image_size"),
+    ("data.datasets.toy_ade.image_size", 48, "config.data.datasets.toy_ade.image_size"),
+    ("log_every_steps", 0, "config.log_every_steps"),
+    ("checkpoint_every_steps", -1, "config.checkpoint_every_steps"),
+    ("optimizer.schedule", "step", "config.optimizer.schedule"),
+    ("mesh.param_sharding", "zero3", "config.mesh.param_sharding"),
 ])
 def test_bad_value_names_the_key(key, value, message):
   c = load("toy.py")

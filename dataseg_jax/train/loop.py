@@ -197,9 +197,9 @@ def pretrained_params(config, abstract_state):
 
 
 def longest_streak_exceeded(history: list[dict], limit: int) -> int:
-  """The largest `nonfinite_streak` seen in the fetched per-step metrics when it is over `limit`, else 0."""
+  """The largest `nonfinite_streak` seen in the fetched per-step metrics when it reaches `limit`, else 0."""
   worst = max((int(m["nonfinite_streak"]) for m in history), default=0)
-  return worst if worst > limit else 0
+  return worst if worst >= limit else 0
 
 
 def summarize(history: list[dict], dataset_names, global_batch: int) -> dict:
@@ -273,30 +273,31 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
   writer.write_hparams(flatten_config(config))
   hooks = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every_steps)]
-  if config.get("profile_at_step", 0) > 0 and jax.process_index() == 0:
+  if config.profile_at_step > 0 and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=PROFILE_STEPS,
                                           first_profile=config.profile_at_step, every_secs=None))
   sigterm = _SigtermFlag() if jax.process_count() == 1 else None
   global_batch = config.data.batch_size
-  flops, peak = None, peak_flops_per_device()
+  peak = peak_flops_per_device()
   history, summary, data_state = [], {}, None
-  interval_start, interval_steps = time.perf_counter(), 0
+  interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
   step = start
   try:
-    executables = {}  # one per distinct batch shape (datasets may set their own image_size)
+    executables = {}  # (executable, FLOPs per device) per distinct batch shape (datasets may set their image_size)
     while step < config.total_steps:
       batch, data_state = next(batches)
       shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
       if shapes not in executables:
-        executables[shapes] = jitted.lower(state, batch, embeddings, class_mask).compile()
-        flops = step_flops(jitted, state, batch, embeddings, class_mask)
+        executables[shapes] = (jitted.lower(state, batch, embeddings, class_mask).compile(),
+                               step_flops(jitted, state, batch, embeddings, class_mask))
         hardware.release_freed_host_memory()
-        interval_start, interval_steps = time.perf_counter(), 0  # compile time is not step time
-      compiled = executables[shapes]
+        interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0  # compiling is not stepping
+      compiled, flops = executables[shapes]
       with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
         state, metrics = compiled(state, batch, embeddings, class_mask)
       step += 1
       interval_steps += 1
+      interval_flops = interval_flops + flops if flops and interval_flops is not None else None
       history.append(metrics)
       for hook in hooks:
         hook(step)
@@ -317,19 +318,21 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
         elapsed = time.perf_counter() - interval_start
         summary = summarize(history, components.vocab.datasets, global_batch)
         summary.update(step_time_s=elapsed / interval_steps, images_per_s=global_batch * interval_steps / elapsed)
-        if flops:
-          summary["tflops_per_s_per_device"] = flops * interval_steps / elapsed / 1e12
+        if interval_flops:  # every FLOP of the compiled steps run, rematerialisation included: HFU, not MFU
+          summary["tflops_per_s_per_device"] = interval_flops / elapsed / 1e12
           if peak:
-            summary["mfu"] = flops * interval_steps / elapsed / peak
+            summary["hfu"] = interval_flops / elapsed / peak
         writer.write_scalars(step, summary)
-        history, interval_start, interval_steps = [], time.perf_counter(), 0
+        history, interval_start, interval_steps, interval_flops = [], time.perf_counter(), 0, 0.0
       checkpointing.save(manager, step, state, data_state, force=last or preempted)
       if preempted:
         logging.warning("preempted at step %d: checkpoint saved, exiting", step)
         break
       if config.eval_every_steps >= 0 and ((config.eval_every_steps and step % config.eval_every_steps == 0)
                                            or last):
+        eval_start = time.perf_counter()
         writer.write_scalars(step, evaluate(config, components, state, workdir, step))
+        interval_start += time.perf_counter() - eval_start  # evaluating is not stepping
   finally:
     if sigterm:
       sigterm.restore()

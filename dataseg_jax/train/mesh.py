@@ -19,9 +19,10 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from dataseg_jax.config import PARAM_SHARDINGS
+
 AXES = ("data", "model")
 FSDP_MIN_SIZE = 2 ** 14  # elements; smaller arrays are cheaper to replicate than to gather
-PARAM_SHARDINGS = ("replicate", "fsdp")
 
 
 def _launched_as_many_processes() -> bool:

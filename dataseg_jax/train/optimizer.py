@@ -3,7 +3,8 @@
 The recipe is Mask2Former's, which DaTaSeg follows [default: Mask2Former, see DATASEG.md "Training"]:
 
   lr(t) = base_lr * w(t) * d(t)                               (detectron2 WarmupPolyLR form)
-  w(t)  = min(1, (t + 1) / warmup_steps)                        linear warmup (1 when warmup_steps = 0)
+  w(t)  = min(1, (t + 1) / warmup_steps)                        linear warmup (1 when warmup_steps = 0) [ours:
+                                                                Mask2Former's warm-up factor 1.0 makes it none]
   d(t)  = (1 - t / T) ** 0.9        schedule = 'poly'           T = config.total_steps
         = (1 + cos(pi * t / T)) / 2 schedule = 'cosine'
         = 1                         schedule = 'constant'
@@ -22,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("poly", "cosine", "constant")
+from dataseg_jax.config import SCHEDULES
+
 POLY_POWER = 0.9  # [default: Mask2Former / detectron2 WarmupPolyLR]
 
 
