@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from dataseg_jax import config as config_lib
 from dataseg_jax.train import loop, mesh as mesh_lib, optimizer as optimizer_lib, step as step_lib
@@ -132,11 +133,21 @@ def test_summary_reports_term_per_dataset_as_a_whole_batch_of_it():
   assert s["loss_ce/task_semantic"] == 2.0 and s["loss_ce/task_box"] == 1.0
 
 
-def test_nonfinite_loss_skips_update_and_counts_streak():
-  def poisoned(outputs, batch, rng):
-    loss, terms = tiny_loss(outputs, batch, rng)
-    bad = batch["image"][0, 0, 0, 0] == 255
-    return jnp.where(bad, jnp.nan, loss), terms
+def _nan_loss(outputs, batch, rng):
+  loss, terms = tiny_loss(outputs, batch, rng)
+  return jnp.where(batch["image"][0, 0, 0, 0] == 255, jnp.nan, loss), terms
+
+
+def _nan_gradient(outputs, batch, rng):
+  """A finite loss whose gradient is NaN on the marked batches: sqrt at 0 (infinite slope) times 0."""
+  loss, terms = tiny_loss(outputs, batch, rng)
+  zero = 0.0 * jnp.sum(outputs["pred_masks"])
+  s = jnp.where(batch["image"][0, 0, 0, 0] == 255, zero, 1.0 + zero)
+  return loss + jnp.sqrt(s), terms
+
+
+@pytest.mark.parametrize("poisoned", [_nan_loss, _nan_gradient])
+def test_nonfinite_loss_or_gradient_skips_update_and_counts_streak(poisoned):
 
   config = tiny_config()
   config.optimizer.ema_decay = 0.9
