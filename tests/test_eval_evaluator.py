@@ -307,3 +307,27 @@ def test_instance_ap_of_part_of_a_split_counts_only_the_evaluated_images(evaluat
   (tmp_path / "part.json").write_text(json.dumps(gt))
   assert metrics["toy_o365/instance/AP"] == pytest.approx(
       instance.coco_evaluate(str(tmp_path / "part.json"), str(res), "segm")["AP"], abs=1e-9)
+
+
+def test_metrics_files_keep_other_datasets_of_the_same_step(evaluated, tmp_path):
+  """A second evaluation of the same step (e.g. a transfer benchmark) adds its metrics to metrics.json; a later
+  step replaces the top-level file."""
+  from data_pipelines import registry
+  c, *_ = evaluated
+  runs = []
+  for step, name in ((5, "toy_o365"), (5, "toy_ade"), (6, "toy_ade")):
+    one = c.copy_and_resolve_references()
+    for other in list(one.data.datasets):
+      if other != name:
+        del one.data.datasets[other]
+    one.data.datasets[name].eval_tasks = ("instance",) if name == "toy_o365" else ("semantic",)
+    vocab = registry.build_vocab(one)
+    emb = np.ones((len(vocab.names), 8), np.float32) / np.sqrt(8)
+    model = StandIn()
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
+                           jnp.ones((1, len(vocab.names)), bool))
+    runs.append(evaluator.evaluate(one, variables, vocab, emb, str(tmp_path), step, model=model))
+  read = lambda *p: json.loads((tmp_path / "eval" / pathlib.Path(*p) / "metrics.json").read_text())  # noqa: E731
+  assert read("5")["metrics"] == {**runs[0], **runs[1]} and read("5")["step"] == 5
+  assert any(k.startswith("toy_o365/") for k in runs[0]) and any(k.startswith("toy_ade/") for k in runs[1])
+  assert read() == {"step": 6, "metrics": runs[2]} and read("6")["metrics"] == runs[2]

@@ -15,7 +15,8 @@ the device shapes stay static] and accumulates metrics against the original grou
   a coco_instances entry; ground-truth boxes from masks where absent.
 
 Files under WORKDIR/eval/<step>/<dataset>/: semantic/*.png, panoptic.json + panoptic/*.png,
-instance_results.json, overlays/*.png; the metrics in WORKDIR/eval/metrics.json (and per step).
+instance_results.json, overlays/*.png; the metrics in WORKDIR/eval/metrics.json (and per step; an evaluation of
+the same step with other datasets adds its metrics to those files).
 Progress (images done, images/s, ETA) is logged every `PROGRESS_EVERY_S` seconds of a dataset's pass.
 """
 import json
@@ -334,7 +335,19 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
     logging.info("evaluated %s (%s) on %d images in %s", name, ", ".join(tasks), seen, progress.elapsed())
   os.makedirs(eval_dir, exist_ok=True)
   for path in (os.path.join(eval_dir, "metrics.json"), os.path.join(eval_dir, str(step), "metrics.json")):
-    with open(path, "w") as f:
-      json.dump({"step": int(step), "metrics": metrics}, f, indent=1, sort_keys=True)
+    _write_metrics(path, int(step), metrics)
   return metrics
+
+
+def _write_metrics(path: str, step: int, metrics: dict) -> None:
+  """Writes {'step', 'metrics'} to `path`, keeping the metrics of other datasets that an evaluation of the same
+  step wrote there before (e.g. a direct-transfer benchmark evaluated after the training datasets)."""
+  earlier = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old.get("step") == step:
+      earlier = old.get("metrics", {})
+  with open(path, "w") as f:
+    json.dump({"step": step, "metrics": {**earlier, **metrics}}, f, indent=1, sort_keys=True)
 
