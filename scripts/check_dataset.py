@@ -109,6 +109,12 @@ def check(config, names, out_dir: str, num_overlays: int = 3, echo=print) -> tup
   if unknown:
     raise ValueError(f"--dataset {unknown[0]} is not in the config; expected one of {list(config.data.datasets)}")
   errors = warnings = 0
+  from data_pipelines import registry  # pylint: disable=g-import-not-at-top  # TensorFlow: after the flags
+  try:  # the union vocabulary training builds first: names that clash within a dataset, missing names files
+    registry.build_vocab(config)
+  except (ValueError, FileNotFoundError) as e:
+    echo(f"\nERROR vocabulary: {e}")
+    errors += 1
   for name in names:
     entry = config.data.datasets[name]
     splits = [s for s in ("train", "val") if entry[f"{s}_images"] and (s == "val" or entry.ratio > 0)]

@@ -209,3 +209,15 @@ def test_script_exit_codes(toy, tmp_path):
   assert rc == 1 and "ERROR undecodable_image" in out and name in out, out
   rc, out = run_script(data, tmp_path, "--dataset", "nope")
   assert rc == 1 and "nope is not in the config" in out
+
+
+def test_names_that_clash_in_a_dataset_are_an_error(toy, tmp_path):
+  """Two names of a names file that normalise to the same name stop training at the vocabulary; the check says so."""
+  data = tmp_path / "data"
+  shutil.copytree(toy, data)
+  names = data / "toy_ade/names.txt"
+  lines = names.read_text().splitlines()
+  names.write_text("\n".join(lines + [lines[0].upper()]) + "\n")  # a class more, named as the first
+  out = []
+  errors, _ = check_dataset.check(toy4(data), ["toy_ade"], str(tmp_path / "ov"), 0, echo=out.append)
+  assert errors >= 1 and any("ERROR vocabulary" in line and "normalise to the same name" in line for line in out), out
