@@ -189,4 +189,5 @@ if __name__ == "__main__":
   # Run from the package's copy of this module: TFDS looks up a builder's package, and `__main__` is none.
   from data_pipelines import tfds_builders  # pylint: disable=import-self
   tfds_builders.define_flags()
+  flags.adopt_module_key_flags(tfds_builders)  # listed by --help
   app.run(tfds_builders.main)

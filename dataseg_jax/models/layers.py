@@ -12,7 +12,7 @@ NORM_EPS = 1e-5  # torch's LayerNorm / GroupNorm epsilon, for the decoders' norm
 
 def dense(features: int, axes=("embed", "mlp"), dtype=jnp.float32, use_bias=True, name=None,
           kernel_init=nn.initializers.xavier_uniform()) -> nn.Dense:
-  """nn.Dense whose kernel carries logical axis names (`config.mesh` shards by them)."""
+  """nn.Dense whose kernel carries logical axis names (see models/dataseg.py's docstring)."""
   return nn.Dense(features, dtype=dtype, use_bias=use_bias, name=name,
                   kernel_init=nn.with_logical_partitioning(kernel_init, axes))
 

@@ -7,7 +7,8 @@ Sharding is data in the config (big_vision's `sharding.py` idea): `config.mesh.s
 - `'fsdp'`: the largest axis of each array that the `'data'` axis size divides is sharded over `'data'`
   (ZeRO-3 style); arrays smaller than `FSDP_MIN_SIZE` elements or with no divisible axis stay replicated.
 
-Batches are sharded on their leading axis over `'data'` and replicated over `'model'`. In a multi-host run each
+No rule shards over `'model'` yet (its size is 1 by default; a larger one repeats the same work). Batches are
+sharded on their leading axis over `'data'` and replicated over `'model'`. In a multi-host run each
 process holds its own slice of the global batch and `jax.make_array_from_process_local_data` builds the global
 array; `maybe_initialize_distributed` starts `jax.distributed` when the config or the environment asks for it.
 """
