@@ -58,7 +58,8 @@ def inference_fn(model, eval_config, outputs: str = "postprocessed"):
     out.update(postprocess.panoptic_inference(
         logits, up, tm, in_image, object_mask_threshold=float(eval_config.object_mask_threshold),
         overlap_threshold=float(eval_config.overlap_threshold)))
-    inst = postprocess.instance_inference(logits, up, cm & tm, in_image, topk=int(eval_config.instance_topk))
+    inst = postprocess.crop_instances(
+        postprocess.instance_inference(logits, up, cm & tm, in_image, topk=int(eval_config.instance_topk)), in_image)
     out.update({f"instance_{k}": v for k, v in inst.items()})
     return out
 
