@@ -228,6 +228,23 @@ def test_eval_tasks_the_ground_truth_cannot_score_are_refused_up_front():
     evaluator._dataset_tasks(c, "toy_city")
 
 
+def _evaluate_alone(config, name: str, workdir, step: int, **entry) -> dict:
+  """`evaluator.evaluate` of dataset `name` alone (its entry updated with `entry`) with a fresh StandIn."""
+  from data_pipelines import registry
+  c = config.copy_and_resolve_references()
+  for other in list(c.data.datasets):
+    if other != name:
+      del c.data.datasets[other]
+  c.data.datasets[name].update(entry)
+  vocab = registry.build_vocab(c)
+  emb = np.array(jax.random.normal(jax.random.PRNGKey(1), (len(vocab.names), 8)))
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  model = StandIn()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
+                         jnp.ones((1, len(vocab.names)), bool))
+  return evaluator.evaluate(c, variables, vocab, emb, str(workdir), step, model=model)
+
+
 def _thing_instances_of_panoptic(pan_json: pathlib.Path, pan_dir: pathlib.Path, out: pathlib.Path) -> None:
   """A COCO instances JSON (RLE masks) of the thing segments of a COCO panoptic ground truth."""
   from pycocotools import mask as mask_utils
@@ -250,23 +267,11 @@ def test_instance_ap_of_a_panoptic_dataset_on_its_thing_classes(evaluated, tmp_p
   """COCO instance AP of a panoptic dataset given val_instances: instances of thing classes only (the stuff
   categories are unknown to the instances JSON, which COCOeval's checks would refuse), equal to COCOeval on the
   written results."""
-  from data_pipelines import registry
   c, root, _, _, _ = evaluated
-  c = c.copy_and_resolve_references()
   e = c.data.datasets.toy_coco
   _thing_instances_of_panoptic(root / e.val_annotations, root / e.val_panoptic_dir, tmp_path / "instances.json")
-  e.val_instances = str(tmp_path / "instances.json")
-  e.eval_tasks = ("instance",)
-  for name in list(c.data.datasets):
-    if name != "toy_coco":
-      del c.data.datasets[name]
-  vocab = registry.build_vocab(c)
-  emb = np.array(jax.random.normal(jax.random.PRNGKey(1), (len(vocab.names), 8)))
-  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  model = StandIn()
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
-                         jnp.ones((1, len(vocab.names)), bool))
-  metrics = evaluator.evaluate(c, variables, vocab, emb, str(tmp_path / "work"), 3, model=model)
+  metrics = _evaluate_alone(c, "toy_coco", tmp_path / "work", 3, val_instances=str(tmp_path / "instances.json"),
+                            eval_tasks=("instance",))
   res = tmp_path / "work" / "eval" / "3" / "toy_coco" / "instance_results.json"
   results = json.loads(res.read_text())
   thing_ids = {cat["id"] for cat in json.loads((tmp_path / "instances.json").read_text())["categories"]}
@@ -279,23 +284,13 @@ def test_instance_ap_of_part_of_a_split_counts_only_the_evaluated_images(evaluat
   """With eval.max_examples, AP is over the evaluated images (as detectron2): COCOeval is told those images
   (`coco_evaluate`'s image_ids, whose effect test_eval_metrics checks on real results) and the AP equals
   COCOeval's against a ground truth holding only them."""
-  from data_pipelines import registry
   c, root, _, _, _ = evaluated
   c = c.copy_and_resolve_references()
   c.eval.max_examples = 2
-  for name in list(c.data.datasets):
-    if name != "toy_o365":
-      del c.data.datasets[name]
-  vocab = registry.build_vocab(c)
-  emb = np.array(jax.random.normal(jax.random.PRNGKey(1), (len(vocab.names), 8)))
-  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  model = StandIn()
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
-                         jnp.ones((1, len(vocab.names)), bool))
   told = []
   coco_evaluate = instance.coco_evaluate
   monkeypatch.setattr(instance, "coco_evaluate", lambda *a, **k: told.append(a[4]) or coco_evaluate(*a, **k))
-  metrics = evaluator.evaluate(c, variables, vocab, emb, str(tmp_path / "work"), 1, model=model)
+  metrics = _evaluate_alone(c, "toy_o365", tmp_path / "work", 1)
   monkeypatch.undo()
   res = tmp_path / "work" / "eval" / "1" / "toy_o365" / "instance_results.json"
   ids = {r["image_id"] for r in json.loads(res.read_text())}
@@ -312,21 +307,10 @@ def test_instance_ap_of_part_of_a_split_counts_only_the_evaluated_images(evaluat
 def test_metrics_files_keep_other_datasets_of_the_same_step(evaluated, tmp_path):
   """A second evaluation of the same step (e.g. a transfer benchmark) adds its metrics to metrics.json; a later
   step replaces the top-level file."""
-  from data_pipelines import registry
   c, *_ = evaluated
-  runs = []
-  for step, name in ((5, "toy_o365"), (5, "toy_ade"), (6, "toy_ade")):
-    one = c.copy_and_resolve_references()
-    for other in list(one.data.datasets):
-      if other != name:
-        del one.data.datasets[other]
-    one.data.datasets[name].eval_tasks = ("instance",) if name == "toy_o365" else ("semantic",)
-    vocab = registry.build_vocab(one)
-    emb = np.ones((len(vocab.names), 8), np.float32) / np.sqrt(8)
-    model = StandIn()
-    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
-                           jnp.ones((1, len(vocab.names)), bool))
-    runs.append(evaluator.evaluate(one, variables, vocab, emb, str(tmp_path), step, model=model))
+  runs = [_evaluate_alone(c, name, tmp_path, step, eval_tasks=tasks)
+          for step, name, tasks in ((5, "toy_o365", ("instance",)), (5, "toy_ade", ("semantic",)),
+                                    (6, "toy_ade", ("semantic",)))]
   read = lambda *p: json.loads((tmp_path / "eval" / pathlib.Path(*p) / "metrics.json").read_text())  # noqa: E731
   assert read("5")["metrics"] == {**runs[0], **runs[1]} and read("5")["step"] == 5
   assert any(k.startswith("toy_o365/") for k in runs[0]) and any(k.startswith("toy_ade/") for k in runs[1])
