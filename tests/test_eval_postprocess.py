@@ -168,9 +168,9 @@ def test_assign_pixels_loop_equals_argmax_form(rng):
 @pytest.mark.parametrize("extent", [(32, 40), (20, 40), (32, 13)])
 def test_infer_tasks_equals_each_task_on_the_upsampled_masks_cropped_to_the_image(rng, extent):
   """infer_tasks works on transposed masks of the padded input: its label maps, panoptic segments and
-  (transposed) instance masks of thing classes, cropped to the image's `extent`, equal the per-task functions run on the upsampled
-  [B, Q, H, W] masks cropped to the image first (Mask2Former's order: no query covers the padding, which changes
-  panoptic overlap tests and instance mask scores); it returns no instance boxes."""
+  (transposed) instance masks of thing classes, cropped to the image's `extent`, equal the per-task functions
+  run on the upsampled [B, Q, H, W] masks cropped to the image first (Mask2Former's order: no query covers the
+  padding, which changes panoptic overlap tests and instance mask scores); it returns no instance boxes."""
   import ml_collections
   logits, masks = _inputs(rng, h=8, w=10)
   things = np.array([True, False, True, False, False])

@@ -189,12 +189,11 @@ def panoptic_inference(pred_logits, pred_masks, thing_mask, in_image=None, *, ob
   masks = jax.nn.sigmoid(pred_masks.astype(jnp.float32))  # [B, Q, H, W]
   mask_ids, pixel_own = _assign_pixels(jnp.where(keep, scores, -1.0), masks)  # [B, H, W]
   # Areas count the image's pixels only: the padding is in no segment.
+  in_image = jnp.ones(mask_ids.shape, bool) if in_image is None else in_image
   original_area = _pixel_sums(masks >= 0.5, in_image)  # |{x : sigmoid(m_i(x)) >= 0.5}|
-  if in_image is not None:
-    pixel_own = pixel_own & in_image
+  pixel_own = pixel_own & in_image
   count = jax.vmap(lambda ids, wts: jnp.bincount(ids.ravel(), wts.ravel(), length=q))
-  in_image = jnp.ones_like(mask_ids) if in_image is None else in_image.astype(jnp.int32)
-  mask_area = count(mask_ids, in_image)  # |{x : x assigned to i}|
+  mask_area = count(mask_ids, in_image.astype(jnp.int32))  # |{x : x assigned to i}|
   final_area = count(mask_ids, pixel_own.astype(jnp.int32))  # |{x : assigned to i, sigmoid(m_i(x)) >= 0.5}|
   valid = (keep & (mask_area > 0) & (original_area > 0) & (final_area > 0)
            & (mask_area / jnp.maximum(original_area, 1) >= overlap_threshold))
