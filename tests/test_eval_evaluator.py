@@ -46,9 +46,20 @@ class StandIn(nn.Module):
     return {"pred_logits": logits[None], "pred_masks": masks[None]}
 
 
+def _stand_in(config):
+  """(union vocabulary, unit random embeddings [C, 8], StandIn, its variables) for `config`'s datasets."""
+  from data_pipelines import registry
+  vocab = registry.build_vocab(config)
+  emb = np.array(jax.random.normal(jax.random.PRNGKey(1), (len(vocab.names), 8)))
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  model = StandIn()
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
+                         jnp.ones((1, len(vocab.names)), bool))
+  return vocab, emb, model, variables
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-  from data_pipelines import registry
   root = tmp_path_factory.mktemp("toy")
   make_toy_data.main(["--out", str(root), "--train", "2", "--val", "5", "--size", "64", "--seed", "0"])
   c = toy.get_config()
@@ -60,12 +71,7 @@ def evaluated(tmp_path_factory):
   c.eval.overlap_threshold = 0.3
   c.eval.instance_topk = 20
   c.eval.num_overlays = 2
-  vocab = registry.build_vocab(c)
-  emb = np.array(jax.random.normal(jax.random.PRNGKey(1), (len(vocab.names), 8)))
-  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  model = StandIn()
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
-                         jnp.ones((1, len(vocab.names)), bool))
+  vocab, emb, model, variables = _stand_in(c)
   workdir = tmp_path_factory.mktemp("work")
   logs = _Messages()
   logger = logging.getLogger()
@@ -230,18 +236,12 @@ def test_eval_tasks_the_ground_truth_cannot_score_are_refused_up_front():
 
 def _evaluate_alone(config, name: str, workdir, step: int, **entry) -> dict:
   """`evaluator.evaluate` of dataset `name` alone (its entry updated with `entry`) with a fresh StandIn."""
-  from data_pipelines import registry
   c = config.copy_and_resolve_references()
   for other in list(c.data.datasets):
     if other != name:
       del c.data.datasets[other]
   c.data.datasets[name].update(entry)
-  vocab = registry.build_vocab(c)
-  emb = np.array(jax.random.normal(jax.random.PRNGKey(1), (len(vocab.names), 8)))
-  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  model = StandIn()
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.asarray(emb),
-                         jnp.ones((1, len(vocab.names)), bool))
+  vocab, emb, model, variables = _stand_in(c)
   return evaluator.evaluate(c, variables, vocab, emb, str(workdir), step, model=model)
 
 
