@@ -191,7 +191,7 @@ def make_example_fn(index: readers.Index, cfg, dataset_id: int, vocab_union, *, 
   local_to_union = tf.constant(vocab_union.local_to_union[dataset_id], tf.int32)
   is_thing = tf.constant(np.asarray(index.vocab.is_thing, bool))
   seed_d = stream_seed(seed, dataset_id)
-  masks = task != int(contract.Task.BOX)  # box-only supervision: segment_map all void (batch contract)
+  masks = keeps_masks(task)
 
   def fn(k, g, r):
     ex = decode_example(index, tables, r, reduce_zero_label, masks=masks)
@@ -267,6 +267,11 @@ def _skip_bad(positions: tf.data.Dataset, load, batch: int) -> tf.data.Dataset:
   return ds.map(came_through)
 
 
+def keeps_masks(task: int) -> bool:
+  """Whether examples of `task` carry their masks: box-only supervision has segment_map all void (batch contract)."""
+  return task != int(contract.Task.BOX)
+
+
 def first_error(index: readers.Index, tables: Tables, reduce_zero_label: bool, task: int, rows):
   """'<image file>: <error>' of the first of image `rows` whose decoding fails, decoded again eagerly to name
   the file behind a failure inside tf.data (which does not say which example failed); None if none fails."""
@@ -274,7 +279,7 @@ def first_error(index: readers.Index, tables: Tables, reduce_zero_label: bool, t
   for r in rows:
     try:
       decode_example(index, tables, tf.constant(int(r), tf.int64), reduce_zero_label,
-                     masks=task != int(contract.Task.BOX))
+                     masks=keeps_masks(task))
     except tf.errors.OpError as e:
       msg = " ".join(e.message.split()).split("Summarized data: ")[-1]  # an assertion: its message and file
       return f"{index.image_paths[r]}: {msg[:600]}"

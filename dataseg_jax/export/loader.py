@@ -54,6 +54,7 @@ class ExportedModel:
     names = read_names(os.path.join(path, "names.txt"))
     things_path = os.path.join(path, "things.txt")
     things = set(read_names(things_path)) if os.path.isfile(things_path) else set()
+    self._trained_names = names  # a learned class table classifies these only
     self.set_vocabulary(names, np.load(os.path.join(path, "embeddings.npy"))[:len(names)],
                         [n in things for n in names])
 
@@ -69,7 +70,7 @@ class ExportedModel:
     """Pads `embeddings` [n, D] to [C_max, D] and masks the padding out of every prediction."""
     c_max, dim = int(self.config["max_classes"]), int(self.config["embed_dim"])
     embeddings = np.asarray(embeddings, np.float32)
-    if self.config["model"].get("classifier") == "learned" and list(names) != getattr(self, "names", list(names)):
+    if self.config["model"].get("classifier") == "learned" and list(names) != self._trained_names:
       raise ValueError("this export's classifier is a learned table of its own classes (model.classifier="
                        "'learned'), which ignores class embeddings: its vocabulary cannot be swapped")
     if len(names) > c_max:
