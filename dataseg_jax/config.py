@@ -11,6 +11,11 @@ import ml_collections
 BACKBONES = ("resnet", "vit")
 SCHEDULES = ("poly", "cosine", "constant")  # config.optimizer.schedule (train/optimizer.py)
 PARAM_SHARDINGS = ("replicate", "fsdp")      # config.mesh.param_sharding (train/mesh.py)
+EVAL_METRICS = {  # the '<dataset>/<task>/<metric>' values evaluation/evaluator.py reports, by task
+    "semantic": ("mIoU", "fwIoU", "mAcc", "pixel_acc", "mIoU_unseen", "mIoU_unseen_chance"),
+    "panoptic": ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"),
+    "instance": tuple(p + k for p in ("", "box_") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -20,7 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_steps = 90_000
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3
+  c.keep_checkpoints = 3  # the latest N checkpoints are kept
+  c.best_checkpoint_metric = ""  # e.g. 'ade/semantic/mIoU': also keep the evaluated checkpoint that scored best
+  c.best_checkpoint_mode = "max"  # 'max' or 'min': which end of best_checkpoint_metric is best
   c.eval_every_steps = 0  # 0: evaluate only at the end.
   c.profile_at_step = 0   # > 0: a profiler trace (TensorBoard) of a few steps from this one, in the workdir
   c.data_dir = ""  # root that relative dataset paths are joined to
@@ -256,3 +263,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("optimizer.schedule", f"must be one of {SCHEDULES}, got {config.optimizer.schedule!r}")
   if config.mesh.param_sharding not in PARAM_SHARDINGS:
     fail("mesh.param_sharding", f"must be one of {PARAM_SHARDINGS}, got {config.mesh.param_sharding!r}")
+  _validate_best_checkpoint(config, fail)
+
+
+def _validate_best_checkpoint(config: ml_collections.ConfigDict, fail) -> None:
+  """best_checkpoint_metric must name a metric that an evaluation during training reports."""
+  metric, mode = config.best_checkpoint_metric, config.best_checkpoint_mode
+  if mode not in ("max", "min"):
+    fail("best_checkpoint_mode", f"must be 'max' or 'min', got {mode!r}")
+  if not metric:
+    return
+  if config.eval_every_steps < 0:
+    fail("best_checkpoint_metric", f"{metric!r} is never measured: eval_every_steps < 0 turns evaluation off")
+  name, _, rest = metric.partition("/")
+  task, _, key = rest.partition("/")
+  datasets = config.data.datasets
+  if name not in datasets:
+    fail("best_checkpoint_metric", f"{metric!r}: no dataset {name!r}; expected '<dataset>/<task>/<metric>' "
+         f"with a dataset of {list(datasets)}")
+  if task not in datasets[name].eval_tasks:
+    fail("best_checkpoint_metric", f"{metric!r}: {name} is evaluated on {tuple(datasets[name].eval_tasks)}, "
+         f"not {task!r}")
+  if key not in EVAL_METRICS.get(task, ()):
+    fail("best_checkpoint_metric", f"{metric!r}: {task} evaluation reports {EVAL_METRICS.get(task, ())}, "
+         f"not {key!r}")

@@ -1,8 +1,9 @@
 """Evaluates a trained DataSeg on every dataset entry and each of its `eval_tasks`.
 
-  python scripts/eval.py --config configs/toy.py --workdir workdirs/toy [--step 1500]
+  python scripts/eval.py --config configs/toy.py --workdir workdirs/toy [--step 1500|best]
 
-Restores the latest (or --step) checkpoint of WORKDIR/checkpoints, writes the metrics to the CLU writers
+Restores the latest (or --step; 'best': the one that scored best on config.best_checkpoint_metric in the
+evaluations during training) checkpoint of WORKDIR/checkpoints, writes the metrics to the CLU writers
 (TensorBoard in WORKDIR/eval, and the console) and to WORKDIR/eval/metrics.json, and the standard prediction
 files (COCO panoptic PNG + JSON, semantic PNGs, COCO results JSON) plus overlay pictures under
 WORKDIR/eval/<step>/<dataset>/. `--config.<key>=<value>` overrides any config key.
@@ -22,7 +23,8 @@ from dataseg_jax import hardware
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training directory holding checkpoints/.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_STEP = flags.DEFINE_string("step", None, "Checkpoint step to evaluate, or 'best': the best evaluated on "
+                            "config.best_checkpoint_metric (default: the latest).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,9 +37,7 @@ def run(config, workdir: str, step=None) -> dict:
 
   config_lib.validate(config)
   hardware.use_compilation_cache(config.get("compilation_cache_dir", ""))
-  manager = checkpointing.make_manager(workdir)
-  step = manager.latest_step() if step is None else step
-  manager.close()
+  step = checkpointing.resolve_step(workdir, step, config)
   variables = checkpointing.restore_variables(workdir, step)
   vocab = registry.build_vocab(config)
   class_embeddings = embeddings.embed_for_config(vocab.names, config, workdir)

@@ -1,7 +1,7 @@
 """Exports a trained DataSeg as serialized StableHLO with its weights and vocabulary.
 
   python scripts/export.py --config configs/toy.py --workdir workdirs/toy --out exported/toy \
-      [--step N] [--batch_size 1] [--max_classes 0] [--outputs postprocessed|raw]
+      [--step N|best] [--batch_size 1] [--max_classes 0] [--outputs postprocessed|raw]
 
 The directory runs without the training code: `dataseg_jax/export/loader.py` (jax + numpy only) or
 `scripts/predict.py --model exported/toy --images DIR --out DIR [--vocab names.txt]`.
@@ -20,7 +20,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training directory holding checkpoints/.")
 _OUT = flags.DEFINE_string("out", None, "Export directory to write.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_STEP = flags.DEFINE_string("step", None, "Checkpoint step, or 'best': the best evaluated on "
+                            "config.best_checkpoint_metric (default: the latest).")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Batch size of the exported function.")
 _MAX_CLASSES = flags.DEFINE_integer("max_classes", 0, "Largest vocabulary a swap may bring (0: the trained one).")
 _OUTPUTS = flags.DEFINE_enum("outputs", "postprocessed", ["postprocessed", "raw"], "What the function returns.")
@@ -34,7 +35,7 @@ def run(config, workdir, out, step=None, batch_size=1, max_classes=0, outputs="p
   from dataseg_jax.vocab import embeddings
 
   config_lib.validate(config)
-  variables = checkpointing.restore_variables(workdir, step)
+  variables = checkpointing.restore_variables(workdir, checkpointing.resolve_step(workdir, step, config))
   vocab = registry.build_vocab(config)
   emb = embeddings.embed_for_config(vocab.names, config, workdir)
   things = np.asarray(vocab.thing_mask).any(0)

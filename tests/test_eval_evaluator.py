@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import evaluate_predictions  # noqa: E402
 from configs import toy  # noqa: E402
+from dataseg_jax import config as config_lib  # noqa: E402
 from dataseg_jax.evaluation import evaluator  # noqa: E402
 from dataseg_jax.evaluation import instance  # noqa: E402
 from dataseg_jax.evaluation import panoptic  # noqa: E402
@@ -120,6 +121,15 @@ def test_reports_every_dataset_and_task(evaluated):
   saved = json.loads((workdir / "eval" / "metrics.json").read_text())
   assert saved["step"] == 7 and saved["metrics"] == pytest.approx(metrics)
   assert len(list((workdir / "eval" / "7" / "toy_coco" / "overlays").glob("*.png"))) == 2
+
+
+def test_config_eval_metrics_lists_every_metric_the_evaluator_reports(evaluated):
+  """config.EVAL_METRICS is what validate() accepts as a best_checkpoint_metric; it must not fall behind."""
+  metrics = evaluated[3]
+  reported = {(k.split("/")[1], k.split("/")[2]) for k in metrics if "/IoU/" not in k}
+  listed = {(task, name) for task, names in config_lib.EVAL_METRICS.items() for name in names}
+  assert reported - listed == set()
+  assert {t for t, _ in reported} == set(config_lib.EVAL_METRICS)
 
 
 def test_semantic_metrics_equal_file_based_evaluation(evaluated):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import test_train_step as tiny
+from dataseg_jax import config as config_lib
 from dataseg_jax.train import checkpointing, loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -176,6 +177,87 @@ def test_nonfinite_streak_stops_and_keeps_last_checkpoint(tmp_path):
   with pytest.raises(loop.NonFiniteError, match=r"max_nonfinite_steps=2.*last checkpoint \(4\)"):
     loop.train(c, str(tmp_path), components(c, loss_fn=always_nan))
   assert checkpointing.make_manager(str(tmp_path)).latest_step() == 4
+
+
+def scored_config(total, mode="max"):
+  """`config` evaluating every 4 steps, keeping the last checkpoint and the best on toy_ade/semantic/mIoU."""
+  c = config(total)
+  c.keep_checkpoints = 1
+  c.eval_every_steps = 4
+  c.checkpoint_every_steps = 8  # evaluated steps in between are saved all the same
+  c.data.datasets = {"toy_ade": config_lib.dataset_entry(eval_tasks=("semantic",))}
+  c.best_checkpoint_metric, c.best_checkpoint_mode = "toy_ade/semantic/mIoU", mode
+  return c
+
+
+def scripted_evaluation(monkeypatch, miou_at, calls=None):
+  """Stands in for the evaluator: mIoU `miou_at[step]` (raises where that is an exception)."""
+  def evaluate(config, components, state, workdir, step):
+    if calls is not None:
+      calls.append(step)
+    if isinstance(miou_at[step], Exception):
+      raise miou_at[step]
+    return {"toy_ade/semantic/mIoU": miou_at[step], "toy_ade/semantic/pixel_acc": 90.0}
+  monkeypatch.setattr(loop, "evaluate", evaluate)
+
+
+@pytest.mark.parametrize("mode, kept", [("max", [8, 16]), ("min", [12, 16])])
+def test_the_best_evaluated_checkpoint_is_kept_beside_the_latest(tmp_path, monkeypatch, mode, kept):
+  scripted_evaluation(monkeypatch, {4: 50.0, 8: 80.0, 12: 30.0, 16: 40.0})
+  c = scored_config(16, mode)
+  loop.train(c, str(tmp_path), components(c))
+  assert checkpointing.make_manager(str(tmp_path)).all_steps() == kept
+  assert checkpointing.resolve_step(str(tmp_path), "best", c) == kept[0]
+  assert checkpointing.resolve_step(str(tmp_path), None, c) == 16
+
+
+def test_the_best_checkpoint_survives_a_restart_and_nan_scores_rank_last(tmp_path, monkeypatch):
+  scripted_evaluation(monkeypatch, {4: 50.0, 8: 80.0, 12: float("nan"), 16: 40.0, 20: 60.0, 24: float("nan")})
+  c = scored_config(12)
+  loop.train(c, str(tmp_path), components(c))
+  c.total_steps = 24  # a new process: the manager reads the stored metrics back
+  loop.train(c, str(tmp_path), components(c))
+  assert checkpointing.make_manager(str(tmp_path)).all_steps() == [8, 24]
+  assert checkpointing.resolve_step(str(tmp_path), "best", c) == 8
+
+
+def test_a_failing_evaluation_still_leaves_its_steps_checkpoint(tmp_path, monkeypatch):
+  calls = []
+  scripted_evaluation(monkeypatch, {4: 50.0, 8: RuntimeError("evaluator crashed")}, calls)
+  c = scored_config(16)
+  with pytest.raises(RuntimeError, match="evaluator crashed"):
+    loop.train(c, str(tmp_path), components(c))
+  assert calls == [4, 8] and checkpointing.make_manager(str(tmp_path)).all_steps() == [4, 8]
+
+
+def test_step_best_needs_a_metric_and_evaluated_checkpoints(tmp_path):
+  c = config(total=2)
+  loop.train(c, str(tmp_path), components(c))
+  with pytest.raises(ValueError, match="needs config.best_checkpoint_metric"):
+    checkpointing.resolve_step(str(tmp_path), "best", c)
+  scored = scored_config(2)
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint under .* has an evaluation of 'toy_ade/semantic/mIoU' "
+                                              r"\(steps \[1, 2\]\)"):
+    checkpointing.resolve_step(str(tmp_path), "best", scored)
+  with pytest.raises(ValueError, match="'last' is neither a checkpoint step nor 'best'"):
+    checkpointing.resolve_step(str(tmp_path), "last", c)
+  assert checkpointing.resolve_step(str(tmp_path), "1", c) == 1
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("best_checkpoint_metric", "ade/semantic/mIoU", r"best_checkpoint_metric: .*no dataset 'ade'.*\['toy_ade'\]"),
+    ("best_checkpoint_metric", "toy_ade/panoptic/PQ",
+     r"best_checkpoint_metric: .*toy_ade is evaluated on \('semantic',\), not 'panoptic'"),
+    ("best_checkpoint_metric", "toy_ade/semantic/miou",
+     r"best_checkpoint_metric: .*semantic evaluation reports .*'mIoU'.*not 'miou'"),
+    ("best_checkpoint_mode", "higher", r"best_checkpoint_mode: must be 'max' or 'min'"),
+    ("eval_every_steps", -1, r"best_checkpoint_metric: .*never measured: eval_every_steps < 0"),
+])
+def test_best_checkpoint_settings_are_checked_at_start(key, value, message):
+  c = scored_config(8)
+  c[key] = value
+  with pytest.raises(ValueError, match="^config." + message):
+    config_lib.validate(c)
 
 
 def test_unwritable_workdir_is_reported(tmp_path):

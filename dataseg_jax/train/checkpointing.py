@@ -3,14 +3,19 @@
 Each checkpoint holds two items: `state` (the `TrainState` as a state dict: params, optimizer state, step, RNG,
 EMA, non-finite counters; orbax `StandardSave`, async) and `data` (JSON: the data iterator position of every
 process, `{"<process index>": iterator.get_state()}`). Saves happen every `config.checkpoint_every_steps`
-steps and on request (end of training, SIGTERM); the last `config.keep_checkpoints` are kept.
+steps and on request (end of training, SIGTERM); the last `config.keep_checkpoints` are kept. With
+`config.best_checkpoint_metric` set, every evaluation during training saves its step's checkpoint together with the
+evaluation's metrics, and the checkpoint that scored best on that metric is kept as well (orbax `BestN`), so
+`scripts/eval.py --step best` and `scripts/export.py --step best` find it after any restart.
 
 A restart restores the latest checkpoint before training (big_vision's auto-resume). Restoring checks the
 stored array shapes against the current config first, so a checkpoint written by another model config stops
 with a message naming the first mismatching parameter instead of an orbax traceback.
 """
+import functools
 import json
 import logging
+import math
 import os
 
 import flax
@@ -20,7 +25,6 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 
-
 class _DropOrbaxInfo(logging.Filter):
   """Drops orbax's INFO records (dozens per save) and its warning that a manager opened read-only is read-only;
   its other warnings and errors still show."""
@@ -28,7 +32,14 @@ class _DropOrbaxInfo(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     if f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True
-    return record.levelno >= logging.WARNING and not record.getMessage().startswith("Given directory is read only")
+    message = record.getMessage()
+    return record.levelno >= logging.WARNING and not message.startswith(_EXPECTED_WARNINGS)
+
+
+_EXPECTED_WARNINGS = (
+    "Given directory is read only",  # evaluation and export open the checkpoints read-only on purpose
+    "Requested `tracked_metric`; did not provide metrics",  # checkpoints between evaluations have no metrics
+)
 
 
 _ORBAX_FILTER = _DropOrbaxInfo()
@@ -52,16 +63,32 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
+def score(metrics: dict | None, metric: str, mode: str) -> float:
+  """The rank of an evaluated checkpoint, larger is better: `metrics[metric]`, negated for mode 'min'; -inf
+  where the checkpoint has no metrics, lacks the metric or scored NaN."""
+  value = float((metrics or {}).get(metric, math.nan))
+  if math.isnan(value):
+    return -math.inf
+  return value if mode == "max" else -value
+
+
 def make_manager(workdir: str, config=None) -> ocp.CheckpointManager:
-  """An async `CheckpointManager` keeping `config.keep_checkpoints`; read-only when `config` is None."""
+  """An async `CheckpointManager` keeping the last `config.keep_checkpoints` and, with
+  `config.best_checkpoint_metric`, the best evaluated one; read-only when `config` is None."""
   quiet_orbax_logs()
   if config is None:
     return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=_handlers(),
                                  options=ocp.CheckpointManagerOptions(read_only=True, create=False,
                                                                      save_interval_steps=0))
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every_steps,
-      enable_async_checkpointing=True, create=True)
+  kept = {"max_to_keep": config.keep_checkpoints}
+  if config.best_checkpoint_metric:
+    rank = functools.partial(score, metric=config.best_checkpoint_metric, mode=config.best_checkpoint_mode)
+    policies = ocp.checkpoint_managers
+    kept = {"best_fn": rank, "best_mode": "max", "preservation_policy": policies.AnyPreservationPolicy([
+        policies.LatestN(n=config.keep_checkpoints),
+        policies.BestN(get_metric_fn=rank, n=1, keep_checkpoints_without_metrics=False)])}
+  options = ocp.CheckpointManagerOptions(save_interval_steps=config.checkpoint_every_steps,
+                                         enable_async_checkpointing=True, create=True, **kept)
   return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=_handlers(), options=options)
 
 
@@ -77,12 +104,14 @@ def _gather_process_states(data_state) -> dict:
   return {str(i): json.loads(bytes(row).rstrip(b"\0").decode()) for i, row in enumerate(gathered)}
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_state, force: bool = False) -> bool:
-  """Starts an async save of `state` and this process's `data_state` at `step` (if due, or `force`)."""
+def save(manager: ocp.CheckpointManager, step: int, state, data_state, force: bool = False,
+         metrics: dict | None = None) -> bool:
+  """Starts an async save of `state` and this process's `data_state` at `step` (if due, or `force`), with the
+  evaluation `metrics` of this step when there are some (stored where the manager tracks the best)."""
   if not force and not manager.should_save(step):
     return False
   data = _gather_process_states(data_state)
-  return manager.save(step, force=force, args=ocp.args.Composite(
+  return manager.save(step, force=force, metrics=metrics, args=ocp.args.Composite(
       state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)), data=ocp.args.JsonSave(data)))
 
 
@@ -123,6 +152,33 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, workdir: 
     raise ValueError(f"the checkpoint {checkpoint_dir(workdir)}/{step} holds the data position of {len(data)} "
                      f"processes but this run has {jax.process_count()}; resume with the same process count")
   return flax.serialization.from_state_dict(abstract_state, restored["state"]), data[key]
+
+
+def resolve_step(workdir: str, step: str | int | None, config) -> int | None:
+  """The checkpoint step that `step` names: None -> the latest (None when there is none), 'best' -> the one
+  that scored best on `config.best_checkpoint_metric` in the evaluations during training, else int(step)."""
+  if step is None:
+    manager = make_manager(workdir)
+    latest = manager.latest_step()
+    manager.close()
+    return latest
+  if str(step) != "best":
+    if not str(step).isdigit():
+      raise ValueError(f"--step: {step!r} is neither a checkpoint step nor 'best'")
+    return int(step)
+  metric, mode = config.best_checkpoint_metric, config.best_checkpoint_mode
+  if not metric:
+    raise ValueError("--step best needs config.best_checkpoint_metric, the metric that ranks the checkpoints "
+                     "(e.g. --config.best_checkpoint_metric=ade/semantic/mIoU)")
+  manager = make_manager(workdir)
+  ranks = {s: score(manager.metrics(s), metric, mode) for s in manager.all_steps()}
+  manager.close()
+  scored = {s: r for s, r in ranks.items() if r > -math.inf}
+  if not scored:
+    raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)} has an evaluation of {metric!r} "
+                            f"(steps {sorted(ranks)}); train with --config.best_checkpoint_metric={metric} and "
+                            "eval_every_steps > 0, or pass a step")
+  return max(scored, key=lambda s: (scored[s], s))
 
 
 def restore_variables(workdir: str, step: int | None = None) -> dict:

@@ -6,14 +6,16 @@
 2. Vocabulary, frozen text embeddings, model, criterion and the data iterator (`build_components`).
 3. The train state, fresh or restored from the latest checkpoint in `WORKDIR/checkpoints/` together with the
    data iterator position (big_vision's auto-resume: rerunning the same command continues).
-4. The step, compiled once ahead of time (its FLOPs give the MFU estimate), fed by batches that are already
+4. The step, compiled once ahead of time (its FLOPs give the HFU estimate), fed by batches that are already
    global device arrays, prefetched `config.data.prefetch` deep.
 5. Every `log_every_steps`: the only host sync; CLU writers get each loss term per dataset and per task,
-   learning rate, gradient norm, step time, images/s, MFU. Every `checkpoint_every_steps`: an async orbax
+   learning rate, gradient norm, step time, images/s, HFU. Every `checkpoint_every_steps`: an async orbax
    save. SIGTERM (or a cluster preemption notice): save, then return. Too many non-finite steps in a row:
    stop with `NonFiniteError`, leaving the last checkpoint as it was.
 
-`config.eval_every_steps`: > 0 evaluates every K steps and at the end, 0 only at the end, < 0 never.
+`config.eval_every_steps`: > 0 evaluates every K steps and at the end, 0 only at the end, < 0 never. A step that
+is evaluated is checkpointed after its evaluation, with the metrics; with `config.best_checkpoint_metric` every
+evaluated step is checkpointed, and the best of them is kept beside the last `keep_checkpoints` (checkpointing.py).
 """
 import dataclasses
 import functools
@@ -324,15 +326,20 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
             summary["hfu"] = interval_flops / elapsed / peak
         writer.write_scalars(step, summary)
         history, interval_start, interval_steps, interval_flops = [], time.perf_counter(), 0, 0.0
-      checkpointing.save(manager, step, state, data_state, force=last or preempted)
+      scores = None
+      try:
+        if not preempted and evaluation_due(config, step):
+          eval_start = time.perf_counter()
+          scores = evaluate(config, components, state, workdir, step)
+          interval_start += time.perf_counter() - eval_start  # evaluating is not stepping
+      finally:  # after the evaluation, so that the checkpoint holds its metrics; saved even if it failed
+        checkpointing.save(manager, step, state, data_state, metrics=scores,
+                           force=last or preempted or (scores is not None and bool(config.best_checkpoint_metric)))
+      if scores is not None:
+        writer.write_scalars(step, scores)
       if preempted:
         logging.warning("preempted at step %d: checkpoint saved, exiting", step)
         break
-      if config.eval_every_steps >= 0 and ((config.eval_every_steps and step % config.eval_every_steps == 0)
-                                           or last):
-        eval_start = time.perf_counter()
-        writer.write_scalars(step, evaluate(config, components, state, workdir, step))
-        interval_start += time.perf_counter() - eval_start  # evaluating is not stepping
   finally:
     if sigterm:
       sigterm.restore()
@@ -340,6 +347,12 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
     manager.close()
     writer.flush()
   return dict(summary, step=step, preempted=step < config.total_steps)
+
+
+def evaluation_due(config, step: int) -> bool:
+  """Whether training evaluates after `step`: every `eval_every_steps` (> 0) and at the last step (>= 0)."""
+  every = config.eval_every_steps
+  return every >= 0 and ((every > 0 and step % every == 0) or step == config.total_steps)
 
 
 def evaluate(config, components: Components, state: state_lib.TrainState, workdir: str, step: int) -> dict:

@@ -7,8 +7,8 @@ Sharding is data in the config (big_vision's `sharding.py` idea): `config.mesh.s
 - `'fsdp'`: the largest axis of each array that the `'data'` axis size divides is sharded over `'data'`
   (ZeRO-3 style); arrays smaller than `FSDP_MIN_SIZE` elements or with no divisible axis stay replicated.
 
-No rule shards over `'model'` yet (its size is 1 by default; a larger one repeats the same work). Batches are
-sharded on their leading axis over `'data'` and replicated over `'model'`. In a multi-host run each
+No rule shards over `'model'` yet, so its size must be 1 (`mesh_shape` refuses more: those devices would repeat
+the same work). Batches are sharded on their leading axis over `'data'`. In a multi-host run each
 process holds its own slice of the global batch and `jax.make_array_from_process_local_data` builds the global
 array; `maybe_initialize_distributed` starts `jax.distributed` when the config or the environment asks for it.
 """
@@ -65,6 +65,10 @@ def mesh_shape(shape, num_devices: int) -> tuple[int, int]:
   if math.prod(shape) != num_devices:
     raise ValueError(f"config.mesh.shape={shape} needs {math.prod(shape)} devices but {num_devices} are "
                      f"available; use -1 for the 'data' axis to take all of them")
+  if shape[1] != 1:
+    raise ValueError(f"config.mesh.shape={shape}: no parameter or batch axis is sharded over 'model' yet, so its "
+                     f"{shape[1]} devices would repeat the same work; use ({num_devices}, 1) (or (-1, 1)) and "
+                     "mesh.param_sharding='fsdp' to spread the parameters over the devices")
   return shape
 
 
