@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+import jax
 from absl import app, flags
 from clu import metric_writers
 from ml_collections import config_flags
@@ -33,16 +34,18 @@ def run(config, workdir: str, step=None) -> dict:
   from data_pipelines import registry
   from dataseg_jax.evaluation import evaluator
   from dataseg_jax.train import checkpointing
+  from dataseg_jax.train import mesh as mesh_lib
   from dataseg_jax.vocab import embeddings
 
   config_lib.validate(config)
+  mesh_lib.maybe_initialize_distributed(config)  # several processes (a pod slice) evaluate together
   hardware.use_compilation_cache(config.get("compilation_cache_dir", ""))
   step = checkpointing.resolve_step(workdir, step, config)
   variables = checkpointing.restore_variables(workdir, step)
   vocab = registry.build_vocab(config)
   class_embeddings = embeddings.embed_for_config(vocab.names, config, workdir)
   metrics = evaluator.evaluate(config, variables, vocab, class_embeddings, workdir, step)
-  writer = metric_writers.create_default_writer(os.path.join(workdir, "eval"))
+  writer = metric_writers.create_default_writer(os.path.join(workdir, "eval"), just_logging=jax.process_index() > 0)
   writer.write_scalars(step, metrics)
   writer.flush()
   return metrics

@@ -6,8 +6,12 @@ when it is importable, freshly initialised; a small stand-in with the same `appl
 """
 import json
 import logging
+import os
 import pathlib
+import socket
+import subprocess
 import sys
+import types
 
 import flax.linen as nn
 import jax
@@ -59,19 +63,25 @@ def _stand_in(config):
   return vocab, emb, model, variables
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-  root = tmp_path_factory.mktemp("toy")
-  make_toy_data.main(["--out", str(root), "--train", "2", "--val", "5", "--size", "64", "--seed", "0"])
+def _config(root):
+  """configs/toy.py on the toy data at `root`, evaluated at 64 px in batches of 2 with thresholds for StandIn."""
   c = toy.get_config()
   c.data_dir = str(root)
-  _number_categories_from_zero(root / c.data.datasets.toy_ade.val_panoptic_annotations)
   c.data.eval_size = 64
   c.data.eval_batch_size = 2
   c.eval.object_mask_threshold = 0.2
   c.eval.overlap_threshold = 0.3
   c.eval.instance_topk = 20
   c.eval.num_overlays = 2
+  return c
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+  root = tmp_path_factory.mktemp("toy")
+  make_toy_data.main(["--out", str(root), "--train", "2", "--val", "5", "--size", "64", "--seed", "0"])
+  c = _config(root)
+  _number_categories_from_zero(root / c.data.datasets.toy_ade.val_panoptic_annotations)
   vocab, emb, model, variables = _stand_in(c)
   workdir = tmp_path_factory.mktemp("work")
   logs = _Messages()
@@ -325,3 +335,100 @@ def test_metrics_files_keep_other_datasets_of_the_same_step(evaluated, tmp_path)
   assert read("5")["metrics"] == {**runs[0], **runs[1]} and read("5")["step"] == 5
   assert any(k.startswith("toy_o365/") for k in runs[0]) and any(k.startswith("toy_ade/") for k in runs[1])
   assert read() == {"step": 6, "metrics": runs[2]} and read("6")["metrics"] == runs[2]
+
+
+DATA_PARALLEL_SCRIPT = """
+import json, sys
+import jax
+sys.path.insert(0, sys.argv[1])
+import test_eval_evaluator as t
+from dataseg_jax.evaluation import evaluator
+c = t._config(sys.argv[2])
+c.data.eval_batch_size = 8
+vocab, emb, model, variables = t._stand_in(c)
+rows = []  # rows of a batch on one device
+make = evaluator.make_infer_fn
+
+def recording(*args):
+  infer = make(*args)
+  def run(variables, images, *rest):
+    rows.append(images.sharding.shard_shape(images.shape)[0])
+    return infer(variables, images, *rest)
+  return run
+
+evaluator.make_infer_fn = recording
+metrics = evaluator.evaluate(c, variables, vocab, emb, sys.argv[3], 7, model=model)
+print("RESULT=" + json.dumps({"rows": sorted(set(rows)), "metrics": metrics}))
+"""
+
+
+@pytest.mark.slow
+def test_evaluation_splits_each_batch_over_the_devices_and_scores_the_same(evaluated, tmp_path):
+  """The same StandIn and toy split, evaluated on 1 and on 8 CPU devices: the batches are sharded over 8 and the
+  metrics agree."""
+  root = evaluated[1]
+  results = {}
+  for n in (1, 8):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT, str(REPO / "tests"), str(root),
+                           str(tmp_path / str(n))], capture_output=True, text=True, env=env, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT=")]
+    assert lines, proc.stderr[-3000:]
+    results[n] = json.loads(lines[0][len("RESULT="):])
+  assert results[1]["rows"] == [8] and results[8]["rows"] == [1]
+  assert set(results[8]["metrics"]) == set(results[1]["metrics"])
+  assert results[8]["metrics"] == pytest.approx(results[1]["metrics"], abs=1e-4)
+  assert any(v > 0 for v in results[1]["metrics"].values())
+
+
+def test_an_eval_batch_that_does_not_split_over_the_devices_is_refused(evaluated, tmp_path, monkeypatch):
+  c = evaluated[0].copy_and_resolve_references()
+  c.data.eval_batch_size = 3
+  monkeypatch.setattr(evaluator.mesh_lib, "make_mesh", lambda config: types.SimpleNamespace(shape={"data": 2}))
+  with pytest.raises(ValueError, match=r"eval_batch_size=3 does not split over the mesh's 2 'data' devices"):
+    evaluator.evaluate(c, {}, None, np.zeros((1, 8)), str(tmp_path), 0)
+
+
+TWO_PROCESS_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import test_eval_evaluator as t
+from dataseg_jax.evaluation import evaluator
+from dataseg_jax.train import mesh as mesh_lib
+c = t._config(sys.argv[2])
+c.distributed = True
+mesh_lib.maybe_initialize_distributed(c)
+vocab, emb, model, variables = t._stand_in(c)
+metrics = evaluator.evaluate(c, variables, vocab, emb, sys.argv[3], 7, model=model)
+print("RESULT=" + json.dumps(metrics))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_together_and_both_get_the_metrics_of_one(evaluated, tmp_path):
+  """jax.distributed over two local processes (one device each): each batch is split over both, every process
+  returns the one-process metrics, and process 0 alone writes the files."""
+  _, root, workdir, metrics, _ = evaluated
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", TWO_PROCESS_SCRIPT, str(REPO / "tests"), str(root), str(tmp_path)],
+      env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outputs):
+    lines = [line for line in out.splitlines() if line.startswith("RESULT=")]
+    assert p.returncode == 0 and lines, err[-3000:]
+    assert json.loads(lines[0][len("RESULT="):]) == pytest.approx(metrics, abs=1e-4)
+  saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  assert saved["metrics"] == pytest.approx(metrics, abs=1e-4)
+  written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+  assert written == sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
+
+
+def test_a_process_other_than_the_first_scores_but_writes_no_files(evaluated, tmp_path, monkeypatch):
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  metrics = _evaluate_alone(evaluated[0], "toy_coco", tmp_path, 7)
+  assert "toy_coco/panoptic/PQ" in metrics
+  assert list(tmp_path.rglob("*")) == []

@@ -18,7 +18,12 @@ Files under WORKDIR/eval/<step>/<dataset>/: semantic/*.png, panoptic.json + pano
 instance_results.json, overlays/*.png; the metrics in WORKDIR/eval/metrics.json (and per step; an evaluation of
 the same step with other datasets adds its metrics to those files).
 Progress (images done, images/s, ETA) is logged every `PROGRESS_EVERY_S` seconds of a dataset's pass.
+
+The model runs data-parallel on the training mesh (`config.mesh`): each batch is split over the 'data' devices and
+the parameters are replicated. Every process reads the whole split and scores every image (with several processes
+the outputs are gathered to every process), so all processes return the same metrics; process 0 writes the files.
 """
+import functools
 import json
 import logging
 import os
@@ -38,21 +43,23 @@ from dataseg_jax.evaluation import panoptic
 from dataseg_jax.evaluation import postprocess
 from dataseg_jax.evaluation import semantic
 from dataseg_jax.evaluation import writers
+from dataseg_jax.train import mesh as mesh_lib
 
 IGNORE = -1  # void ground truth: outside every class id (benchmarks with > 255 classes use 255)
 PROGRESS_EVERY_S = 30.0
 
 
-def make_infer_fn(model, tasks: tuple, eval_config):
+def make_infer_fn(model, tasks: tuple, eval_config, out_shardings=None):
   """Jitted (variables, images [B, H, W, 3], valid [B, H, W], embeddings [C, D], class_mask [B, C], local_classes
   [K] int32, local_things [K] bool) -> per-task post-processed outputs at the input size, from the final decoder
-  layer, with the padding (`valid` False) belonging to no segment.
+  layer, with the padding (`valid` False) belonging to no segment; `out_shardings` as `jax.jit`'s (default: as
+  the inputs make them).
 
   Post-processing runs on the dataset's own K classes (logits gathered from the union's C, background
   last), so class ids in the outputs are dataset-local and the [B, K, H, W] semantic scores stay small.
   """
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=out_shardings)
   def infer(variables, images, valid, embeddings, class_mask, local_classes, local_things):
     out = model.apply(variables, images, embeddings, class_mask, train=False)
     union_logits = out["pred_logits"][-1]  # [B, Q, C + 1]
@@ -108,10 +115,11 @@ def _valid_extent(valid: np.ndarray) -> tuple:
 
 
 class _DatasetEval:
-  """Host-side state of one dataset's evaluation: ground truth, accumulators, writers."""
+  """Host-side state of one dataset's evaluation: ground truth, accumulators, writers (files: `writes` only, so
+  that with several processes one of them writes)."""
 
-  def __init__(self, config, vocab, name: str, tasks: tuple, out_dir: str):
-    self.name, self.tasks, self.out_dir = name, tasks, out_dir
+  def __init__(self, config, vocab, name: str, tasks: tuple, out_dir: str, writes: bool = True):
+    self.name, self.tasks, self.out_dir, self.writes = name, tasks, out_dir, writes
     self.entry = e = registry.resolve_entry(config, name)
     self.d = vocab.dataset_index(name)
     local_vocab = registry.dataset_vocab(e)
@@ -122,9 +130,10 @@ class _DatasetEval:
     self.num_classes = len(self.local_classes)
     self.index = registry.build_index(config, name, "val", local_vocab)
     self.row_of_id = {int(i): r for r, i in enumerate(self.index.image_ids)}
-    self.num_overlays = int(config.eval.num_overlays)
+    self.num_overlays = int(config.eval.num_overlays) if writes else 0
     self.overlays = 0
-    os.makedirs(out_dir, exist_ok=True)
+    if writes:
+      os.makedirs(out_dir, exist_ok=True)
     self.gt_panoptic = None
     if e.format == "coco_panoptic":
       with open(e.val_annotations) as f:
@@ -149,9 +158,9 @@ class _DatasetEval:
     self.pq = panoptic.PQStat({c["id"]: c for c in self.categories})
     self.instance_results = []
     self.image_ids = []  # evaluated images, in order
-    if "semantic" in tasks:
+    if "semantic" in tasks and writes:
       os.makedirs(os.path.join(out_dir, "semantic"), exist_ok=True)
-    if "panoptic" in tasks:
+    if "panoptic" in tasks and writes:
       self.pan_writer = writers.PanopticWriter(os.path.join(out_dir, "panoptic.json"),
                                                os.path.join(out_dir, "panoptic"), self.categories)
 
@@ -212,12 +221,14 @@ class _DatasetEval:
       self.confusion = self.confusion.merge(
           semantic.SemanticConfusion.from_model_output(sem, gt, self.num_classes, IGNORE))
       offset = 1 if self.entry.format == "semantic_png" and self.entry.reduce_zero_label else 0
-      writers.write_semantic_png(os.path.join(self.out_dir, "semantic", stem + ".png"), np.maximum(sem, 0) + offset)
+      if self.writes:
+        writers.write_semantic_png(os.path.join(self.out_dir, "semantic", stem + ".png"), np.maximum(sem, 0) + offset)
     if "panoptic" in self.tasks:
       p = {k: v[b] for k, v in res["panoptic"].items()}
       pan_ids, segs, pan_classes = panoptic_segments(p, (hv, wv), size, self.category_ids, self.local_thing)
       json_id = self.index.panoptic_gt[row]["image_id"] if self.index.panoptic_gt else image_id
-      self.pan_writer.add(json_id, stem + ".png", pan_ids, segs)  # ids of the ground-truth JSON when one exists
+      if self.writes:
+        self.pan_writer.add(json_id, stem + ".png", pan_ids, segs)  # ids of the ground-truth JSON when one exists
       gt_ids, gt_segs = self._gt_panoptic(image_id)
       self.pq.add_image(gt_ids, gt_segs, pan_ids, segs, f"{self.name} image_id {image_id}")
     if "instance" in self.tasks:
@@ -261,12 +272,14 @@ class _DatasetEval:
       for k, v in scores.items():
         out[f"{self.name}/semantic/{k}"] = v
     if "panoptic" in self.tasks:
-      self.pan_writer.close()
+      if self.writes:
+        self.pan_writer.close()
       for k, v in self.pq.summary().items():
         out[f"{self.name}/panoptic/{k}"] = v
     if "instance" in self.tasks:
       path = os.path.join(self.out_dir, "instance_results.json")
-      writers.write_json(path, self.instance_results)
+      if self.writes:
+        writers.write_json(path, self.instance_results)
       for iou_type, prefix in (("segm", ""), ("bbox", "box_")):
         for k, v in instance.coco_evaluate(self.instance_gt, self.instance_results, iou_type, path,
                                            self.image_ids).items():
@@ -309,20 +322,28 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
     model = dataseg.DataSeg(config.model)
   eval_dir = os.path.join(workdir, "eval")
   embeddings = jnp.asarray(embeddings, jnp.float32)
+  mesh = mesh_lib.make_mesh(config)
+  if config.data.eval_batch_size % mesh.shape["data"]:
+    raise ValueError(f"config.data.eval_batch_size={config.data.eval_batch_size} does not split over the mesh's "
+                     f"{mesh.shape['data']} 'data' devices; pick a multiple of {mesh.shape['data']}")
+  rows = mesh_lib.batch_sharding(mesh)
+  variables = jax.device_put(variables, mesh_lib.replicated(mesh))
+  gathered = mesh_lib.replicated(mesh) if jax.process_count() > 1 else None  # a process reads only its own devices
   metrics = {}
   max_examples = int(config.eval.max_examples)
   for name in config.data.datasets:
     tasks = _dataset_tasks(config, name)
     if not tasks:
       continue
-    state = _DatasetEval(config, vocab, name, tasks, os.path.join(eval_dir, str(step), name))
-    infer = make_infer_fn(model, tasks, config.eval)
+    state = _DatasetEval(config, vocab, name, tasks, os.path.join(eval_dir, str(step), name),
+                         writes=jax.process_index() == 0)
+    infer = make_infer_fn(model, tasks, config.eval, gathered)
     seen, total = 0, min(len(state.index), max_examples) if max_examples else len(state.index)
     progress = progress_lib.Progress(name, total, logging.info, every_s=PROGRESS_EVERY_S)
     for batch in mixture.eval_batches(config, vocab, name):
       cm = vocab.class_mask[batch["dataset_id"]]
-      res = jax.device_get(infer(variables, batch["image"], batch["valid"], embeddings, cm, state.local_classes,
-                                 state.local_thing))
+      images, valid, cm = (mesh_lib.global_array_from_whole(x, rows) for x in (batch["image"], batch["valid"], cm))
+      res = jax.device_get(infer(variables, images, valid, embeddings, cm, state.local_classes, state.local_thing))
       for b in np.nonzero(batch["example_valid"])[0]:
         if max_examples and seen >= max_examples:
           break
@@ -333,9 +354,10 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
         break
     metrics.update(state.finish())
     logging.info("evaluated %s (%s) on %d images in %s", name, ", ".join(tasks), seen, progress.elapsed())
-  os.makedirs(eval_dir, exist_ok=True)
-  for path in (os.path.join(eval_dir, "metrics.json"), os.path.join(eval_dir, str(step), "metrics.json")):
-    _write_metrics(path, int(step), metrics)
+  if jax.process_index() == 0:
+    os.makedirs(eval_dir, exist_ok=True)
+    for path in (os.path.join(eval_dir, "metrics.json"), os.path.join(eval_dir, str(step), "metrics.json")):
+      _write_metrics(path, int(step), metrics)
   return metrics
 
 

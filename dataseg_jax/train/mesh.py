@@ -139,6 +139,13 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
+def global_array_from_whole(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array laid out as `sharding` from `x`, which every process holds whole (evaluation batches): each
+  process places the pieces of its own devices."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def prefetch_to_mesh(iterator, mesh: Mesh, size: int):
   """Yields `(global batch, iterator state after it)`, keeping `size` transfers in flight (flax's prefetch idea).
 
