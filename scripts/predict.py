@@ -1,12 +1,16 @@
 """Predictions and overlays for a folder of images with an exported model (no training code needed).
 
   python scripts/predict.py --model exported/toy --images DIR --out DIR [--vocab names.txt] [--things things.txt]
+      [--clip_weights PATH]
 
-Each image is resized (longer side to the export's size), padded, run, and its outputs cropped and resized
-back (nearest). Writes OUT/semantic/<stem>.png (class index into the vocabulary), OUT/panoptic/<stem>.png
+Each image is resized (longer side to the export's size; bilinear without antialiasing, as the input pipeline),
+padded, run, and its outputs cropped and resized back (nearest). Writes OUT/semantic/<stem>.png (class index into the vocabulary), OUT/panoptic/<stem>.png
 with OUT/panoptic.json (COCO panoptic; category_id = class index + 1), OUT/overlays/<stem>.png, and
 OUT/names.txt. --vocab swaps in another vocabulary, embedded with the export's text encoder and prompts
-(needs dataseg_jax.vocab); --things names its thing classes (default: those of the exported vocabulary).
+(needs dataseg_jax.vocab; names are embedded in the normalised form training uses, e.g. 'building, edifice' as
+'building'); --things names its thing classes (default: the --vocab classes whose normalised name is a thing class
+of the exported vocabulary); --clip_weights the CLIP text weights when the export was trained with encoder 'clip'
+(default: the path recorded at export).
 """
 import argparse
 import os
@@ -38,11 +42,15 @@ def progress(i: int, n: int, start: float) -> None:
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple:
-  """Resize the longer side to `size` (bilinear) and pad bottom/right with zeros -> ([S, S, 3], (h', w'))."""
+  """Resize the longer side to `size` and pad bottom/right with zeros -> ([S, S, 3], (h', w')); bilinear with
+  half-pixel centres and no antialiasing, rounded, as the input pipeline's `tf.image.resize` (augment._resize)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
   h, w = image.shape[:2]
   scale = size / max(h, w)
   nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-  resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+  resized = jax.image.resize(image.astype(np.float32), (nh, nw, 3), "bilinear", antialias=False)
+  resized = np.clip(np.round(np.asarray(resized)), 0, 255).astype(np.uint8)
   out = np.zeros((size, size, 3), np.uint8)
   out[:nh, :nw] = resized
   return out, (nh, nw)
@@ -54,13 +62,27 @@ def restore_size(label: np.ndarray, valid: tuple, size: tuple) -> np.ndarray:
   return np.asarray(Image.fromarray(crop.astype(np.int32)).resize((size[1], size[0]), Image.NEAREST)).astype(np.int64)
 
 
-def swap_vocabulary(model: loader.ExportedModel, vocab_path: str, things_path: str = None) -> None:
-  from dataseg_jax.vocab import embeddings  # pylint: disable=g-import-not-at-top
-  names = loader.read_names(vocab_path)
-  things = set(loader.read_names(things_path)) if things_path else {n for n, t in zip(model.names, model.thing_mask) if t}
-  emb = embeddings.embed_names(names, encoder=model.config["vocab"]["encoder"],
-                               prompts=tuple(model.config["vocab"]["prompts"]))
-  model.set_vocabulary(names, np.asarray(emb, np.float32), [n in things for n in names])
+def swap_vocabulary(model: loader.ExportedModel, vocab_path: str, things_path: str = None,
+                    clip_weights: str = None) -> None:
+  """Embeds the names of `vocab_path` as training does (normalised names, the export's encoder and prompts) and
+  swaps them in; thing classes from `things_path`, else those whose normalised name the export calls a thing."""
+  from dataseg_jax.vocab import embeddings, vocabulary  # pylint: disable=g-import-not-at-top
+  names = vocabulary.read_names_file(vocab_path)
+  canonical = [vocabulary.normalise_name(n) for n in names]
+  if things_path:
+    things = {vocabulary.normalise_name(n) for n in vocabulary.read_names_file(things_path)}
+    unknown = sorted(things - set(canonical))
+    if unknown:
+      raise ValueError(f"{things_path}: {unknown} are not classes of {vocab_path}")
+  else:
+    things = {vocabulary.normalise_name(n) for n, t in zip(model.names, model.thing_mask) if t}
+  v = model.config["vocab"]
+  clip_weights = clip_weights or v.get("clip_weights") or None
+  if v["encoder"] == "clip" and not clip_weights:
+    raise ValueError("this export embeds names with CLIP; pass its text weights with --clip_weights")
+  emb = embeddings.embed_names(canonical, encoder=v["encoder"], prompts=tuple(v["prompts"]),
+                               clip_weights=clip_weights, dim=model.config["embed_dim"])
+  model.set_vocabulary(names, np.asarray(emb, np.float32), [n in things for n in canonical])
 
 
 def predict_folder(model: loader.ExportedModel, images_dir: str, out_dir: str) -> int:
@@ -70,6 +92,11 @@ def predict_folder(model: loader.ExportedModel, images_dir: str, out_dir: str) -
   files = sorted(f for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_EXTS))
   if not files:
     raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) in {images_dir}")
+  stems = [os.path.splitext(f)[0] for f in files]
+  shared = sorted(f for f, s in zip(files, stems) if stems.count(s) > 1)
+  if shared:
+    raise ValueError(f"{images_dir}: {shared} share a name, so their outputs (<name>.png) would overwrite each "
+                     "other; rename or move one of each")
   for sub in ("semantic", "overlays"):
     os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
   cats = [{"id": k + 1, "name": n, "isthing": int(t)} for k, (n, t) in enumerate(zip(model.names, model.thing_mask))]
@@ -112,10 +139,13 @@ def main(argv=None) -> int:
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--vocab", help="names file (one class a line) to swap in")
   p.add_argument("--things", help="names file of the thing classes of --vocab")
+  p.add_argument("--clip_weights", help="CLIP text weights for --vocab when the export's encoder is 'clip'")
   args = p.parse_args(argv)
+  if args.things and not args.vocab:
+    p.error("--things names the thing classes of --vocab; pass --vocab too")
   model = loader.ExportedModel(args.model)
   if args.vocab:
-    swap_vocabulary(model, args.vocab, args.things)
+    swap_vocabulary(model, args.vocab, args.things, args.clip_weights)
   return predict_folder(model, args.images, args.out)
 
 

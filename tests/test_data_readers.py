@@ -187,6 +187,12 @@ def test_ade_builtin_vocab_matches_objectinfo(refdata):
   assert len(set(vocabulary.normalise_name(n) for n in o365.names)) == 365
 
 
+def test_a_names_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+  """Windows Notepad's UTF-8 starts with U+FEFF; kept, it would make '\ufeffsky' a class of its own."""
+  (tmp_path / "bom.txt").write_bytes("sky\ngrass\n".encode("utf-8-sig"))
+  assert vocabulary.read_names_file(tmp_path / "bom.txt") == ["sky", "grass"]
+
+
 def test_coco_instances_rasterised_like_pycocotools(refdata):
   coco_lib = pytest.importorskip("pycocotools.coco")
   root = refdata / "coco_instances_small"

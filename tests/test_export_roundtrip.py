@@ -188,3 +188,63 @@ def test_a_learned_class_table_refuses_other_vocabularies(exported, tmp_path):
   served = loader.ExportedModel(str(learned))  # its own vocabulary: fine
   with pytest.raises(ValueError, match="cannot be swapped"):
     served.set_vocabulary([f"new {k}" for k in range(C)], np.zeros((C, D), np.float32), THINGS)
+
+
+def test_predict_resizes_as_the_input_pipeline(rng):
+  import predict
+  import tensorflow as tf
+  image = rng.integers(0, 256, (97, 61, 3), dtype=np.uint8)
+  for size in (64, 160):  # down and up
+    boxed, (h, w) = predict.letterbox(image, size)
+    want = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, [h, w], method="bilinear", antialias=False)),
+                                    0, 255), tf.uint8).numpy()
+    assert np.abs(boxed[:h, :w].astype(int) - want).max() <= 1  # float rounding at .5
+    assert (boxed[h:] == 0).all() and (boxed[:, w:] == 0).all()
+
+
+def test_predict_vocab_embeds_normalised_names_and_keeps_their_thing_classes(exported, tmp_path, monkeypatch):
+  import predict
+  from dataseg_jax.vocab import embeddings
+  *_, out = exported
+  served = loader.ExportedModel(str(out))
+  served.names[:2] = ["car", "sky"]  # as if exported with these names: car a thing, sky stuff
+  embedded = []
+  monkeypatch.setattr(embeddings, "embed_names", lambda names, **kw: embedded.append(list(names)) or
+                      np.ones((len(names), D), np.float32))
+  vocab = tmp_path / "vocab.txt"
+  vocab.write_text("\ufeffCar, automobile\nsky-other-merged\nTree\n")
+  predict.swap_vocabulary(served, str(vocab))
+  assert embedded == [["car", "sky", "tree"]]
+  assert served.names[:3] == ["Car, automobile", "sky-other-merged", "Tree"]
+  assert served.thing_mask[:3].tolist() == [True, False, False]
+  things = tmp_path / "things.txt"
+  things.write_text("tree\n")
+  predict.swap_vocabulary(served, str(vocab), str(things))
+  assert served.thing_mask[:3].tolist() == [False, False, True]
+  things.write_text("trees\n")
+  with pytest.raises(ValueError, match=r"\['trees'\] are not classes of"):
+    predict.swap_vocabulary(served, str(vocab), str(things))
+  served.config["vocab"]["encoder"] = "clip"
+  served.config["vocab"]["clip_weights"] = ""
+  with pytest.raises(ValueError, match="--clip_weights"):
+    predict.swap_vocabulary(served, str(vocab))
+
+
+def test_predict_refuses_images_that_would_overwrite_each_other_and_things_without_vocab(exported, tmp_path):
+  import predict
+  *_, out = exported
+  (tmp_path / "images").mkdir()
+  for name in ("a.png", "a.jpg", "b.png"):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / name)
+  with pytest.raises(ValueError, match=r"\['a.jpg', 'a.png'\] share a name"):
+    predict.main(["--model", str(out), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "pred")])
+  with pytest.raises(SystemExit):
+    predict.main(["--model", str(out), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "pred"),
+                  "--things", "t.txt"])
+
+
+def test_the_loader_refuses_pixels_that_are_not_uint8(exported):
+  *_, out = exported
+  served = loader.ExportedModel(str(out))
+  with pytest.raises(ValueError, match="float32; this export takes uint8"):
+    served(np.zeros((2, SIZE, SIZE, 3), np.float32))

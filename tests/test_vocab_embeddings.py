@@ -156,3 +156,11 @@ def test_load_vocabulary_reads_names_files_and_embed_vocab_npz(tmp_path):
   names_file.write_text("zebra\nZebra\n")
   with pytest.raises(ValueError, match="line 2 'Zebra' duplicates line 1"):
     embeddings.load_vocabulary(names_file, encoder="hash")
+
+
+def test_the_minilm_cache_id_names_the_installed_version_and_both_files():
+  from importlib import metadata
+  wid = text_bert.minilm_weights_id()
+  assert wid.startswith(f"{text_bert.MINILM_PACKAGE}=={metadata.version(text_bert.MINILM_PACKAGE)}:")
+  path = text_bert.minilm_dir()
+  assert wid.endswith(f":{(path / 'model.safetensors').stat().st_size}:{(path / 'tokenizer.json').stat().st_size}")

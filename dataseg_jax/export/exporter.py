@@ -115,7 +115,8 @@ def export_model(config, variables, names, embeddings, things, out_dir: str, *, 
   meta = {"image_size": size, "batch_size": int(batch_size), "max_classes": c_max, "embed_dim": int(dim),
           "outputs": outputs, "num_queries": int(config.model.num_queries),
           "eval": {k: config.eval[k] for k in ("object_mask_threshold", "overlap_threshold", "instance_topk")},
-          "vocab": {"encoder": config.vocab.encoder, "prompts": list(config.vocab.prompts)},
+          "vocab": {"encoder": config.vocab.encoder, "prompts": list(config.vocab.prompts),
+                    "clip_weights": config.vocab.clip_weights},
           "model": config.model.to_dict()}
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(meta, f, indent=1)

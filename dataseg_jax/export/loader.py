@@ -90,6 +90,8 @@ class ExportedModel:
     (h, w) [B, 2] (default: S, S), outside of which no segment reaches."""
     images = np.asarray(images)
     want = (self.batch_size, self.image_size, self.image_size, 3)
+    if images.dtype != np.uint8:
+      raise ValueError(f"images are {images.dtype}; this export takes uint8 pixels in 0..255")
     if images.shape != want:
       raise ValueError(f"images are {images.shape}; this export takes {want} (resize the longer side to "
                        f"{self.image_size} and pad)")
@@ -99,6 +101,6 @@ class ExportedModel:
     if image_sizes.shape != (self.batch_size, 2) or (image_sizes < 1).any() or (image_sizes > self.image_size).any():
       raise ValueError(f"image_sizes must be [{self.batch_size}, 2] (h, w) pairs in 1..{self.image_size}, got "
                        f"{image_sizes.tolist()}")
-    out = self.exported.call(self.params, images.astype(np.uint8), image_sizes, self.embeddings, self.class_mask,
+    out = self.exported.call(self.params, images, image_sizes, self.embeddings, self.class_mask,
                              self.thing_mask)
     return jax.tree.map(np.asarray, out)

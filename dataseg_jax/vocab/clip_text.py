@@ -291,9 +291,13 @@ def load_weights(path) -> tuple:
 
 
 def weights_id(path) -> str:
-  """Identifies user CLIP weights for the embedding cache: resolved path, size and mtime of the files."""
+  """Identifies user CLIP weights for the embedding cache: resolved path, size and mtime of the files (a single
+  weights file and the tokenizer.json beside it that `load_weights` reads)."""
   path = pathlib.Path(path).expanduser().resolve()
-  files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+  if path.is_dir():
+    files = sorted(p for p in path.iterdir() if p.is_file())
+  else:
+    files = [path] + [p for p in [path.parent / "tokenizer.json"] if p.is_file()]
   return "clip:" + ";".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 

@@ -149,9 +149,16 @@ def minilm_dir() -> pathlib.Path:
 
 
 def minilm_weights_id() -> str:
-  """Identifies the installed MiniLM weights for the embedding cache (package version and file size)."""
-  path = minilm_dir() / "model.safetensors"
-  return f"{MINILM_PACKAGE}:all-MiniLM-L6-v2:{path.stat().st_size}"
+  """Identifies the installed MiniLM weights for the embedding cache: the package's installed version and the
+  sizes of its weights and tokenizer files."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  path = minilm_dir()
+  try:
+    version = metadata.version(MINILM_PACKAGE)
+  except metadata.PackageNotFoundError:  # importable but not installed as a distribution (e.g. on sys.path)
+    version = "unknown"
+  sizes = ":".join(str((path / f).stat().st_size) for f in ("model.safetensors", "tokenizer.json"))
+  return f"{MINILM_PACKAGE}=={version}:all-MiniLM-L6-v2:{sizes}"
 
 
 def _bucket(n: int, smallest: int = 8) -> int:

@@ -77,7 +77,7 @@ def read_names_file(path) -> list:
   if not path.is_file():
     raise FileNotFoundError(f"names file {path} not found; expected a text file with one class name "
                             "per line in label order (label 1 on the first line when reduce_zero_label)")
-  lines = [ln.rstrip("\n") for ln in path.read_text().splitlines()]
+  lines = [ln.rstrip("\n") for ln in path.read_text(encoding="utf-8-sig").splitlines()]  # -sig: drops a BOM
   lines = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
   if lines and lines[0].split("\t")[0].strip() == "Idx":  # objectInfo150.txt
     return [ln.split("\t")[-1].strip() for ln in lines[1:]]
