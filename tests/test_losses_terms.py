@@ -40,7 +40,7 @@ def np_bce(logit, prob, raw, y):
   if raw:
     log_p, log_q = -np.logaddexp(0, -logit), -np.logaddexp(0, logit)
   else:
-    log_p, log_q = np.log(np.clip(prob, 1e-6, 1)), np.log(np.clip(1 - prob, 1e-6, 1))
+    log_p, log_q = np.log(np.clip(prob, 1e-30, 1)), np.log(np.clip(1 - prob, 1e-6, 1))
   return -np.mean(y * log_p + (1 - y) * log_q)
 
 
@@ -260,6 +260,19 @@ def test_bce_dice_and_pairwise_equal_numpy(rng):
                                np_dice(p_i, y[0]), **TOL)
   diag = np.asarray(mask_losses.sigmoid_bce(logit[:2], prob[:2], jnp.asarray(raw[:2]), y))
   np.testing.assert_allclose(diag, [bce[0, 0], bce[1, 1]], **TOL)
+
+
+@pytest.mark.parametrize("member_logit", [-5.0, -15.0, -40.0])
+def test_a_merged_mask_that_misses_a_positive_pixel_keeps_the_gradient_of_log_sum_sigmoid(member_logit):
+  """-log(sigmoid(m1) + sigmoid(m2)) at a positive point: d/dm1 = -sigmoid'(m1) / (sigmoid(m1) + sigmoid(m2)), about
+  -1/2 for two equal very negative logits (a raw mask's BCE gives about -1 there too)."""
+  def loss(m):
+    prob = jnp.sum(jax.nn.sigmoid(m))[None, None]
+    return mask_losses.sigmoid_bce(jnp.zeros((1, 1)), prob, jnp.array([False]), jnp.ones((1, 1)))[0]
+
+  m = jnp.full((2,), member_logit)
+  s = np_sigmoid(member_logit)
+  np.testing.assert_allclose(jax.grad(loss)(m), -s * (1 - s) / (2 * s), rtol=1e-4)
 
 
 def test_projection_loss_equals_numpy_rasterisation(rng):

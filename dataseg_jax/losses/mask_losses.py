@@ -11,13 +11,16 @@ bilinear sample at a point is the sum of the weights of the 4 neighbouring pixel
 Predictions reach these losses as probabilities `prob` together with `logit` and a per-row flag `raw`:
 MERGE (merge.py) makes probabilities (clipped sums of sigmoids), not logits. BCE is
 -[y log p + (1 - y) log(1 - p)], evaluated as log-sigmoid of the logit where the row is a single
-unweighted proposal (`raw`, exactly Mask2Former's BCE-with-logits) and as log(clip(p, 1e-6, 1)) where it
-is a merged mask. Dice takes the probability in both cases.
+unweighted proposal (`raw`, exactly Mask2Former's BCE-with-logits) and as log(max(p, 1e-30)) and
+log(max(1 - p, 1e-6)) where it is a merged mask. Dice takes the probability in both cases.
 """
 import jax
 import jax.numpy as jnp
 
-LOG_EPS = 1e-6  # floor of probabilities inside log() for merged masks
+PROB_FLOOR = 1e-30  # floor of a merged p inside log(p): d log(sum_i sigmoid(m_i)) / d m stays exact down to member
+                   # logits near -69, as a raw logit's BCE gradient does (a floor of 1e-6 stopped it below -14)
+LOG_EPS = 1e-6     # floor of 1 - p inside log(1 - p): float32 resolves 1 - p to ~6e-8, and a sum clipped at 1
+                   # has no gradient anyway
 
 
 def _bilinear_taps(coords: jax.Array, height: int, width: int):
@@ -143,7 +146,7 @@ def uncertainty(logit: jax.Array, prob: jax.Array, raw: jax.Array) -> jax.Array:
 def _log_probs(logit, prob, raw):
   """(log p, log(1 - p)) per point: log-sigmoid of the logit for raw rows, clipped logs otherwise."""
   raw = raw[:, None]
-  log_p = jnp.where(raw, jax.nn.log_sigmoid(logit), jnp.log(jnp.clip(prob, LOG_EPS, 1.0)))
+  log_p = jnp.where(raw, jax.nn.log_sigmoid(logit), jnp.log(jnp.clip(prob, PROB_FLOOR, 1.0)))
   log_q = jnp.where(raw, jax.nn.log_sigmoid(-logit), jnp.log(jnp.clip(1.0 - prob, LOG_EPS, 1.0)))
   return log_p, log_q
 
