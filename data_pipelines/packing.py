@@ -27,6 +27,22 @@ def panoptic_idmap(rgb, ids, crowd):
   return tf.where(found, pos, -1)
 
 
+def one_segment_per_class(ex):
+  """Merges an example's segments of each class into one (their pixels, the union of their boxes; crowd only if
+  all were): the targets of the semantic task, whose MERGE makes one prediction per class [paper], for data
+  annotated per instance (a coco_panoptic entry trained with task 'semantic'). Classes keep their first order."""
+  classes, of_class = tf.unique(ex["seg_class"])
+  k = tf.shape(classes)[0]
+  out = dict(ex, seg_class=classes)
+  out["seg_crowd"] = tf.math.unsorted_segment_min(tf.cast(ex["seg_crowd"], tf.int32), of_class, k) > 0
+  boxes = ex["boxes"]
+  out["boxes"] = tf.concat([tf.math.unsorted_segment_min(boxes[:, :2], of_class, k),
+                            tf.math.unsorted_segment_max(boxes[:, 2:], of_class, k)], axis=1)
+  if ex["idmap"] is not None:
+    out["idmap"] = tf.where(ex["idmap"] >= 0, tf.gather(of_class, tf.maximum(ex["idmap"], 0)), -1)
+  return out
+
+
 def mask_boxes(idmap, m):
   """Tight boxes of segments 0..m-1 in `idmap` [S, S]: float32 [m, 4] (y0, x0, y1, x1) / S, areas [m]."""
   size = tf.cast(tf.shape(idmap)[0], tf.float32)

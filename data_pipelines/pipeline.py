@@ -192,9 +192,12 @@ def make_example_fn(index: readers.Index, cfg, dataset_id: int, vocab_union, *, 
   is_thing = tf.constant(np.asarray(index.vocab.is_thing, bool))
   seed_d = stream_seed(seed, dataset_id)
   masks = keeps_masks(task)
+  per_class = task == int(contract.Task.SEMANTIC)
 
   def fn(k, g, r):
     ex = decode_example(index, tables, r, reduce_zero_label, masks=masks)
+    if per_class:
+      ex = packing.one_segment_per_class(ex)
     h, w = tf.shape(ex["image"])[0], tf.shape(ex["image"])[1]
     if train:
       key = tf.stack([tf.constant(seed_d, tf.int64), g])

@@ -111,6 +111,31 @@ def test_semantic_has_one_segment_per_class_present(toy_dir):
     assert batch["valid"][i].sum() == round(h * 64 / max(h, w)) * round(w * 64 / max(h, w))
 
 
+def test_instance_annotations_trained_as_semantic_give_one_segment_per_class(toy_dir):
+  """toy_coco (COCO panoptic) trained with task 'semantic': the same pixels and classes as with task 'panoptic', each
+  class one segment, as the semantic MERGE (one prediction per class) needs."""
+  from dataseg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  def batches(task):
+    c = common.toy_config(toy_dir, batch=4)
+    c.data.datasets = {"toy_coco": config_lib.dataset_entry(**dict(c.data.datasets.toy_coco, task=task))}
+    it = mixture.TrainIterator(c, registry.build_vocab(c))
+    return [next(it) for _ in range(3)]
+
+  merged_any = False
+  for sem, pan in zip(batches("semantic"), batches("panoptic")):
+    np.testing.assert_array_equal(sem["image"], pan["image"])
+    for i in range(len(sem["image"])):
+      classes = {name: np.where(b["segment_map"][i] >= 0, b["seg_class"][i][np.maximum(b["segment_map"][i], 0)], -1)
+                 for name, b in (("sem", sem), ("pan", pan))}
+      np.testing.assert_array_equal(classes["sem"], classes["pan"])
+      valid = sem["seg_class"][i][sem["seg_valid"][i]]
+      assert len(set(valid.tolist())) == len(valid)
+      assert set(valid.tolist()) == set(pan["seg_class"][i][pan["seg_valid"][i]].tolist())
+      merged_any |= sem["seg_valid"][i].sum() < pan["seg_valid"][i].sum()
+  assert merged_any  # some image had two instances of a class
+
+
 def test_eval_batches_pad_the_last_batch(toy_dir):
   config = common.toy_config(toy_dir, batch=4)
   vocab = registry.build_vocab(config)
