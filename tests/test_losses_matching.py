@@ -101,6 +101,20 @@ def test_padded_targets_and_inactive_predictions_never_take_real_pairs(num_valid
     np.testing.assert_allclose(cost[match[real], np.nonzero(real)[0]].sum(), sub[rows, cols].sum(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("solver", ["platform", "device"])
+def test_finite_but_huge_costs_of_a_diverging_run_still_match_every_target(solver, rng):
+  """Costs near float32's limit (mask logits of 1e36 while diverging) with fewer active predictions than targets:
+  the padding value must stay finite, else the problem turns infeasible (scipy raises; the device solver
+  returns -1)."""
+  q, n = 10, 10
+  cost = (rng.normal(size=(q, n)) * 3e37).astype(np.float32)
+  active = np.arange(q) < 5
+  a = matching.assignment_cost(jnp.asarray(cost), jnp.asarray(active), jnp.ones(n, bool))
+  assert np.isfinite(np.asarray(a)).all()
+  match = np.asarray(matching.hungarian_match(a) if solver == "platform" else jax.jit(matching._device_match)(a))
+  assert sorted(match.tolist()) == list(range(q)) and active[match].sum() == 5
+
+
 def test_gradient_flows_to_matched_costs_not_through_the_assignment(rng):
   cost = jnp.asarray(rng.normal(size=(5, 3)).astype(np.float32))
   match = matching.hungarian_match(cost)

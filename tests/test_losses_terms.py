@@ -158,7 +158,8 @@ def np_criterion(outputs, batch, cfg, points):
   sums = [[np_layer(logits[l, i], masks[l, i], {k: np.asarray(batch[k][i]) for k in keys},
                     (points.match[l, i], points.over[l, i], points.tail[l, i]), cfg) for i in range(b)]
           for l in range(num_layers)]
-  num_masks = max(1.0, float(np.sum(batch["seg_valid"])))
+  num_masks = max(1.0, float(np.sum(batch["seg_valid"] & batch["seg_has_mask"])))
+  num_boxes = max(1.0, float(np.sum(batch["seg_valid"] & ~batch["seg_has_mask"])))
   lc = cfg.loss
   terms = {name: np.zeros(b) for name in criterion_lib.TERMS}
   for l in range(num_layers):
@@ -167,7 +168,7 @@ def np_criterion(outputs, batch, cfg, points):
       terms["loss_ce"][i] += lc.class_weight * s["ce_num"] / den
       terms["loss_mask"][i] += lc.mask_weight * s["mask"] / num_masks
       terms["loss_dice"][i] += lc.dice_weight * s["dice"] / num_masks
-      terms["loss_proj"][i] += lc.projection_weight * s["proj"] / num_masks
+      terms["loss_proj"][i] += lc.projection_weight * s["proj"] / num_boxes
   return terms
 
 

@@ -19,8 +19,10 @@
              by importance sampling [default: Mask2Former], for targets with a mask.
    loss_proj projection_weight * L_proj (box_projection.py) on the matched proposal's mask, for targets
              with only a box [paper: BoxInst projection loss for box-only data; weight default].
-   Mask, dice and projection sums are divided by num_masks = max(1, valid segments in the batch)
-   [default: Mask2Former num_masks].
+   Mask and dice sums are divided by num_masks = max(1, valid segments with a mask in the batch) [default:
+   Mask2Former num_masks], projection sums by num_boxes = max(1, valid box-only segments) [ours: each term by
+   the targets it covers, so that in a batch mixing tasks (mixture_mode 'per_example') one task's targets do
+   not shrink another's terms; the same as one count when a batch holds one task].
 
 The task is data: every example runs the same code and `task` only changes which proposals merge, so one
 compiled function serves a batch that mixes all four tasks. All shapes are static; the point-sampled terms
@@ -303,13 +305,15 @@ def _weighted_terms(logits: jax.Array, masks: jax.Array, batch: dict, config: ml
   sums = jax.lax.map(layer, (logits, masks, per_layer_inputs, matches, indices))  # each [L, B]
 
   lc = config.loss
-  num_masks = jnp.maximum(jnp.sum(batch["seg_valid"].astype(jnp.float32)), 1.0)
+  valid = batch["seg_valid"]
+  num_masks = jnp.maximum(jnp.sum((valid & batch["seg_has_mask"]).astype(jnp.float32)), 1.0)
+  num_boxes = jnp.maximum(jnp.sum((valid & ~batch["seg_has_mask"]).astype(jnp.float32)), 1.0)
   ce_den = jnp.maximum(jnp.sum(sums["ce_den"], axis=1, keepdims=True), 1e-12)
   terms = {
       "loss_ce": lc.class_weight * jnp.sum(sums["ce_num"] / ce_den, axis=0),
       "loss_mask": lc.mask_weight * jnp.sum(sums["mask"], axis=0) / num_masks,
       "loss_dice": lc.dice_weight * jnp.sum(sums["dice"], axis=0) / num_masks,
-      "loss_proj": lc.projection_weight * jnp.sum(sums["proj"], axis=0) / num_masks,
+      "loss_proj": lc.projection_weight * jnp.sum(sums["proj"], axis=0) / num_boxes,
   }
   loss = sum(jnp.sum(t) for t in terms.values())
   return loss, terms

@@ -31,6 +31,9 @@ def class_cost(log_probs: jax.Array, target_class: jax.Array) -> jax.Array:
   return -jnp.exp(jnp.take(log_probs, target_class, axis=1))
 
 
+COST_LIMIT = 1e30  # |real cost| clip: float32 then holds N + 1 times their range (2e30) for N up to ~1e8
+
+
 def assignment_cost(cost: jax.Array, row_active: jax.Array, col_valid: jax.Array) -> jax.Array:
   """The matrix handed to the Hungarian solver: padding made harmless, non-finite entries made huge.
 
@@ -52,6 +55,7 @@ def assignment_cost(cost: jax.Array, row_active: jax.Array, col_valid: jax.Array
   """
   cost = cost.astype(jnp.float32)
   real = row_active[:, None] & col_valid[None, :] & jnp.isfinite(cost)
+  cost = jnp.clip(cost, -COST_LIMIT, COST_LIMIT)  # finite but huge (a diverging run): `big` must stay finite
   hi = jnp.max(jnp.where(real, cost, -jnp.inf), initial=-jnp.inf)
   lo = jnp.min(jnp.where(real, cost, jnp.inf), initial=jnp.inf)
   span = jnp.where(jnp.isfinite(hi - lo), hi - lo, 0.0)
