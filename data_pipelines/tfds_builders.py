@@ -19,6 +19,7 @@ and restore are keyed by row and position exactly as for native files, so the ba
 import collections
 import os
 import pathlib
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +31,7 @@ from ml_collections import config_flags
 from data_pipelines import pipeline
 from data_pipelines import readers
 from data_pipelines import registry
+from dataseg_jax import cli
 
 _SPLITS = {"train": "train", "validation": "val"}
 
@@ -182,7 +184,10 @@ def define_flags() -> None:
 def main(argv):
   del argv
   f = flags.FLAGS
-  print(build(f.config, f.dataset, os.path.expanduser(f.out)).info)
+  try:
+    print(build(f.config, f.dataset, os.path.expanduser(f.out)).info)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
@@ -190,4 +195,4 @@ if __name__ == "__main__":
   from data_pipelines import tfds_builders  # pylint: disable=import-self
   tfds_builders.define_flags()
   flags.adopt_module_key_flags(tfds_builders)  # listed by --help
-  app.run(tfds_builders.main)
+  app.run(tfds_builders.main, flags_parser=cli.flags_parser(__doc__))

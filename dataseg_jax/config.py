@@ -259,11 +259,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name, e in d.datasets.items():
     if e.image_size % 32:
       fail(f"data.datasets.{name}.image_size", f"must be a multiple of 32 (0: data.image_size), got {e.image_size}")
+    if e.ratio < 0:
+      fail(f"data.datasets.{name}.ratio", f"must be >= 0 (0 = evaluation only), got {e.ratio}")
+    eval_tasks(config, name)
   if config.optimizer.schedule not in SCHEDULES:
     fail("optimizer.schedule", f"must be one of {SCHEDULES}, got {config.optimizer.schedule!r}")
   if config.mesh.param_sharding not in PARAM_SHARDINGS:
     fail("mesh.param_sharding", f"must be one of {PARAM_SHARDINGS}, got {config.mesh.param_sharding!r}")
   _validate_best_checkpoint(config, fail)
+
+
+def eval_tasks(config: ml_collections.ConfigDict, name: str) -> tuple:
+  """The `eval_tasks` of dataset entry `name`; ValueError naming the key where its ground truth cannot score one."""
+  e = config.data.datasets[name]
+  tasks = tuple(e.eval_tasks)
+  for t in tasks:
+    if t not in ("semantic", "panoptic", "instance"):
+      raise ValueError(f"config.data.datasets.{name}.eval_tasks: {t!r} is not one of semantic, panoptic, instance")
+  if "instance" in tasks and e.format == "semantic_png":
+    raise ValueError(f"config.data.datasets.{name}.eval_tasks: instance evaluation needs instance ground "
+                     f"truth; a semantic_png dataset has none")
+  if "instance" in tasks and e.format != "coco_instances" and not e.val_instances:
+    raise ValueError(f"config.data.datasets.{name}: instance evaluation of a {e.format} dataset needs "
+                     f"val_instances (a COCO instances JSON with masks of the val images)")
+  if e.format in ("coco_detection", "coco_instances") and set(tasks) - {"instance"}:
+    raise ValueError(f"config.data.datasets.{name}.eval_tasks: a {e.format} dataset supports only 'instance'")
+  return tasks
 
 
 def _validate_best_checkpoint(config: ml_collections.ConfigDict, fail) -> None:

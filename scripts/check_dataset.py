@@ -24,6 +24,8 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dataseg_jax import cli
+from dataseg_jax import config as config_lib
 from dataseg_jax import progress as progress_lib
 
 WARNINGS = ("empty_annotations",)
@@ -109,6 +111,11 @@ def check(config, names, out_dir: str, num_overlays: int = 3, echo=print) -> tup
   if unknown:
     raise ValueError(f"--dataset {unknown[0]} is not in the config; expected one of {list(config.data.datasets)}")
   errors = warnings = 0
+  try:  # what training checks at start: a bad key stops it there
+    config_lib.validate(config)
+  except ValueError as e:
+    echo(f"\nERROR config: {e}")
+    errors += 1
   from data_pipelines import registry  # pylint: disable=g-import-not-at-top  # TensorFlow: after the flags
   try:  # the union vocabulary training builds first: names that clash within a dataset, missing names files
     registry.build_vocab(config)
@@ -157,4 +164,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(__doc__))

@@ -13,13 +13,14 @@ import logging
 import os
 import sys
 
+import flax
 import jax
 from absl import app, flags
 from clu import metric_writers
 from ml_collections import config_flags
 
+from dataseg_jax import cli, hardware
 from dataseg_jax import config as config_lib
-from dataseg_jax import hardware
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].",
                                           lock_config=True)
@@ -58,9 +59,12 @@ def main(argv):
     metrics = run(_CONFIG.value, _WORKDIR.value, _STEP.value)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
+  except flax.errors.FlaxError as e:  # the model of --config is not the one that wrote the checkpoint
+    sys.exit(f"error: the checkpoint under {_WORKDIR.value} does not fit the model of this config "
+             f"({str(e).splitlines()[0]}); pass the config that trained it (its values: {_WORKDIR.value}/config.json)")
   print(json.dumps(metrics, indent=1, sort_keys=True))
 
 
 if __name__ == "__main__":
   hardware.use_huge_pages_for_host_buffers()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(__doc__))

@@ -9,12 +9,13 @@ The directory runs without the training code: `dataseg_jax/export/loader.py` (ja
 import logging
 import sys
 
+import flax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from dataseg_jax import config as config_lib
-from dataseg_jax import hardware
+from dataseg_jax import cli, hardware
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].",
                                           lock_config=True)
@@ -49,11 +50,14 @@ def main(argv):
   try:
     path = run(_CONFIG.value, _WORKDIR.value, _OUT.value, _STEP.value, _BATCH.value, _MAX_CLASSES.value,
                _OUTPUTS.value)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
     sys.exit(f"error: {e}")
+  except flax.errors.FlaxError as e:  # the model of --config is not the one that wrote the checkpoint
+    sys.exit(f"error: the checkpoint under {_WORKDIR.value} does not fit the model of this config "
+             f"({str(e).splitlines()[0]}); pass the config that trained it (its values: {_WORKDIR.value}/config.json)")
   print(f"exported to {path}")
 
 
 if __name__ == "__main__":
   hardware.use_huge_pages_for_host_buffers()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(__doc__))

@@ -46,6 +46,9 @@ def test_unknown_config_argument_names_the_choices(name):
     ("checkpoint_every_steps", -1, "config.checkpoint_every_steps"),
     ("optimizer.schedule", "step", "config.optimizer.schedule"),
     ("mesh.param_sharding", "zero3", "config.mesh.param_sharding"),
+    ("data.datasets.toy_ade.ratio", -1.0, "config.data.datasets.toy_ade.ratio"),
+    ("data.datasets.toy_heldout.eval_tasks", ("semantc",), "config.data.datasets.toy_heldout.eval_tasks"),
+    ("data.datasets.toy_o365.val_instances", "", "config.data.datasets.toy_o365: instance evaluation"),
 ])
 def test_bad_value_names_the_key(key, value, message):
   c = load("toy.py")

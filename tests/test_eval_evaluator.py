@@ -248,10 +248,10 @@ def test_eval_tasks_the_ground_truth_cannot_score_are_refused_up_front():
   c = toy4.get_config()
   c.data.datasets.toy_coco.eval_tasks = ("panoptic", "instance")
   with pytest.raises(ValueError, match="toy_coco: instance evaluation of a coco_panoptic dataset needs val_instances"):
-    evaluator._dataset_tasks(c, "toy_coco")
+    config_lib.eval_tasks(c, "toy_coco")
   c.data.datasets.toy_city.eval_tasks = ("instance", "semantic")
   with pytest.raises(ValueError, match="toy_city.eval_tasks: a coco_instances dataset supports only 'instance'"):
-    evaluator._dataset_tasks(c, "toy_city")
+    config_lib.eval_tasks(c, "toy_city")
 
 
 def _evaluate_alone(config, name: str, workdir, step: int, **entry) -> dict:

@@ -161,8 +161,10 @@ def test_incompatible_checkpoint_stops_with_a_message(tmp_path):
   loop.train(c, str(tmp_path), components(c))
   c.total_steps = 8
   expected = r"(?s)different model or optimizer config.*params/backbone/kernel: checkpoint \(3, 3, 3, 8\) vs config "
+  written = (tmp_path / "config.json").read_text()
   with pytest.raises(ValueError, match=expected + r"\(3, 3, 3, 4\).*new --workdir"):
     loop.train(c, str(tmp_path), components(c, model=tiny.TinySeg(features=4)))
+  assert (tmp_path / "config.json").read_text() == written  # still the config that wrote the checkpoints
 
 
 def test_nonfinite_streak_stops_and_keeps_last_checkpoint(tmp_path):
@@ -346,6 +348,31 @@ def test_restart_with_the_real_model_data_and_criterion_is_bit_identical(tmp_pat
   loop.train(c, str(tmp_path / "resumed"), pipeline_components(c, tmp_path / "resumed"))
   jax.tree.map(np.testing.assert_array_equal, checkpointing.restore_variables(str(tmp_path / "straight")),
                checkpointing.restore_variables(str(tmp_path / "resumed")))
+
+
+@pytest.mark.slow
+def test_eval_and_export_with_another_model_config_say_so_in_one_line(tmp_path, toy_data):
+  c = toy_config(toy_data, total=1)
+  loop.train(c, str(tmp_path), pipeline_components(c, tmp_path))
+  flags = [f"--config.data_dir={toy_data}", "--config.data.image_size=64", "--config.data.eval_size=64",
+           "--config.vocab.encoder=hash", f"--config.model.num_queries={c.model.num_queries + 2}"]
+  for script, extra in (("eval.py", []), ("export.py", ["--out", str(tmp_path / "export")])):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--config", str(REPO / "configs/toy.py"),
+                           "--workdir", str(tmp_path), *flags, *extra], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "does not fit the model of this config" in proc.stderr and "query_feat" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", [
+    ["scripts/eval.py", "--config", "configs/toy.py", "--workdir", "w", "--config.data.batchsize=2"],
+    ["scripts/check_dataset.py", "--config", "configs/nope.py"],
+    ["-m", "data_pipelines.tfds_builders", "--config", "configs/toy.py", "--dataset", "toy_cty", "--out", "o"],
+])
+def test_scripts_report_config_mistakes_in_one_line(command, tmp_path):
+  proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert any(line.startswith("error: ") for line in proc.stderr.splitlines()), proc.stderr[-2000:]
 
 
 def test_toy_model_loss_falls_on_toy_data(tmp_path, toy_data):

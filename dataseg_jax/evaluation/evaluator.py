@@ -37,6 +37,7 @@ from scipy import ndimage
 from data_pipelines import mixture
 from data_pipelines import readers
 from data_pipelines import registry
+from dataseg_jax import config as config_lib
 from dataseg_jax import progress as progress_lib
 from dataseg_jax.evaluation import instance
 from dataseg_jax.evaluation import panoptic
@@ -287,23 +288,6 @@ class _DatasetEval:
     return out
 
 
-def _dataset_tasks(config, name) -> tuple:
-  e = config.data.datasets[name]
-  tasks = tuple(e.eval_tasks)
-  for t in tasks:
-    if t not in ("semantic", "panoptic", "instance"):
-      raise ValueError(f"config.data.datasets.{name}.eval_tasks: {t!r} is not one of semantic, panoptic, instance")
-  if "instance" in tasks and e.format == "semantic_png":
-    raise ValueError(f"config.data.datasets.{name}.eval_tasks: instance evaluation needs instance ground "
-                     f"truth; a semantic_png dataset has none")
-  if "instance" in tasks and e.format != "coco_instances" and not e.val_instances:
-    raise ValueError(f"config.data.datasets.{name}: instance evaluation of a {e.format} dataset needs "
-                     f"val_instances (a COCO instances JSON with masks of the val images)")
-  if e.format in ("coco_detection", "coco_instances") and set(tasks) - {"instance"}:
-    raise ValueError(f"config.data.datasets.{name}.eval_tasks: a {e.format} dataset supports only 'instance'")
-  return tasks
-
-
 def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, model=None) -> dict:
   """Evaluates every dataset entry on its `eval_tasks`; see the module docstring.
 
@@ -332,7 +316,7 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
   metrics = {}
   max_examples = int(config.eval.max_examples)
   for name in config.data.datasets:
-    tasks = _dataset_tasks(config, name)
+    tasks = config_lib.eval_tasks(config, name)
     if not tasks:
       continue
     state = _DatasetEval(config, vocab, name, tasks, os.path.join(eval_dir, str(step), name),

@@ -237,8 +237,6 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
   mesh_lib.maybe_initialize_distributed(config)
   hardware.use_compilation_cache(config.get("compilation_cache_dir", ""))
   path = check_workdir(workdir)
-  if jax.process_index() == 0:
-    (path / "config.json").write_text(config.to_json_best_effort(indent=2))
   mesh = mesh_lib.make_mesh(config)
   mesh_lib.check_batch_size(config.data.batch_size, mesh)
   components = components or build_components(config, workdir)
@@ -257,6 +255,8 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
     state, data_state = checkpointing.restore(manager, latest, abstract, workdir)
     iterator.set_state(data_state)
     logging.info("resumed from %s/%d", checkpointing.checkpoint_dir(workdir), latest)
+  if jax.process_index() == 0:  # after the checkpoint was found compatible: a refused resume leaves it as it was
+    (path / "config.json").write_text(config.to_json_best_effort(indent=2))
   del create  # its compiled initialiser (0.2 GiB of host memory for R50) would otherwise live through training
   start = int(state.step)
 
