@@ -12,7 +12,7 @@ BACKBONES = ("resnet", "vit")
 SCHEDULES = ("poly", "cosine", "constant")  # config.optimizer.schedule (train/optimizer.py)
 PARAM_SHARDINGS = ("replicate", "fsdp")      # config.mesh.param_sharding (train/mesh.py)
 EVAL_METRICS = {  # the '<dataset>/<task>/<metric>' values evaluation/evaluator.py reports, by task
-    "semantic": ("mIoU", "fwIoU", "mAcc", "pixel_acc", "mIoU_unseen", "mIoU_unseen_chance"),
+    "semantic": ("mIoU", "fwIoU", "mAcc", "pixel_acc", "mIoU_unseen", "mIoU_unseen_chance"),  # and IoU/<class>
     "panoptic": ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"),
     "instance": tuple(p + k for p in ("", "box_") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
 }
@@ -305,6 +305,6 @@ def _validate_best_checkpoint(config: ml_collections.ConfigDict, fail) -> None:
   if task not in datasets[name].eval_tasks:
     fail("best_checkpoint_metric", f"{metric!r}: {name} is evaluated on {tuple(datasets[name].eval_tasks)}, "
          f"not {task!r}")
-  if key not in EVAL_METRICS.get(task, ()):
+  if key not in EVAL_METRICS.get(task, ()) and not (task == "semantic" and key.startswith("IoU/")):
     fail("best_checkpoint_metric", f"{metric!r}: {task} evaluation reports {EVAL_METRICS.get(task, ())}, "
          f"not {key!r}")

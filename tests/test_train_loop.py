@@ -211,6 +211,8 @@ def test_the_best_evaluated_checkpoint_is_kept_beside_the_latest(tmp_path, monke
   assert checkpointing.make_manager(str(tmp_path)).all_steps() == kept
   assert checkpointing.resolve_step(str(tmp_path), "best", c) == kept[0]
   assert checkpointing.resolve_step(str(tmp_path), None, c) == 16
+  evaluating = config(16)  # eval.py's config need not repeat the metric: WORKDIR/config.json has it
+  assert checkpointing.resolve_step(str(tmp_path), "best", evaluating) == kept[0]
 
 
 def test_the_best_checkpoint_survives_a_restart_and_nan_scores_rank_last(tmp_path, monkeypatch):
@@ -235,7 +237,7 @@ def test_a_failing_evaluation_still_leaves_its_steps_checkpoint(tmp_path, monkey
 def test_step_best_needs_a_metric_and_evaluated_checkpoints(tmp_path):
   c = config(total=2)
   loop.train(c, str(tmp_path), components(c))
-  with pytest.raises(ValueError, match="needs config.best_checkpoint_metric"):
+  with pytest.raises(ValueError, match="--step best needs the metric that ranks the checkpoints"):
     checkpointing.resolve_step(str(tmp_path), "best", c)
   scored = scored_config(2)
   with pytest.raises(FileNotFoundError, match=r"no checkpoint under .* has an evaluation of 'toy_ade/semantic/mIoU' "

@@ -154,9 +154,19 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, workdir: 
   return flax.serialization.from_state_dict(abstract_state, restored["state"]), data[key]
 
 
+def _workdir_config(workdir: str) -> dict:
+  """WORKDIR/config.json, which training writes (empty when absent)."""
+  path = os.path.join(workdir, "config.json")
+  if "://" in workdir or not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
 def resolve_step(workdir: str, step: str | int | None, config) -> int | None:
   """The checkpoint step that `step` names: None -> the latest (None when there is none), 'best' -> the one
-  that scored best on `config.best_checkpoint_metric` in the evaluations during training, else int(step)."""
+  that scored best on `config.best_checkpoint_metric` (else the one training ranked by, from WORKDIR/config.json)
+  in the evaluations during training, else int(step)."""
   if step is None:
     manager = make_manager(workdir)
     latest = manager.latest_step()
@@ -167,17 +177,21 @@ def resolve_step(workdir: str, step: str | int | None, config) -> int | None:
       raise ValueError(f"--step: {step!r} is neither a checkpoint step nor 'best'")
     return int(step)
   metric, mode = config.best_checkpoint_metric, config.best_checkpoint_mode
+  if not metric:  # the metric training kept the best by
+    trained = _workdir_config(workdir)
+    metric, mode = trained.get("best_checkpoint_metric", ""), trained.get("best_checkpoint_mode", "max")
   if not metric:
-    raise ValueError("--step best needs config.best_checkpoint_metric, the metric that ranks the checkpoints "
-                     "(e.g. --config.best_checkpoint_metric=ade/semantic/mIoU)")
+    raise ValueError("--step best needs the metric that ranks the checkpoints: train with "
+                     "--config.best_checkpoint_metric=<dataset>/<task>/<metric> (or pass it here)")
   manager = make_manager(workdir)
   ranks = {s: score(manager.metrics(s), metric, mode) for s in manager.all_steps()}
   manager.close()
   scored = {s: r for s, r in ranks.items() if r > -math.inf}
   if not scored:
     raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)} has an evaluation of {metric!r} "
-                            f"(steps {sorted(ranks)}); train with --config.best_checkpoint_metric={metric} and "
-                            "eval_every_steps > 0, or pass a step")
+                            f"(steps {sorted(ranks)}): training did not rank by it (--config.best_checkpoint_metric "
+                            "with eval_every_steps > 0) or its evaluations did not report it (mIoU_unseen needs "
+                            "classes of no training dataset); pass a step")
   return max(scored, key=lambda s: (scored[s], s))
 
 
