@@ -69,6 +69,10 @@ def swap_vocabulary(model: loader.ExportedModel, vocab_path: str, things_path: s
   from dataseg_jax.vocab import embeddings, vocabulary  # pylint: disable=g-import-not-at-top
   names = vocabulary.read_names_file(vocab_path)
   canonical = [vocabulary.normalise_name(n) for n in names]
+  repeated = sorted({n for n in canonical if canonical.count(n) > 1})
+  if repeated:
+    raise ValueError(f"{vocab_path}: {repeated} name more than one line (after normalising, as training does); "
+                     "give each class once")
   if things_path:
     things = {vocabulary.normalise_name(n) for n in vocabulary.read_names_file(things_path)}
     unknown = sorted(things - set(canonical))
@@ -89,6 +93,8 @@ def predict_folder(model: loader.ExportedModel, images_dir: str, out_dir: str) -
   """Writes the outputs of every image of `images_dir`; returns the number of images."""
   if model.config["outputs"] != "postprocessed":
     raise ValueError("this export returns raw outputs; re-export with --outputs postprocessed to predict")
+  if not os.path.isdir(images_dir):
+    raise FileNotFoundError(f"--images {images_dir}: not a folder")
   files = sorted(f for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_EXTS))
   if not files:
     raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) in {images_dir}")
@@ -103,17 +109,16 @@ def predict_folder(model: loader.ExportedModel, images_dir: str, out_dir: str) -
   pan = writers.PanopticWriter(os.path.join(out_dir, "panoptic.json"), os.path.join(out_dir, "panoptic"), cats)
   start = time.time()
   bs = model.batch_size
-  for i0 in range(0, len(files), bs):
-    chunk = files[i0:i0 + bs]
-    pics = [np.asarray(Image.open(os.path.join(images_dir, f)).convert("RGB")) for f in chunk]
-    boxed = [letterbox(p, model.image_size) for p in pics]
+  done = 0
+  for chunk in _batches(_readable(images_dir, files), bs):
+    boxed = [letterbox(p, model.image_size) for _, p in chunk]
     batch = np.zeros((bs, model.image_size, model.image_size, 3), np.uint8)
     sizes = np.full((bs, 2), model.image_size, np.int32)
     for j, (img, valid) in enumerate(boxed):
       batch[j], sizes[j] = img, valid
     out = model(batch, sizes)
-    for j, f in enumerate(chunk):
-      stem, size, valid = os.path.splitext(f)[0], pics[j].shape[:2], boxed[j][1]
+    for j, (f, pic) in enumerate(chunk):
+      stem, size, valid = os.path.splitext(f)[0], pic.shape[:2], boxed[j][1]
       sem = restore_size(out["semantic"][j], valid, size)
       writers.write_semantic_png(os.path.join(out_dir, "semantic", stem + ".png"), sem)
       ids = restore_size(out["panoptic_seg"][j], valid, size)
@@ -122,14 +127,39 @@ def predict_folder(model: loader.ExportedModel, images_dir: str, out_dir: str) -
       segs = [{"id": int(out["segment_id"][j][q]), "category_id": int(out["segment_class"][j][q]) + 1,
                "isthing": int(out["segment_is_thing"][j][q]), "score": float(out["segment_score"][j][q])}
               for q in opened if int(out["segment_id"][j][q]) in present]
-      pan.add(i0 + j, stem + ".png", ids, segs)
+      pan.add(done, stem + ".png", ids, segs)
+      done += 1
       classes = {s["id"]: s["category_id"] - 1 for s in segs}
-      writers.overlay(pics[j], ids, classes, model.names).save(os.path.join(out_dir, "overlays", stem + ".png"))
-    progress(min(i0 + bs, len(files)), len(files), start)
+      writers.overlay(pic, ids, classes, model.names).save(os.path.join(out_dir, "overlays", stem + ".png"))
+    progress(done, len(files), start)
   pan.close()
   with open(os.path.join(out_dir, "names.txt"), "w") as fh:
     fh.write("".join(n + "\n" for n in model.names))
-  return len(files)
+  if done < len(files):
+    sys.stderr.write(f"\n{len(files) - done} of {len(files)} images could not be read and were skipped\n")
+  return done
+
+
+def _readable(images_dir: str, files: list):
+  """(file name, RGB uint8 [H, W, 3]) of each file that decodes; a warning on stderr for each that does not."""
+  for f in files:
+    try:
+      with Image.open(os.path.join(images_dir, f)) as im:
+        yield f, np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+      sys.stderr.write(f"\nskipping {f}: {e}\n")
+
+
+def _batches(items, size: int):
+  """Lists of up to `size` consecutive items."""
+  chunk = []
+  for item in items:
+    chunk.append(item)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
 
 
 def main(argv=None) -> int:

@@ -243,6 +243,25 @@ def test_predict_refuses_images_that_would_overwrite_each_other_and_things_witho
                   "--things", "t.txt"])
 
 
+def test_predict_skips_an_unreadable_image_and_still_writes_the_rest(exported, tmp_path, capsys):
+  import predict
+  *_, out = exported
+  (tmp_path / "images").mkdir()
+  for name in ("a.png", "c.png", "d.png"):
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "images" / name)
+  (tmp_path / "images" / "b.jpg").write_bytes(b"not an image")
+  assert predict.main(["--model", str(out), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "p")]) == 3
+  assert "skipping b.jpg" in capsys.readouterr().err
+  pan = json.loads((tmp_path / "p" / "panoptic.json").read_text())
+  assert [a["file_name"] for a in pan["annotations"]] == ["a.png", "c.png", "d.png"]
+  assert (tmp_path / "p" / "names.txt").is_file()
+  vocab = tmp_path / "vocab.txt"
+  vocab.write_text("cat\ndog\nCat\n")
+  with pytest.raises(ValueError, match=r"\['cat'\] name more than one line"):
+    predict.main(["--model", str(out), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "p"),
+                  "--vocab", str(vocab)])
+
+
 def test_the_loader_refuses_pixels_that_are_not_uint8(exported):
   *_, out = exported
   served = loader.ExportedModel(str(out))

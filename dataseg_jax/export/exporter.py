@@ -85,6 +85,8 @@ def export_model(config, variables, names, embeddings, things, out_dir: str, *, 
   c, dim = embeddings.shape
   if len(names) != c or len(things) != c:
     raise ValueError(f"{len(names)} names, {len(things)} thing flags and {c} embeddings; they must agree")
+  if int(batch_size) < 1:
+    raise ValueError(f"batch_size={batch_size}: the exported function needs a batch of at least 1 image")
   c_max = int(max_classes) or c
   if c_max < c:
     raise ValueError(f"max_classes={c_max} is smaller than the vocabulary ({c} names)")
