@@ -166,10 +166,30 @@ class TfdsTables(pipeline.Tables):
 
 
 def build(config, dataset: str, out_dir: str) -> NativeFormatBuilder:
-  """Prepares dataset `dataset` of `config` under `out_dir` and returns the builder."""
+  """Prepares dataset `dataset` of `config` under `out_dir` and returns the builder (TFDS reuses a version already
+  prepared there: refused when the entry's native files now hold other images, see `_refuse_stale`)."""
+  _refuse_stale(config, dataset, out_dir)
   builder = NativeFormatBuilder(config=config, dataset=dataset, data_dir=out_dir)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=config.data_dir))
   return builder
+
+
+def _refuse_stale(config, dataset: str, out_dir: str) -> None:
+  """ValueError when `out_dir` already holds a prepared `dataset` whose images (ids, in row order) differ from
+  those of the entry's native files now: TFDS would reuse it and train on the old data."""
+  try:
+    path = _prepared_dir(out_dir, dataset)
+  except ValueError:
+    return  # nothing prepared yet
+  stored = tfds.builder_from_directory(path).info.metadata.get("image_ids", {})
+  entry = registry.resolve_entry(config, dataset)
+  for split in _SPLITS.values():
+    if not entry[f"{split}_images"]:
+      continue
+    now = [int(i) for i in registry.build_index(config, dataset, split).image_ids]
+    if list(stored.get(split, [])) != now:
+      raise ValueError(f"{path} was prepared from other {split} images ({len(stored.get(split, []))} then, "
+                       f"{len(now)} now); delete {os.path.dirname(path)} and prepare again")
 
 
 def define_flags() -> None:

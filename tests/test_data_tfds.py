@@ -123,3 +123,15 @@ def test_command_line_takes_config_arguments_and_overrides(tmp_path):
       cwd=tmp_path, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "'train': <SplitInfo num_examples=2" in proc.stdout
+
+
+def test_preparing_again_after_the_native_files_changed_is_refused(tmp_path):
+  """TFDS reuses a prepared version; training would read the old images without a word."""
+  from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
+  config = common.toy_config(common.write_toy(tmp_path / "toy", train=6, val=3, size=48))
+  tfds_builders.build(config, "toy_o365", str(tmp_path / "tfds"))
+  tfds_builders.build(config, "toy_o365", str(tmp_path / "tfds"))  # unchanged files: reused
+  common.write_toy(tmp_path / "toy5", train=5, val=3, size=48)
+  config.data_dir = str(tmp_path / "toy5")
+  with pytest.raises(ValueError, match=r"prepared from other train images \(6 then, 5 now\); delete .*toy_o365"):
+    tfds_builders.build(config, "toy_o365", str(tmp_path / "tfds"))
