@@ -38,8 +38,9 @@ def one_segment_per_class(ex):
   boxes = ex["boxes"]
   out["boxes"] = tf.concat([tf.math.unsorted_segment_min(boxes[:, :2], of_class, k),
                             tf.math.unsorted_segment_max(boxes[:, 2:], of_class, k)], axis=1)
-  if ex["idmap"] is not None:
-    out["idmap"] = tf.where(ex["idmap"] >= 0, tf.gather(of_class, tf.maximum(ex["idmap"], 0)), -1)
+  if ex["idmap"] is not None:  # void (-1) reads the appended -1: no out-of-range index when there are no segments
+    void = tf.shape(of_class)[0]
+    out["idmap"] = tf.gather(tf.concat([of_class, [-1]], 0), tf.where(ex["idmap"] >= 0, ex["idmap"], void))
   return out
 
 
@@ -93,8 +94,8 @@ def pack(ex, max_segments: int, label_stride: int, local_to_union, is_thing):
       seg_has_mask=tf.pad(tf.fill([keep], ex["has_mask"]), [[0, pad]]),
   )
   if ex["idmap"] is not None:
-    remap = tf.tensor_scatter_nd_update(tf.fill([m], -1), sel[:, None], tf.range(keep))
-    idmap = tf.where(ex["idmap"] >= 0, tf.gather(remap, tf.maximum(ex["idmap"], 0)), -1)
+    remap = tf.tensor_scatter_nd_update(tf.fill([m + 1], -1), sel[:, None], tf.range(keep))  # [m]: void
+    idmap = tf.gather(remap, tf.where(ex["idmap"] >= 0, ex["idmap"], m))  # an image may have no segment
   else:
     idmap = tf.fill([size, size], contract.VOID)
   out["segment_map"] = idmap[::label_stride, ::label_stride]

@@ -154,6 +154,12 @@ def _listdir(path) -> set:
   return set(os.listdir(path))
 
 
+def _present(folder: pathlib.Path, file_name: str, listing: set) -> bool:
+  """Whether `folder/file_name` is a file: a look-up in the folder's `listing` for a plain name, a stat for a name
+  with sub-folders (Objects365 v2's 'images/v1/patch8/objects365_v1_00420917.jpg')."""
+  return file_name in listing if "/" not in file_name else (folder / file_name).is_file()
+
+
 def read_semantic_png(dataset, split, images_dir, labels_dir, vocab, bad: BadInput,
                       panoptic: tuple = None) -> Index:
   """ADE-style folders: every image with a same-stem PNG label; unmatched images are bad input.
@@ -302,7 +308,7 @@ def read_coco_panoptic(dataset, split, images_dir, json_path, png_dir, bad: BadI
     if im is None:
       bad("unknown_image", where, "The annotation names an image_id missing from 'images'; fix the JSON.")
       continue
-    if im["file_name"] not in present:
+    if not _present(images_dir, im["file_name"], present):
       bad("missing_image_file", f"{images_dir / im['file_name']}", "Add the image or drop it from the JSON.")
       continue
     if ann["file_name"] not in pngs:
@@ -315,7 +321,7 @@ def read_coco_panoptic(dataset, split, images_dir, json_path, png_dir, bad: BadI
             "Add the category to 'categories' or fix the segment; the segment is treated as void.")
         continue
       segs.append((int(s["id"]), cat_index[s["category_id"]], bool(s.get("iscrowd", 0))))
-    if not any(not c for _, _, c in segs):
+    if split == "train" and not any(not c for _, _, c in segs):  # evaluation scores false positives on it
       bad("empty_annotations", where, "The image has no (non-crowd) segments; annotate it or drop it.")
       continue
     segs.sort()
@@ -347,7 +353,8 @@ def read_coco_boxes(dataset, split, images_dir, json_path, bad: BadInput, names=
 
   A box with w <= 0 or h <= 0, or with no overlap with the image, is bad input; a box partly
   outside is clipped. Crowd annotations are kept flagged (void in masks, not a box target).
-  Images left with no non-crowd annotation are bad input ('empty_annotations').
+  Training images left with no non-crowd annotation are bad input ('empty_annotations'); val images are
+  kept (evaluation scores the false positives on them, as COCOeval over the whole split does).
   """
   images_dir = require_dir(images_dir, f"{split} images", fmt)
   data = load_json(json_path, fmt)
@@ -359,7 +366,7 @@ def read_coco_boxes(dataset, split, images_dir, json_path, bad: BadInput, names=
   out = dict(image_paths=[], image_ids=[], sizes=[], splits=[0], cls=[], crowd=[], boxes=[], anns=[])
   for im in sorted(data["images"], key=lambda i: i["id"]):
     where = f"{json_path} image_id {im['id']} ({im['file_name']})"
-    if im["file_name"] not in present:
+    if not _present(images_dir, im["file_name"], present):
       bad("missing_image_file", f"{images_dir / im['file_name']}", "Add the image or drop it from the JSON.")
       continue
     h, w = int(im["height"]), int(im["width"])
@@ -380,7 +387,7 @@ def read_coco_boxes(dataset, split, images_dir, json_path, bad: BadInput, names=
             "The box does not overlap the image; fix its coordinates; the box is dropped.")
         continue
       kept.append((ann, cat_index[ann["category_id"]], bool(ann.get("iscrowd", 0)), (x0, y0, x1, y1)))
-    if not any(not c for _, _, c, _ in kept):
+    if split == "train" and not any(not c for _, _, c, _ in kept):  # evaluation scores false positives on it
       bad("empty_annotations", where, "The image has no usable annotation; annotate it or drop it.")
       continue
     out["image_paths"].append(str(images_dir / im["file_name"]))

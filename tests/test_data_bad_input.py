@@ -166,6 +166,34 @@ def test_bad_annotations_are_counted_with_skip(broken_o365):
   assert ((y1 > y0) & (x1 > x0)).all()
 
 
+def test_val_images_without_annotations_stay_for_evaluation_and_nested_file_names_are_found(clean_dir, tmp_path):
+  """A val image with no annotation is evaluated (its false positives count, as COCOeval over the split counts
+  them; COCO val2017 has 48); training skips it. A file_name with sub-folders (Objects365 v2's
+  'images/v1/patch8/...') names a file under the images folder."""
+  root = tmp_path / "toy"
+  shutil.copytree(clean_dir / "toy_o365", root / "toy_o365")
+  for split, files in (("train", ["train"]), ("val", ["val", "val_instances"])):  # val reads val_instances
+    for k, f in enumerate(files):
+      path = root / f"toy_o365/annotations/{f}.json"
+      data = json.loads(path.read_text())
+      empty, moved = data["images"][0]["id"], data["images"][1]
+      data["annotations"] = [a for a in data["annotations"] if a["image_id"] != empty]
+      nested = root / "toy_o365" / split / "images/v1/patch0" / moved["file_name"]
+      if k == 0:
+        nested.parent.mkdir(parents=True)
+        (root / "toy_o365" / split / moved["file_name"]).rename(nested)
+      moved["file_name"] = f"images/v1/patch0/{moved['file_name']}"
+      path.write_text(json.dumps(data))
+    index = registry.build_index(_single(root, "toy_o365", "error" if split == "val" else "skip"), "toy_o365", split)
+    assert (empty in index.image_ids) == (split == "val")
+    assert int(moved["id"]) in index.image_ids and str(nested) in index.image_paths
+    assert index.skipped.get("missing_image_file", 0) == 0
+  config = _single(root, "toy_o365", "error", batch=len(index))
+  batch = next(mixture.eval_batches(config, registry.build_vocab(config), "toy_o365"))
+  row = list(batch["image_id"]).index(empty)
+  assert not batch["seg_valid"][row].any() and (batch["segment_map"][row] == -1).all()
+
+
 @pytest.mark.parametrize("field,pattern", [("category", "unknown_category"), ("bbox", "degenerate_box")])
 def test_bad_annotation_is_an_error_with_error_policy(broken_o365, field, pattern):
   root, _, _ = broken_o365
