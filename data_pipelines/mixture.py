@@ -137,6 +137,12 @@ class TrainIterator:
     self._consumed = {n: int(state["consumed"][n]) for n in self.names}
     self._iters = {}
 
+  def close(self) -> None:
+    """Drops the tf.data streams (the next batch opens them again at the same position). Call it before an
+    exception leaves the iterator alive in a traceback: a stream whose Python callbacks (`tf.numpy_function`:
+    instance masks, palette labels, TFDS records) are still in flight at interpreter exit hangs the process."""
+    self._iters = {}
+
   # ------------------------------------------------------------------ streams
   def _stream(self, name: str):
     if name not in self._iters:

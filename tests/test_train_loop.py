@@ -377,6 +377,40 @@ def test_scripts_report_config_mistakes_in_one_line(command, tmp_path):
   assert any(line.startswith("error: ") for line in proc.stderr.splitlines()), proc.stderr[-2000:]
 
 
+FAILING_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import test_train_loop as t
+import test_train_step as tiny
+from configs import toy4
+import time
+from data_pipelines import mixture, pipeline, registry
+from dataseg_jax.train import loop
+rasterise = pipeline._rasterise_fn
+pipeline._rasterise_fn = lambda index: (lambda r, h, w: time.sleep(0.3) or rasterise(index)(r, h, w))  # in flight
+c = t.toy_config(sys.argv[2], total=4)
+c.data.datasets = {"toy_city": toy4.get_config().data.datasets.toy_city}  # instance masks: a tf.numpy_function
+vocab = registry.build_vocab(c)
+
+def boom(outputs, batch, rng):
+  raise RuntimeError("the loss failed")
+
+emb = np.ones((len(vocab.names), tiny.E), np.float32)
+loop.train(c, sys.argv[3], loop.Components(tiny.TinySeg(), boom, vocab, emb,
+                                           make_iterator=lambda i, n: mixture.TrainIterator(c, vocab, i, n)))
+"""
+
+
+@pytest.mark.slow
+def test_an_error_during_training_exits_instead_of_hanging_on_the_input_pipeline(tmp_path, toy_data):
+  """An exception leaving train() keeps its frame (and the data iterator) alive in the traceback; tf.data threads
+  still calling back into Python at interpreter exit used to hang the process forever."""
+  proc = subprocess.run([sys.executable, "-c", FAILING_SCRIPT, str(REPO / "tests"), str(toy_data), str(tmp_path)],
+                        capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert proc.returncode == 1 and "RuntimeError: the loss failed" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_toy_model_loss_falls_on_toy_data(tmp_path, toy_data):
   """The real DataSeg + criterion + mixture at 64 px: the mean logged loss of the last steps is well below the first."""
   c = toy_config(toy_data, total=30)

@@ -59,7 +59,7 @@ class Components:
   vocab: has `datasets` (names, config order) and `class_mask` bool [D, C].
   class_embeddings: float32 [C, E], frozen.
   make_iterator: `(process_index, process_count) -> iterator` of this process's batches (numpy, batch
-    contract) with `get_state()` / `set_state(state)`.
+    contract) with `get_state()` / `set_state(state)`, and `close()` if it holds threads to stop.
   """
   model: Any
   loss_fn: Callable
@@ -341,6 +341,9 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
         logging.warning("preempted at step %d: checkpoint saved, exiting", step)
         break
   finally:
+    batches.close()
+    if hasattr(iterator, "close"):  # tf.data callbacks still in flight at exit would hang the process
+      iterator.close()
     if sigterm:
       sigterm.restore()
     manager.wait_until_finished()
