@@ -69,6 +69,10 @@ def check_split(config, name: str, split: str, out_dir: str, num_overlays: int) 
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
       problems.append(("error",) + decode_problem(index.image_paths[r], e))
       continue
+    except Exception as e:  # pylint: disable=broad-except  # e.g. pycocotools on a malformed segmentation
+      problems.append(("error", "bad_annotation", f"{index.image_paths[r]}: its annotation does not decode "
+                       f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); fix or drop it"))
+      continue
     if index.panoptic_gt:
       try:
         readers.load_panoptic_gt(index.panoptic_gt[r], tuple(ex["image"].shape[:2]))

@@ -105,6 +105,15 @@ def negative_size_box(d):
   return "toy_city", "degenerate_box", "train_instances.json image_id"
 
 
+def one_point_polygon(d):
+  path = d / "toy_city/annotations/train_instances.json"
+  doc = json.loads(path.read_text())
+  doc["annotations"][0]["segmentation"] = [[20, 20]]  # pycocotools cannot draw it
+  path.write_text(json.dumps(doc))
+  image = next(im for im in doc["images"] if im["id"] == doc["annotations"][0]["image_id"])
+  return "toy_city", "bad_annotation", image["file_name"]
+
+
 def box_outside_image(d):
   path = d / "toy_o365/annotations/train.json"
   _edit_json(path, lambda doc: doc["annotations"].append(dict(doc["annotations"][0], id=10**6, bbox=[500, 500, 9, 9])))
@@ -129,7 +138,7 @@ def missing_folder(d):
 
 
 BAD = [truncated_image, corrupt_image, label_outside_names, label_other_size,
-       missing_label, unknown_category, zero_size_box, negative_size_box, box_outside_image,
+       missing_label, unknown_category, zero_size_box, negative_size_box, one_point_polygon, box_outside_image,
        image_missing_from_folder, panoptic_png_other_size, missing_folder]
 
 
