@@ -249,6 +249,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("data.mixture_mode", f"must be 'per_batch' or 'per_example', got {d.mixture_mode!r}")
   if config.loss.row_block <= 0:
     fail("loss.row_block", f"must be > 0, got {config.loss.row_block}")
+  if config.loss.oversample_ratio < 1:
+    fail("loss.oversample_ratio", f"must be >= 1 (candidates per sampled point), got {config.loss.oversample_ratio}")
+  if not 0 <= config.loss.importance_sample_ratio <= 1:
+    fail("loss.importance_sample_ratio", f"must be in [0, 1], got {config.loss.importance_sample_ratio}")
   if config.loss.merge not in ("hard", "soft"):
     fail("loss.merge", f"must be 'hard' or 'soft', got {config.loss.merge!r}")
   if config.total_steps <= 0:

@@ -47,6 +47,8 @@ def test_unknown_config_argument_names_the_choices(name):
     ("optimizer.schedule", "step", "config.optimizer.schedule"),
     ("mesh.param_sharding", "zero3", "config.mesh.param_sharding"),
     ("data.datasets.toy_ade.ratio", -1.0, "config.data.datasets.toy_ade.ratio"),
+    ("loss.oversample_ratio", 0.5, "config.loss.oversample_ratio"),
+    ("loss.importance_sample_ratio", 1.5, "config.loss.importance_sample_ratio"),
     ("data.datasets.toy_heldout.eval_tasks", ("semantc",), "config.data.datasets.toy_heldout.eval_tasks"),
     ("data.datasets.toy_o365.val_instances", "", "config.data.datasets.toy_o365: instance evaluation"),
 ])
