@@ -4,9 +4,9 @@
       [--clip_weights PATH]
 
 Each image is resized (longer side to the export's size; bilinear without antialiasing, as the input pipeline),
-padded, run, and its outputs cropped and resized back (nearest). Writes OUT/semantic/<stem>.png (class index into the vocabulary), OUT/panoptic/<stem>.png
-with OUT/panoptic.json (COCO panoptic; category_id = class index + 1), OUT/overlays/<stem>.png, and
-OUT/names.txt. --vocab swaps in another vocabulary, embedded with the export's text encoder and prompts
+padded, run, and its outputs cropped and resized back (nearest); an image that does not decode is skipped with a
+warning. Writes OUT/semantic/<stem>.png (class index into the vocabulary), OUT/panoptic/<stem>.png with
+OUT/panoptic.json (COCO panoptic; category_id = class index + 1), OUT/overlays/<stem>.png, and OUT/names.txt. --vocab swaps in another vocabulary, embedded with the export's text encoder and prompts
 (needs dataseg_jax.vocab; names are embedded in the normalised form training uses, e.g. 'building, edifice' as
 'building'); --things names its thing classes (default: the --vocab classes whose normalised name is a thing class
 of the exported vocabulary); --clip_weights the CLIP text weights when the export was trained with encoder 'clip'

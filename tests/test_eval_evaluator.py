@@ -186,7 +186,8 @@ def test_per_class_iou_and_the_open_vocabulary_mean_over_classes_no_training_dat
   assert "toy_ade/semantic/mIoU_unseen" not in metrics  # every toy_ade class is trained on
   held = [f"toy_heldout/semantic/IoU/{n}" for n in (root / "heldout_names.txt").read_text().split()]
   assert any(k in metrics for k in held)
-  assert metrics["toy_heldout/semantic/mIoU_unseen"] == pytest.approx(np.mean([metrics[k] for k in held if k in metrics]))
+  assert metrics["toy_heldout/semantic/mIoU_unseen"] == pytest.approx(
+      np.mean([metrics[k] for k in held if k in metrics]))
   # Chance level: uniform random labelling over the dataset's classes, from the ground truth PNGs themselves.
   names = (root / "toy_heldout/names.txt").read_text().splitlines()
   labels = [np.array(Image.open(p)) for p in sorted((root / "toy_heldout/annotations/validation").glob("*.png"))]
