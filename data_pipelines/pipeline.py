@@ -192,7 +192,7 @@ def make_example_fn(index: readers.Index, cfg, dataset_id: int, vocab_union, *, 
   is_thing = tf.constant(np.asarray(index.vocab.is_thing, bool))
   seed_d = stream_seed(seed, dataset_id)
   masks = keeps_masks(task)
-  per_class = task == int(contract.Task.SEMANTIC)
+  per_class = task == int(contract.Task.SEMANTIC) and index.format != "semantic_png"  # label maps: one per class
 
   def fn(k, g, r):
     ex = decode_example(index, tables, r, reduce_zero_label, masks=masks)
