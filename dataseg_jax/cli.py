@@ -29,3 +29,11 @@ def flags_parser(doc: str) -> Callable:
       sys.exit(f"error: {message}\nUsage: {usage}")
 
   return parse
+
+
+def checkpoint_mismatch(workdir: str, error: Exception) -> str:
+  """The one-line error of eval/export when the model of --config is not the one that wrote the checkpoint (flax
+  raises on the first parameter of another shape)."""
+  first = str(error).splitlines()[0]
+  return (f"error: the checkpoint under {workdir} does not fit the model of this config ({first}); pass the config "
+          f"that trained it (its values: {workdir}/config.json)")

@@ -278,8 +278,8 @@ def eval_tasks(config: ml_collections.ConfigDict, name: str) -> tuple:
   e = config.data.datasets[name]
   tasks = tuple(e.eval_tasks)
   for t in tasks:
-    if t not in ("semantic", "panoptic", "instance"):
-      raise ValueError(f"config.data.datasets.{name}.eval_tasks: {t!r} is not one of semantic, panoptic, instance")
+    if t not in EVAL_METRICS:
+      raise ValueError(f"config.data.datasets.{name}.eval_tasks: {t!r} is not one of {', '.join(EVAL_METRICS)}")
   if "instance" in tasks and e.format == "semantic_png":
     raise ValueError(f"config.data.datasets.{name}.eval_tasks: instance evaluation needs instance ground "
                      f"truth; a semantic_png dataset has none")

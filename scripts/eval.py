@@ -60,8 +60,7 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   except flax.errors.FlaxError as e:  # the model of --config is not the one that wrote the checkpoint
-    sys.exit(f"error: the checkpoint under {_WORKDIR.value} does not fit the model of this config "
-             f"({str(e).splitlines()[0]}); pass the config that trained it (its values: {_WORKDIR.value}/config.json)")
+    sys.exit(cli.checkpoint_mismatch(_WORKDIR.value, e))
   print(json.dumps(metrics, indent=1, sort_keys=True))
 
 
