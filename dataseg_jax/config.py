@@ -11,6 +11,8 @@ import ml_collections
 BACKBONES = ("resnet", "vit")
 SCHEDULES = ("poly", "cosine", "constant")  # config.optimizer.schedule (train/optimizer.py)
 PARAM_SHARDINGS = ("replicate", "fsdp")      # config.mesh.param_sharding (train/mesh.py)
+MERGE_MODES = ("hard", "soft")               # config.loss.merge (losses/merge.py)
+MERGE_MASKS = ("noisy_or", "max", "clip")    # config.loss.merge_mask (losses/merge.py)
 EVAL_METRICS = {  # the '<dataset>/<task>/<metric>' values evaluation/evaluator.py reports, by task
     "semantic": ("mIoU", "fwIoU", "mAcc", "pixel_acc", "mIoU_unseen", "mIoU_unseen_chance"),  # and IoU/<class>
     "panoptic": ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"),
@@ -81,7 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
   l.importance_sample_ratio = 0.75
   l.deep_supervision = True
   l.row_block = 16                    # [not in paper] target rows per skippable block of the point-sampled terms
-  l.merge = "hard"                    # 'hard' (argmax class, clipped sum) or 'soft' (ablation: sum_i p_i(c) m_i)
+  l.merge = "hard"                    # 'hard' (groups by argmax class) or 'soft' (ablation: weights p_i(c) for all i)
+  l.merge_mask = "noisy_or"           # [ours, docs/results.md A/B] merged mask: 'noisy_or', 'max' or 'clip' (merge.py)
+  l.merge_background = False          # [ours] True: a proposal whose argmax is background joins its class's group
+  l.match_leftover = True             # [ours] segments left over by MERGE are matched to single proposals
   c.matcher = mt = ml_collections.ConfigDict()
   mt.class_cost = 2.0
   mt.mask_cost = 5.0
@@ -215,10 +220,14 @@ def paper_recipe(arg, config_path: str) -> ml_collections.ConfigDict:
 
 
 def select_dataset(datasets: ml_collections.ConfigDict, name: str, config_path: str) -> ml_collections.ConfigDict:
-  """Keeps only entry `name` (a single-dataset baseline), with an error listing the valid names."""
-  if name not in datasets:
-    raise ValueError(f"{config_path}:{name}: unknown dataset; expected one of {list(datasets)}")
-  return ml_collections.ConfigDict({name: datasets[name]})
+  """Keeps only entry `name`, or the entries of `name`='a+b+...' in config order (a single-dataset baseline, or a
+  subset of the mixture), with an error listing the valid names."""
+  names = name.split("+")
+  unknown = [n for n in names if n not in datasets]
+  if unknown:
+    raise ValueError(f"{config_path}:{name}: unknown dataset {unknown[0]!r}; expected one of {list(datasets)}, or "
+                     "several joined by '+'")
+  return ml_collections.ConfigDict({n: datasets[n] for n in datasets if n in names})
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -253,8 +262,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("loss.oversample_ratio", f"must be >= 1 (candidates per sampled point), got {config.loss.oversample_ratio}")
   if not 0 <= config.loss.importance_sample_ratio <= 1:
     fail("loss.importance_sample_ratio", f"must be in [0, 1], got {config.loss.importance_sample_ratio}")
-  if config.loss.merge not in ("hard", "soft"):
-    fail("loss.merge", f"must be 'hard' or 'soft', got {config.loss.merge!r}")
+  if config.loss.merge not in MERGE_MODES:
+    fail("loss.merge", f"must be one of {MERGE_MODES}, got {config.loss.merge!r}")
+  if config.loss.merge_mask not in MERGE_MASKS:
+    fail("loss.merge_mask", f"must be one of {MERGE_MASKS}, got {config.loss.merge_mask!r}")
+  if config.loss.merge_mask == "max" and config.loss.merge == "soft":
+    fail("loss.merge_mask", "'max' takes the largest member of a hard group; the soft merge weighs every "
+         "proposal: use 'noisy_or' or 'clip' with loss.merge='soft'")
   if config.total_steps <= 0:
     fail("total_steps", f"must be > 0, got {config.total_steps}")
   for key in ("log_every_steps", "checkpoint_every_steps"):

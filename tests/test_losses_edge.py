@@ -10,7 +10,7 @@ from test_losses_terms import random_batch, small_config
 
 
 def _loss_and_grads(outputs, batch, cfg):
-  fn = jax.jit(lambda o, b: criterion_lib.criterion(o, b, cfg, jax.random.key(0)))
+  fn = jax.jit(lambda o, b: criterion_lib.criterion(o, b, cfg, jax.random.key(0))[:2])
   (loss, terms), grads = jax.value_and_grad(lambda o: fn(o, batch), has_aux=True)(outputs)
   return loss, terms, grads
 

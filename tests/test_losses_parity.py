@@ -90,7 +90,7 @@ def test_instance_terms_equal_transformers_mask2former_loss(layers, rng):
   lc = cfg.loss
 
   def unweighted(o):
-    _, terms = criterion_lib.criterion_with_points(o, batch, cfg, points)
+    _, terms, _ = criterion_lib.criterion_with_points(o, batch, cfg, points)
     total = (terms["loss_ce"].sum() / lc.class_weight + terms["loss_mask"].sum() / lc.mask_weight
              + terms["loss_dice"].sum() / lc.dice_weight)
     return total, terms

@@ -36,8 +36,8 @@ def np_log_softmax(x):
   return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def np_bce(logit, prob, raw, y):
-  if raw:
+def np_bce(logit, prob, is_logit, y):
+  if is_logit:
     log_p, log_q = -np.logaddexp(0, -logit), -np.logaddexp(0, logit)
   else:
     log_p, log_q = np.log(np.clip(prob, 1e-30, 1)), np.log(np.clip(1 - prob, 1e-6, 1))
@@ -69,88 +69,115 @@ def np_proj_loss(m_logits, box):
   return d(prob.max(1), by) + d(prob.max(0), bx)
 
 
-def np_groups(logp, task, ex, mode):
-  """Leaders, whether each proposal merges, and the mask weights w[j, i] of proposal i in slot j's merged mask:
-  1 for the members of j's group; soft, for a merging slot j: p_i(c_j) for every proposal i."""
+def np_groups(logp, task, ex, mode, background_joins=False):
+  """Leaders, whether each proposal merges, and the mask weights w[j, i] of proposal i in slot j's prediction:
+  for an active slot j, 1 for the members of j's group (soft, for a merging slot j: p_i(c_j) for every proposal
+  i); for an inactive slot j, proposal j alone."""
   q, c1 = logp.shape
   cls = logp[:, :c1 - 1].argmax(-1)
+  background = logp.argmax(-1) == c1 - 1
   stuff = {int(c) for c, v, t in zip(ex["seg_class"], ex["seg_valid"], ex["seg_is_thing"]) if v and not t}
-  merges = [task == Task.SEMANTIC or (task == Task.PANOPTIC and int(cls[i]) in stuff) for i in range(q)]
+  merges = [(task == Task.SEMANTIC or (task == Task.PANOPTIC and int(cls[i]) in stuff))
+            and (background_joins or not background[i]) for i in range(q)]
   key = [("c", int(cls[i])) if merges[i] else ("q", i) for i in range(q)]
   leader = np.array([key.index(key[i]) for i in range(q)])
-  weight = np.array([[np.exp(logp[i, cls[j]]) if (mode == "soft" and merges[j]) else float(leader[i] == j)
-                      for i in range(q)] for j in range(q)])
+  weight = np.zeros((q, q))
+  for j in range(q):
+    for i in range(q):
+      if leader[j] != j:
+        weight[j, i] = float(i == j)
+      elif mode == "soft" and merges[j]:
+        weight[j, i] = np.exp(logp[i, cls[j]])
+      else:
+        weight[j, i] = float(leader[i] == j)
   return leader, np.array(merges), weight
 
 
+def np_merged_grid(masks, weight_row, members, formula):
+  """(map, is_logit) of a merged slot on the grid: noisy-OR logit log(expm1(sum_i w_i softplus(m_i))), the
+  members' largest logit, or the clipped sum of w_i sigmoid(m_i) (a probability)."""
+  if formula == "noisy_or":
+    total = np.maximum((weight_row[:, None, None] * np.logaddexp(0, masks)).sum(0), 1e-30)
+    return np.log(np.expm1(total)), True
+  if formula == "max":
+    return masks[members].max(0), True
+  return np.clip((weight_row[:, None, None] * np_sigmoid(masks)).sum(0), 0, 1), False
+
+
+LEFTOVER_PENALTY = 1e6  # an inactive slot's extra cost in the reference matching: larger than any real difference
+
+
 def np_layer(logits, masks, ex, pts, cfg):
-  """Unnormalised sums (ce_num, ce_den, mask, dice, proj) of one example at one layer."""
+  """Unnormalised sums (ce_num, ce_den, mask, dice, proj) of one example at one layer, and the number of valid
+  segments left without a loss."""
   match_pts, over, tail = (np.asarray(p, np.float64) for p in pts)
   logits = logits.astype(np.float64)
   masks = masks.astype(np.float64)
   q, c1 = logits.shape
   n = len(ex["seg_class"])
-  h, w = masks.shape[1:]
-  mode = cfg.loss.merge
+  lc = cfg.loss
   logp = np_log_softmax(logits)
-  leader, merges, weight = np_groups(logp, int(ex["task"]), ex, mode)
+  leader, merges, weight = np_groups(logp, int(ex["task"]), ex, lc.merge, lc.merge_background)
   active = leader == np.arange(q)
-  members = {j: np.nonzero(leader == j)[0] for j in np.nonzero(active)[0]}
-  raw = {j: len(m) == 1 and (mode == "hard" or not merges[j]) for j, m in members.items()}
-  mlogp = {j: np.log(np.exp(logp[m]).mean(0)) for j, m in members.items()}
+  members = {j: np.nonzero(leader == j)[0] if active[j] else np.array([j]) for j in range(q)}
+  single = {j: not active[j] or (len(members[j]) == 1 and (lc.merge == "hard" or not merges[j])) for j in range(q)}
+  mlogp = {j: np.log(np.exp(logp[members[j]]).mean(0)) for j in range(q)}
   seg_masks = [(ex["segment_map"] == k).astype(np.float64) for k in range(n)]
 
   def merged_at(j, coords):
-    """(logit, prob) of slot j at the points: a raw slot's sampled logit, else its merged mask on the grid
-    clip(sum_i w[j, i] sigmoid(m_i)), sampled (its 'logit' is then unused)."""
-    if raw[j]:
+    """(logit, prob, is_logit) of slot j at the points: a single proposal's sampled logit, else its merged map on
+    the grid, sampled (a probability map's 'logit' is unused)."""
+    if single[j]:
       logit = np_point_sample(masks[j], coords)
-      return logit, np_sigmoid(logit)
-    grid = np.clip((weight[j][:, None, None] * np_sigmoid(masks)).sum(0), 0, 1)
-    prob = np_point_sample(grid, coords)
-    return prob, prob
+      return logit, np_sigmoid(logit), True
+    grid, is_logit = np_merged_grid(masks, weight[j], members[j], lc.merge_mask)
+    sampled = np_point_sample(grid, coords)
+    return sampled, np_sigmoid(sampled) if is_logit else sampled, is_logit
 
-  # matching on the (active x valid) submatrix
+  # matching: active slots first, then (match_leftover) single proposals at a penalty; padded targets left out
   valid = np.nonzero(ex["seg_valid"])[0]
-  act = sorted(members)
-  cost = np.zeros((len(act), len(valid)))
-  for a, j in enumerate(act):
-    logit_j, prob_j = merged_at(j, match_pts)
+  rows = [j for j in range(q) if active[j] or lc.match_leftover]
+  cost = np.zeros((len(rows), len(valid)))
+  for a, j in enumerate(rows):
+    logit_j, prob_j, is_logit = merged_at(j, match_pts)
     for b, k in enumerate(valid):
       c = -cfg.matcher.class_cost * np.exp(mlogp[j][ex["seg_class"][k]])
       if ex["seg_has_mask"][k]:
         y = np_point_sample(seg_masks[k], match_pts)
-        c += cfg.matcher.mask_cost * np_bce(logit_j, prob_j, raw[j], y) + cfg.matcher.dice_cost * np_dice(prob_j, y)
+        c += cfg.matcher.mask_cost * np_bce(logit_j, prob_j, is_logit, y) + cfg.matcher.dice_cost * np_dice(prob_j, y)
       else:
         c += cfg.matcher.projection_cost * np_proj_loss(masks[j], ex["seg_box"][k])
-      cost[a, b] = c
-  rows, cols = linear_sum_assignment(cost) if cost.size else ([], [])
-  pairs = {act[r]: valid[c] for r, c in zip(rows, cols)}
+      cost[a, b] = c + (0.0 if active[j] else LEFTOVER_PENALTY)
+  r, c = linear_sum_assignment(cost) if cost.size else ([], [])
+  pairs = {rows[i]: valid[k] for i, k in zip(r, c)}
 
-  out = dict(ce_num=0.0, ce_den=0.0, mask=0.0, dice=0.0, proj=0.0)
-  for j in act:
+  out = dict(ce_num=0.0, ce_den=0.0, mask=0.0, dice=0.0, proj=0.0, without_loss=float(len(valid) - len(pairs)))
+  for j in range(q):
     k = pairs.get(j)
+    if k is None and not active[j]:
+      continue
     target = c1 - 1 if k is None else ex["seg_class"][k]
-    wt = cfg.loss.no_object_weight if k is None else 1.0
+    wt = lc.no_object_weight if k is None else 1.0
     out["ce_num"] += -wt * mlogp[j][target]
     out["ce_den"] += wt
-  num_unc = int(cfg.loss.importance_sample_ratio * cfg.loss.num_points)
+  num_unc = int(lc.importance_sample_ratio * lc.num_points)
   for j, k in pairs.items():
     if ex["seg_has_mask"][k]:
-      l_over, p_over = merged_at(j, over[k])
-      unc = -np.abs(l_over) if raw[j] else -np.abs(p_over - 0.5)
+      l_over, p_over, is_logit = merged_at(j, over[k])
+      unc = -np.abs(l_over) if is_logit else -np.abs(p_over - 0.5)
       idx = np.argsort(-unc, kind="stable")[:num_unc]
       coords = np.concatenate([over[k][idx], tail[k]])
-      logit, prob = merged_at(j, coords)
+      logit, prob, is_logit = merged_at(j, coords)
       y = np_point_sample(seg_masks[k], coords)
-      out["mask"] += np_bce(logit, prob, raw[j], y)
+      out["mask"] += np_bce(logit, prob, is_logit, y)
       out["dice"] += np_dice(prob, y)
     else:
       out["proj"] += np_proj_loss(masks[j], ex["seg_box"][k])
   return out
 
 
-def np_criterion(outputs, batch, cfg, points):
+def np_criterion(outputs, batch, cfg, points, with_without_loss=False):
+  """The weighted terms {name: [B]}; with `with_without_loss` also the segments left without a loss per layer."""
   logits = np.asarray(outputs["pred_logits"], np.float64)
   masks = np.asarray(outputs["pred_masks"], np.float64)
   num_layers, b = logits.shape[:2]
@@ -169,16 +196,21 @@ def np_criterion(outputs, batch, cfg, points):
       terms["loss_mask"][i] += lc.mask_weight * s["mask"] / num_masks
       terms["loss_dice"][i] += lc.dice_weight * s["dice"] / num_masks
       terms["loss_proj"][i] += lc.projection_weight * s["proj"] / num_boxes
+  if with_without_loss:
+    return terms, np.array([sum(s["without_loss"] for s in sums[l]) for l in range(num_layers)])
   return terms
 
 
 # ------------------------------------------------------------------ fixtures
 
-def small_config(merge="hard", num_points=24):
+def small_config(merge="hard", num_points=24, merge_mask="noisy_or", merge_background=False, match_leftover=True):
   c = config_lib.base_config()
   c.loss.num_points = num_points
   c.matcher.num_points = 20
   c.loss.merge = merge
+  c.loss.merge_mask = merge_mask
+  c.loss.merge_background = merge_background
+  c.loss.match_leftover = match_leftover
   return c
 
 
@@ -297,30 +329,41 @@ def test_box_rasterisation_uses_pixel_centres():
 
 # ------------------------------------------------------------------ the whole criterion
 
-@pytest.mark.parametrize("solver", ["scipy", "device"])
-@pytest.mark.parametrize("merge", ["hard", "soft"])
-def test_criterion_terms_equal_numpy_transcription_on_a_mixed_task_batch(merge, solver, rng, monkeypatch):
-  """Both matching paths: the CPU's scipy callback, and the accelerators' solver put in its place."""
+# (merge, merge_mask, merge_background, match_leftover): the default, each formula, the soft ablation, and the
+# project brief's first guess (background proposals join, clipped sum, left-over segments without a loss)
+VARIANTS = [("hard", "noisy_or", False, True), ("hard", "max", False, True), ("hard", "clip", False, True),
+            ("soft", "noisy_or", False, True), ("soft", "clip", False, True), ("hard", "clip", True, False)]
+
+
+@pytest.mark.parametrize("variant,solver", [(VARIANTS[0], "device")] + [(v, "scipy") for v in VARIANTS])
+def test_criterion_terms_equal_numpy_transcription_on_a_mixed_task_batch(variant, solver, rng, monkeypatch):
+  """Every MERGE variant, and both matching paths: the CPU's scipy callback, and the accelerators' solver put in
+  its place. Terms and the segments left without a loss equal the float64 transcription."""
   if solver == "device":
     monkeypatch.setattr(matching, "_scipy_match", matching._device_match)
-  cfg = small_config(merge)
+  cfg = small_config(*variant[:1], merge_mask=variant[1], merge_background=variant[2], match_leftover=variant[3])
   outputs, batch = random_batch(rng, c=4, n=4)
+  outputs["pred_logits"][..., -1] += 1.0  # some proposals argmax background
   points = criterion_lib.draw_points(jax.random.key(1), 2, 4, 4, cfg)
-  loss, terms = jax.jit(lambda o, b, p: criterion_lib.criterion_with_points(o, b, cfg, p))(outputs, batch, points)
-  ref = np_criterion(outputs, batch, cfg, jax.tree.map(np.asarray, points))
+  loss, terms, stats = jax.jit(lambda o, b, p: criterion_lib.criterion_with_points(o, b, cfg, p))(
+      outputs, batch, points)
+  ref, without_loss = np_criterion(outputs, batch, cfg, jax.tree.map(np.asarray, points), with_without_loss=True)
   for name in criterion_lib.TERMS:
     np.testing.assert_allclose(np.asarray(terms[name]), ref[name], err_msg=name, **TOL)
   np.testing.assert_allclose(float(loss), sum(v.sum() for v in ref.values()), rtol=1e-5)
   assert all(np.asarray(terms[k]).sum() > 0 for k in criterion_lib.TERMS)
+  np.testing.assert_array_equal(np.asarray(stats["segments_without_loss"]), without_loss)
 
 
-@pytest.mark.parametrize("merge", ["hard", "soft"])
-def test_criterion_gradient_equals_finite_differences_of_the_numpy_transcription(merge):
-  """The gradient through MERGE (merge weights, clipped sums, mean class probabilities), the projection loss and
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_criterion_gradient_equals_finite_differences_of_the_numpy_transcription(variant):
+  """The gradient through MERGE (merge weights, merged masks, mean class probabilities), the projection loss and
   every task's terms: its product with random directions equals central differences of the float64 numpy
   criterion (matches and sampled points do not move within +-eps)."""
   rng = np.random.default_rng(1)
-  cfg = small_config(merge, num_points=32)
+  merge = variant[0]
+  cfg = small_config(merge, num_points=32, merge_mask=variant[1], merge_background=variant[2],
+                     match_leftover=variant[3])
   outputs, batch = random_batch(rng, b=4, q=8, c=4, n=4, layers=2)
   points = jax.tree.map(np.asarray, criterion_lib.draw_points(jax.random.key(5), 2, 4, 4, cfg))
   grads = jax.jit(jax.grad(lambda o: criterion_lib.criterion_with_points(o, batch, cfg, points)[0]))(outputs)
@@ -349,7 +392,7 @@ def test_row_blocks_skip_only_rows_that_no_example_needs(rng):
   for block in (2, 16):
     cfg.loss.row_block = block
     fn = jax.jit(jax.value_and_grad(
-        lambda o, b, p, cfg=cfg: criterion_lib.criterion_with_points(o, b, cfg, p), has_aux=True))
+        lambda o, b, p, cfg=cfg: criterion_lib.criterion_with_points(o, b, cfg, p)[:2], has_aux=True))
     (_, terms), grads = fn(outputs, batch, points)
     for name in criterion_lib.TERMS:
       np.testing.assert_allclose(np.asarray(terms[name]), ref[name], err_msg=f"{name} block {block}", **TOL)
@@ -367,7 +410,7 @@ def test_semantic_batch_merges_proposals(rng):
   leader, _, _ = np_groups(logp, Task.SEMANTIC, {k: v[0] for k, v in batch.items()}, "hard")
   assert len(set(leader.tolist())) < 8
   points = criterion_lib.draw_points(jax.random.key(2), 1, 2, 3, cfg)
-  _, terms = jax.jit(lambda o, b, p: criterion_lib.criterion_with_points(o, b, cfg, p))(outputs, batch, points)
+  _, terms, _ = jax.jit(lambda o, b, p: criterion_lib.criterion_with_points(o, b, cfg, p))(outputs, batch, points)
   ref = np_criterion(outputs, batch, cfg, jax.tree.map(np.asarray, points))
   for name in ("loss_ce", "loss_mask", "loss_dice"):
     np.testing.assert_allclose(np.asarray(terms[name]), ref[name], err_msg=name, **TOL)
@@ -413,3 +456,100 @@ def test_merge_groups_per_task(task, expected_leaders):
   p = np.exp(np.asarray(log_probs))
   for j in set(expected_leaders):
     np.testing.assert_allclose(merged[j], p[np.array(expected_leaders) == j].mean(0), **TOL)
+
+
+# ------------------------------------------------------------------ MERGE, by hand
+
+def _group_of(q, task=Task.SEMANTIC, **kw):
+  """Groups of q proposals that all argmax class 0 (of 3), for one ground-truth segment of class 0."""
+  from dataseg_jax.losses import merge
+  logits = np.full((q, 4), -4.0, np.float32)
+  logits[:, 0] = 3.0
+  return merge.merge_groups(jax.nn.log_softmax(jnp.asarray(logits)), jnp.int32(task), jnp.array([0]),
+                            jnp.array([False]), jnp.array([True]), "hard", **kw)
+
+
+def test_noisy_or_merged_mask_is_one_minus_the_product_and_a_single_proposal_keeps_its_logits():
+  from dataseg_jax.losses import merge
+  groups = _group_of(3)
+  flat = jnp.array([[2.0, -30.0], [-1.0, -30.0], [0.5, -30.0]])
+  maps = np.asarray(merge.merged_maps(flat, groups, jnp.arange(3), "noisy_or"))
+  s = np_sigmoid(np.array([2.0, -1.0, 0.5]))
+  np.testing.assert_allclose(np_sigmoid(maps[0, 0]), 1 - np.prod(1 - s), rtol=1e-6)
+  np.testing.assert_allclose(maps[0, 1], np.log(np.expm1(3 * np.logaddexp(0, -30.0))), rtol=1e-5)  # no underflow
+  np.testing.assert_array_equal(maps[1:], np.asarray(flat[1:]))  # inactive slots: their own proposal's logits
+  assert np.asarray(merge.is_logit_map(groups, jnp.arange(3), "noisy_or")).all()
+  single = _group_of(1)
+  np.testing.assert_array_equal(np.asarray(merge.merged_maps(flat[:1], single, jnp.arange(1), "noisy_or")),
+                                np.asarray(flat[:1]))
+
+
+@pytest.mark.parametrize("formula,expected", [
+    ("noisy_or", "sigmoid"),  # d/dm_i -log(1 - M) = sigmoid(m_i): every member, however much they overlap
+    ("max", "largest"),       # only the largest member, with its own BCE gradient sigmoid(m)
+    ("clip", "zero"),         # the sum is above 1: no gradient at all
+])
+def test_the_merge_gradient_where_members_overlap_on_a_negative_pixel(formula, expected):
+  """Three members at logits 2, 3, 4 on a pixel that belongs to no segment (y = 0): BCE of the merged mask."""
+  from dataseg_jax.losses import merge
+  groups = _group_of(3)
+  m = jnp.array([2.0, 3.0, 4.0])
+
+  def bce(m):
+    flat = m[:, None]
+    maps = merge.merged_maps(flat, groups, jnp.arange(1), formula)
+    is_logit = merge.is_logit_map(groups, jnp.arange(1), formula)
+    logit, prob = maps, jnp.where(is_logit[:, None], jax.nn.sigmoid(maps), maps)
+    return mask_losses.sigmoid_bce(logit, prob, is_logit, jnp.zeros((1, 1)))[0]
+
+  g = np.asarray(jax.grad(bce)(m))
+  want = {"sigmoid": np_sigmoid(np.asarray(m)), "largest": np.array([0.0, 0.0, np_sigmoid(4.0)]),
+          "zero": np.zeros(3)}[expected]
+  np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-12)
+
+
+def test_a_proposal_whose_argmax_is_background_joins_no_group():
+  """Proposals 0 and 1 both prefer class 0 among the classes, but proposal 1's argmax is background."""
+  from dataseg_jax.losses import merge
+  logits = np.array([[3.0, 0, 0, -1], [1.0, 0, 0, 2], [0, 3.0, 0, -1]], np.float32)
+  log_probs = jax.nn.log_softmax(jnp.asarray(logits))
+  args = (log_probs, jnp.int32(Task.SEMANTIC), jnp.array([0, 1]), jnp.array([False, False]), jnp.array([True, True]))
+  ours = merge.merge_groups(*args, "hard")
+  np.testing.assert_array_equal(np.asarray(ours.leader), [0, 1, 2])
+  np.testing.assert_array_equal(np.asarray(ours.merges), [True, False, True])
+  first_guess = merge.merge_groups(*args, "hard", background_joins=True)
+  np.testing.assert_array_equal(np.asarray(first_guess.leader), [0, 0, 2])
+  p = np.exp(np.asarray(log_probs))
+  np.testing.assert_allclose(np.exp(np.asarray(merge.merged_log_probs(log_probs, first_guess)))[0],
+                             p[:2].mean(0), rtol=1e-5)  # its background probability dilutes the group's mean
+
+
+@pytest.mark.parametrize("match_leftover,without_loss", [(True, 0), (False, 2)])
+def test_every_segment_gets_a_loss_when_merged_predictions_are_fewer_than_segments(match_leftover, without_loss):
+  """Six proposals that all argmax class 0 form one semantic group; the ground truth has classes 0, 1 and 2. The
+  left-over two segments are matched to single proposals (ours) or get no loss (the brief's first guess)."""
+  cfg = small_config(match_leftover=match_leftover)
+  rng = np.random.default_rng(3)
+  outputs, batch = random_batch(rng, b=1, q=6, c=3, n=3, layers=1, tasks=(Task.SEMANTIC,))
+  outputs["pred_logits"][..., 0] += 20.0
+  batch["seg_class"][0] = [0, 1, 2]
+  batch["seg_valid"][:] = True
+  points = criterion_lib.draw_points(jax.random.key(0), 1, 1, 3, cfg)
+  _, terms, stats = criterion_lib.criterion_with_points(outputs, batch, cfg, points)
+  assert float(stats["segments_without_loss"][0]) == without_loss
+  assert float(stats["merge_group_size_mean"][0]) == 6.0 and float(stats["merge_group_size_max"][0]) == 6.0
+  ref = np_criterion(outputs, batch, cfg, jax.tree.map(np.asarray, points))
+  for name in ("loss_ce", "loss_mask", "loss_dice"):
+    np.testing.assert_allclose(np.asarray(terms[name]), ref[name], err_msg=name, **TOL)
+
+
+@pytest.mark.parametrize("formula,zero", [("clip", 1), ("noisy_or", 1), ("max", 0)])
+def test_vanishing_gradient_pixels_by_hand(formula, zero):
+  """A two-member group on three pixels: logits (3, 3) overlap (the clipped sum saturates), (-2, -3) do not,
+  (30, 30) saturate every formula but max (noisy-OR: 2 sigmoid(-30) = 2e-13 < VANISHING)."""
+  from dataseg_jax.losses import merge
+  groups = _group_of(2)
+  flat = jnp.array([[3.0, -2.0, 30.0], [3.0, -3.0, 30.0]])
+  count, pixels = merge.vanishing_gradient_pixels(flat, groups, formula)
+  assert float(pixels) == 3.0
+  assert float(count) == zero + (formula == "clip")  # clip saturates on (3, 3) as well

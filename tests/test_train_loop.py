@@ -173,8 +173,8 @@ def test_nonfinite_streak_stops_and_keeps_last_checkpoint(tmp_path):
   c.optimizer.max_nonfinite_steps = 2
 
   def always_nan(outputs, batch, rng):
-    loss, terms = tiny.tiny_loss(outputs, batch, rng)
-    return loss * jnp.nan, terms
+    loss, terms, stats = tiny.tiny_loss(outputs, batch, rng)
+    return loss * jnp.nan, terms, stats
 
   with pytest.raises(loop.NonFiniteError, match=r"max_nonfinite_steps=2.*last checkpoint \(4\)"):
     loop.train(c, str(tmp_path), components(c, loss_fn=always_nan))

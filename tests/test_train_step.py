@@ -52,7 +52,7 @@ def tiny_loss(outputs, batch, rng):
   bce = optax.sigmoid_binary_cross_entropy(masks, target).mean((2, 3))
   b = logits.shape[0]
   terms = {"loss_ce": (ce * valid).sum(1) / b, "loss_mask": (bce * valid).sum(1) / b}
-  return sum(t.sum() for t in terms.values()), terms
+  return sum(t.sum() for t in terms.values()), terms, {}
 
 
 def make_batch(rng: np.random.Generator, batch: int, dataset: int) -> dict:
@@ -133,17 +133,34 @@ def test_summary_reports_term_per_dataset_as_a_whole_batch_of_it():
   assert s["loss_ce/task_semantic"] == 2.0 and s["loss_ce/task_box"] == 1.0
 
 
+def test_summary_reports_merge_statistics_per_layer_over_the_steps_that_define_them():
+  """Step 2 is a box-only batch (no merging groups: NaN); skipped (non-finite) steps do not count."""
+  base = {"loss": 3.0, "grad_norm": 1.0, "lr": 0.1, "nonfinite_streak": 0, "by_dataset": {}, "by_task": {},
+          "count_dataset": np.zeros(3), "count_task": np.zeros(4)}
+  nan = np.nan
+  steps = [(True, [0.5, 0.1], [4.0, 2.0], [1.0, 0.0]), (True, [nan, nan], [nan, nan], [0.0, 0.0]),
+           (True, [0.3, 0.0], [6.0, 3.0], [3.0, 0.0]), (False, [0.9, 0.9], [9.0, 9.0], [9.0, 9.0])]
+  history = [dict(base, finite=f, stats={"merge_zero_grad_frac": np.array(z), "merge_group_size_max": np.array(g),
+                                         "segments_without_loss": np.array(w)}) for f, z, g, w in steps]
+  s = loop.summarize(history, DATASETS, global_batch=4)
+  assert s["merge/zero_grad_frac/layer_0"] == pytest.approx(0.4) and s["merge/zero_grad_frac/layer_1"] == 0.05
+  assert s["merge/group_size_max/layer_0"] == 6.0 and s["merge/group_size_max/layer_1"] == 3.0
+  assert s["merge/segments_without_loss/layer_0"] == pytest.approx(4 / 3)
+  only_boxes = loop.summarize(history[1:2], DATASETS, global_batch=4)
+  assert "merge/zero_grad_frac/layer_0" not in only_boxes and only_boxes["merge/segments_without_loss/layer_0"] == 0
+
+
 def _nan_loss(outputs, batch, rng):
-  loss, terms = tiny_loss(outputs, batch, rng)
-  return jnp.where(batch["image"][0, 0, 0, 0] == 255, jnp.nan, loss), terms
+  loss, terms, stats = tiny_loss(outputs, batch, rng)
+  return jnp.where(batch["image"][0, 0, 0, 0] == 255, jnp.nan, loss), terms, stats
 
 
 def _nan_gradient(outputs, batch, rng):
   """A finite loss whose gradient is NaN on the marked batches: sqrt at 0 (infinite slope) times 0."""
-  loss, terms = tiny_loss(outputs, batch, rng)
+  loss, terms, stats = tiny_loss(outputs, batch, rng)
   zero = 0.0 * jnp.sum(outputs["pred_masks"])
   s = jnp.where(batch["image"][0, 0, 0, 0] == 255, zero, 1.0 + zero)
-  return loss + jnp.sqrt(s), terms
+  return loss + jnp.sqrt(s), terms, stats
 
 
 @pytest.mark.parametrize("poisoned", [_nan_loss, _nan_gradient])

@@ -4,17 +4,21 @@
 (deep supervision [default: Mask2Former]) and per example:
 
 1. MERGE the Q proposals for the example's task (merge.py): semantic merges every class, panoptic merges
-   stuff, instance and box-only keep proposals [paper]; merged predictions sit in the "active" slots, and
-   a merged mask is clip(sum_i w_i sigmoid(m_i)) on the mask grid (`slot_maps`).
+   stuff, instance and box-only keep proposals [paper]; merged predictions sit in the "active" slots, and a
+   merged mask is the noisy-OR (or config.loss.merge_mask's formula) of its members on the mask grid
+   (`slot_maps`).
 2. Match merged predictions to the ground-truth segments with the Hungarian algorithm on
    cost = class_cost * (-p(c)) + [mask target] mask_cost * BCE + dice_cost * dice, on matcher.num_points
    uniform points shared by all pairs [default: Mask2Former matcher]
                                  + [box target]  projection_cost * L_proj [paper: projection in the cost].
+   Segments left over when there are fewer merged predictions than segments are matched to single merged-away
+   proposals (config.loss.match_leftover [ours]; matching.assignment_cost), so every segment gets a loss.
 3. Losses on the matched pairs:
-   loss_ce   class_weight * sum_j w_j CE_j / sum w over the batch's merged predictions, with target the
-             matched class or background (index C), w = 1 or no_object_weight [default: Mask2Former].
-             Every merged prediction (active slot) takes part; a prediction matched to nothing learns
-             background. Merged-away proposals take part only through their group's mean probability.
+   loss_ce   class_weight * sum_j w_j CE_j / sum w over the batch's predictions, with target the matched
+             class or background (index C), w = 1 or no_object_weight [default: Mask2Former]. Every merged
+             prediction (active slot) takes part; a prediction matched to nothing learns background.
+             Merged-away proposals take part through their group's mean probability, and on their own when a
+             left-over segment is matched to them.
    loss_mask mask_weight * BCE and loss_dice dice_weight * dice, on loss.num_points points per pair chosen
              by importance sampling [default: Mask2Former], for targets with a mask.
    loss_proj projection_weight * L_proj (box_projection.py) on the matched proposal's mask, for targets
@@ -23,6 +27,10 @@
    Mask2Former num_masks], projection sums by num_boxes = max(1, valid box-only segments) [ours: each term by
    the targets it covers, so that in a batch mixing tasks (mixture_mode 'per_example') one task's targets do
    not shrink another's terms; the same as one count when a batch holds one task].
+
+Besides the loss, the criterion reports per decoder layer how MERGE trains (`MERGE_STATS`): the fraction of merged
+mask pixels where the merge passes no gradient (merge.vanishing_gradient_pixels), the mean and largest size of
+the merging groups, and the valid segments left without a loss.
 
 The task is data: every example runs the same code and `task` only changes which proposals merge, so one
 compiled function serves a batch that mixes all four tasks. All shapes are static; the point-sampled terms
@@ -42,6 +50,7 @@ from dataseg_jax.losses import matching
 from dataseg_jax.losses import merge
 
 TERMS = ("loss_ce", "loss_mask", "loss_dice", "loss_proj")
+MERGE_STATS = ("merge_zero_grad_frac", "merge_group_size_mean", "merge_group_size_max", "segments_without_loss")
 
 
 class Points(NamedTuple):
@@ -108,65 +117,79 @@ def merged_predictions(logits: jax.Array, ex: dict, config: ml_collections.Confi
   """MERGE of one example's proposals for its task: (groups merge.Groups, merged log_probs [Q, C + 1])."""
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   groups = merge.merge_groups(log_probs, ex["task"], ex["seg_class"], ex["seg_is_thing"], ex["seg_valid"],
-                              config.loss.merge)
+                              config.loss.merge, config.loss.merge_background)
   return groups, merge.merged_log_probs(log_probs, groups)
 
 
-def slot_maps(masks: jax.Array, groups: merge.Groups, slots: jax.Array) -> jax.Array:
-  """The map each slot's prediction is read from, [S, h, w] float32 for `slots` [S].
+def slot_maps(masks: jax.Array, groups: merge.Groups, slots: jax.Array, config: ml_collections.ConfigDict):
+  """(maps [S, h, w] float32, is_logit [S] bool): the map each of `slots` [S] predicts, and whether it holds
+  logits or probabilities (merge.merged_maps).
 
-  A raw slot (one unweighted proposal) gives its mask logits, so that sampling it and applying the sigmoid
-  afterwards is exactly Mask2Former's BCE-with-logits; any other slot j gives its merged mask on the grid,
-  clip(sum_i member[j, i] sigmoid(m_i), 0, 1) [paper: MERGE; merge.py], as a matmul with `groups.member`
-  (at full float32 precision: a probability near 1 rounded to bf16 would become 1 inside log(1 - p)).
-  `read_slots` turns samples of these maps into (logit, prob).
+  A single proposal's map is its mask logits, so that sampling it and applying the sigmoid afterwards is exactly
+  Mask2Former's BCE-with-logits; a merged slot's map is its group's merged mask [paper: MERGE; formula
+  config.loss.merge_mask]. `read_slots` turns samples of these maps into (logit, prob).
   """
   q, h, w = masks.shape
-  flat = masks.reshape(q, h * w).astype(jnp.float32)
-  merged = jnp.clip(jnp.matmul(groups.member[slots], jax.nn.sigmoid(flat), precision=jax.lax.Precision.HIGHEST),
-                    0.0, 1.0)
-  return jnp.where(groups.raw[slots][:, None], flat[slots], merged).reshape(-1, h, w)
+  formula = config.loss.merge_mask
+  maps = merge.merged_maps(masks.reshape(q, h * w), groups, slots, formula)
+  return maps.reshape(-1, h, w), merge.is_logit_map(groups, slots, formula)
 
 
-def read_slots(samples: jax.Array, raw: jax.Array):
-  """(logit, prob) [S, P] from samples [S, P] of `slot_maps`: raw rows hold logits, the others probabilities
-  (their `logit` is then meaningless and unused: mask_losses reads it only where `raw`)."""
-  return samples, jnp.where(raw[:, None], jax.nn.sigmoid(samples), samples)
+def read_slots(samples: jax.Array, is_logit: jax.Array):
+  """(logit, prob) [S, P] from samples [S, P] of `slot_maps`: logit rows hold logits, the others probabilities
+  (their `logit` is then meaningless and unused: mask_losses reads it only where `is_logit`)."""
+  return samples, jnp.where(is_logit[:, None], jax.nn.sigmoid(samples), samples)
+
+
+def merge_statistics(masks: jax.Array, groups: merge.Groups, config: ml_collections.ConfigDict) -> dict:
+  """One example's MERGE instrument (no gradient), float32 []: `zero_grad` / `merged_pixels` (pixels of merged
+  masks where the merge passes no gradient, merge.vanishing_gradient_pixels), `group_sizes` / `groups` (sizes
+  and number of merging groups) and `group_size_max`."""
+  q, h, w = masks.shape
+  zero, pixels = merge.vanishing_gradient_pixels(masks.reshape(q, h * w), groups, config.loss.merge_mask)
+  merging = groups.active & groups.merges
+  return {"zero_grad": zero, "merged_pixels": pixels,
+          "group_sizes": jnp.sum(jnp.where(merging, groups.size, 0.0)),
+          "groups": jnp.sum(merging.astype(jnp.float32)),
+          "group_size_max": jnp.max(jnp.where(merging, groups.size, 0.0))}
 
 
 def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, match_points: jax.Array,
-               config: ml_collections.ConfigDict) -> jax.Array:
-  """The Hungarian cost of one example at one layer, merged predictions against targets (no gradient).
+               config: ml_collections.ConfigDict):
+  """The Hungarian cost of one example at one layer, merged predictions against targets (no gradient), and the
+  example's `merge_statistics`.
 
   Args:
     logits: [Q, C + 1]; masks: [Q, h, w] mask logits; ex: the example's batch entries (`_example_keys`);
     match_points: [Pm, 2]; config: full config.
 
   Returns:
-    [Q, N] float32 `matching.assignment_cost` of the merged predictions (inactive slots and padded
-    targets made harmless).
+    ([Q, N] float32 `matching.assignment_cost` of the predictions (inactive slots and padded targets made
+    harmless), merge_statistics dict).
   """
   mc = config.matcher
   logits, masks = jax.lax.stop_gradient((logits, masks))
   groups, merged = merged_predictions(logits, ex, config)
   q, h, w = masks.shape
   n = ex["seg_class"].shape[0]
-  maps = slot_maps(masks, groups, jnp.arange(q))
-  logit, prob = read_slots(mask_losses.point_sample_shared(maps, match_points), groups.raw)  # [Q, Pm]
+  maps, is_logit = slot_maps(masks, groups, jnp.arange(q), config)
+  logit, prob = read_slots(mask_losses.point_sample_shared(maps, match_points), is_logit)  # [Q, Pm]
   labels = mask_losses.sample_segment_masks_shared(ex["segment_map"], n, match_points)  # [N, Pm]
-  mask_cost = (mc.mask_cost * mask_losses.pairwise_sigmoid_bce(logit, prob, groups.raw, labels)
+  mask_cost = (mc.mask_cost * mask_losses.pairwise_sigmoid_bce(logit, prob, is_logit, labels)
                + mc.dice_cost * mask_losses.pairwise_dice(prob, labels))
   pred_y, pred_x = box_projection.mask_projections(masks)
   box_y, box_x = box_projection.box_projections(ex["seg_box"], h, w)
   proj_cost = mc.projection_cost * box_projection.pairwise_projection_cost(pred_y, pred_x, box_y, box_x)
   cost = (mc.class_cost * matching.class_cost(merged, ex["seg_class"])
           + jnp.where(ex["seg_has_mask"][None, :], mask_cost, proj_cost))
-  return matching.assignment_cost(cost, groups.active, ex["seg_valid"])
+  return (matching.assignment_cost(cost, groups.active, ex["seg_valid"], config.loss.match_leftover),
+          merge_statistics(masks, groups, config))
 
 
-def matched_targets(groups: merge.Groups, ex: dict, match: jax.Array):
-  """(real [N], use_mask [N]): targets matched to a merged prediction, and those of them with a mask."""
-  real = ex["seg_valid"] & groups.active[match]
+def matched_targets(groups: merge.Groups, ex: dict, match: jax.Array, config: ml_collections.ConfigDict):
+  """(real [N], use_mask [N]): targets matched to a prediction (an active slot, or with config.loss.match_leftover
+  any slot), and those of them with a mask."""
+  real = ex["seg_valid"] & (groups.active[match] | config.loss.match_leftover)
   return real, real & ex["seg_has_mask"]
 
 
@@ -182,12 +205,12 @@ def _for_needed_blocks(use: jax.Array, size: int, fn: Callable, zeros: Callable)
 
 
 def uncertain_points(masks: jax.Array, groups: merge.Groups, slots: jax.Array, over: jax.Array,
-                     num_uncertain: int) -> jax.Array:
+                     num_uncertain: int, config: ml_collections.ConfigDict) -> jax.Array:
   """Indices [K, beta P] into `over` [K, kP, 2] of the most uncertain candidates of each target row's
   matched prediction (`slots` [K]) [default: Mask2Former importance sampling; no gradient]."""
-  raw = groups.raw[slots]
-  logit, prob = read_slots(jax.vmap(mask_losses.point_sample)(slot_maps(masks, groups, slots), over), raw)
-  return mask_losses.top_k_set(mask_losses.uncertainty(logit, prob, raw), num_uncertain)
+  maps, is_logit = slot_maps(masks, groups, slots, config)
+  logit, prob = read_slots(jax.vmap(mask_losses.point_sample)(maps, over), is_logit)
+  return mask_losses.top_k_set(mask_losses.uncertainty(logit, prob, is_logit), num_uncertain)
 
 
 def layer_point_indices(logits: jax.Array, masks: jax.Array, ex: dict, match: jax.Array, source_input,
@@ -197,8 +220,8 @@ def layer_point_indices(logits: jax.Array, masks: jax.Array, ex: dict, match: ja
   logits, masks = jax.lax.stop_gradient((logits, masks))
   _, num_uncertain, _ = _point_counts(config)
   groups = jax.vmap(lambda lg, e: merged_predictions(lg, e, config)[0])(logits, ex)
-  _, use_mask = jax.vmap(matched_targets)(groups, ex, match)
-  select = jax.vmap(lambda m, g, s, o: uncertain_points(m, g, s, o, num_uncertain))
+  _, use_mask = jax.vmap(lambda g, e, m: matched_targets(g, e, m, config))(groups, ex, match)
+  select = jax.vmap(lambda m, g, s, o: uncertain_points(m, g, s, o, num_uncertain, config))
 
   def block(b, rows):
     over, _ = source.rows(source_input, b, rows)
@@ -209,30 +232,30 @@ def layer_point_indices(logits: jax.Array, masks: jax.Array, ex: dict, match: ja
 
 
 def mask_terms(masks: jax.Array, groups: merge.Groups, segment_map: jax.Array, slots: jax.Array,
-               rows: jax.Array, coords: jax.Array, use: jax.Array):
+               rows: jax.Array, coords: jax.Array, use: jax.Array, config: ml_collections.ConfigDict):
   """(BCE sum, dice sum) over target rows `rows` [K] matched to `slots` [K], at their points coords
   [K, P, 2], counting rows where `use` [K] [default: Mask2Former sigmoid_ce_loss, dice_loss]."""
-  raw = groups.raw[slots]
-  logit, prob = read_slots(jax.vmap(mask_losses.point_sample)(slot_maps(masks, groups, slots), coords), raw)
+  maps, is_logit = slot_maps(masks, groups, slots, config)
+  logit, prob = read_slots(jax.vmap(mask_losses.point_sample)(maps, coords), is_logit)
   labels = mask_losses.sample_segment_masks(segment_map, rows, coords)
-  return (jnp.sum(jnp.where(use, mask_losses.sigmoid_bce(logit, prob, raw, labels), 0.0)),
+  return (jnp.sum(jnp.where(use, mask_losses.sigmoid_bce(logit, prob, is_logit, labels), 0.0)),
           jnp.sum(jnp.where(use, mask_losses.dice(prob, labels), 0.0)))
 
 
 def example_class_and_box_terms(groups: merge.Groups, merged: jax.Array, masks: jax.Array, ex: dict,
                                 match: jax.Array, config: ml_collections.ConfigDict) -> dict:
-  """ce_num, ce_den (weighted CE sum and weight sum over merged predictions) and proj (projection loss sum
-  over box targets) of one example at one layer; groups, merged [Q, C + 1] (`merged_predictions`),
-  masks [Q, h, w], match [N]."""
+  """ce_num, ce_den (weighted CE sum and weight sum over predictions), proj (projection loss sum over box
+  targets) and without_loss (valid targets matched to no prediction) of one example at one layer; groups, merged
+  [Q, C + 1] (`merged_predictions`), masks [Q, h, w], match [N]."""
   q, h, w = masks.shape
   n = match.shape[0]
   num_classes = merged.shape[-1] - 1
-  real, _ = matched_targets(groups, ex, match)
+  real, _ = matched_targets(groups, ex, match, config)
   gt_of_slot = jnp.full((q,), -1, jnp.int32).at[match].max(jnp.where(real, jnp.arange(n), -1))
   matched = gt_of_slot >= 0
   target = jnp.where(matched, ex["seg_class"][jnp.maximum(gt_of_slot, 0)], num_classes)
   ce = -jnp.take_along_axis(merged, target[:, None], axis=-1)[:, 0]
-  weight = jnp.where(matched, 1.0, config.loss.no_object_weight) * groups.active
+  weight = jnp.where(matched, 1.0, config.loss.no_object_weight * groups.active)
 
   # Projection loss for box targets, on the matched proposal's own mask (box-only never merges).
   use_box = real & ~ex["seg_has_mask"]
@@ -240,7 +263,8 @@ def example_class_and_box_terms(groups: merge.Groups, merged: jax.Array, masks: 
   box_y, box_x = box_projection.box_projections(ex["seg_box"], h, w)
   proj = box_projection.projection_loss(pred_y[match], pred_x[match], box_y, box_x)
   return {"ce_num": jnp.sum(weight * ce), "ce_den": jnp.sum(weight),
-          "proj": jnp.sum(jnp.where(use_box, proj, 0.0))}
+          "proj": jnp.sum(jnp.where(use_box, proj, 0.0)),
+          "without_loss": jnp.sum((ex["seg_valid"] & ~real).astype(jnp.float32))}
 
 
 def layer_losses(logits: jax.Array, masks: jax.Array, ex: dict, match: jax.Array, indices: jax.Array,
@@ -253,13 +277,13 @@ def layer_losses(logits: jax.Array, masks: jax.Array, ex: dict, match: jax.Array
     source: the layer's points; config: full config.
 
   Returns:
-    {ce_num, ce_den, proj (`example_class_and_box_terms`), mask, dice (`mask_terms`)}.
+    {ce_num, ce_den, proj, without_loss (`example_class_and_box_terms`), mask, dice (`mask_terms`)}.
   """
   groups, merged = jax.vmap(lambda lg, e: merged_predictions(lg, e, config))(logits, ex)
   out = jax.vmap(lambda g, mp, m, e, k: example_class_and_box_terms(g, mp, m, e, k, config))(
       groups, merged, masks, ex, match)
-  _, use_mask = jax.vmap(matched_targets)(groups, ex, match)
-  terms = jax.vmap(mask_terms)
+  _, use_mask = jax.vmap(lambda g, e, m: matched_targets(g, e, m, config))(groups, ex, match)
+  terms = jax.vmap(lambda *a: mask_terms(*a, config))
 
   def block(b, rows):
     over, tail = source.rows(source_input, b, rows)
@@ -283,7 +307,7 @@ def _check_shapes(logits: jax.Array, batch: dict) -> None:
 
 def _weighted_terms(logits: jax.Array, masks: jax.Array, batch: dict, config: ml_collections.ConfigDict,
                     source: PointSource, per_layer_inputs):
-  """Sums every layer's losses and applies weights and normalisers.
+  """Sums every layer's losses and applies weights and normalisers: (loss, terms, stats) as `criterion`.
 
   Three passes over the layers (`lax.map`, each layer batched): (1) every layer's Hungarian cost without
   gradient, then one batched solve matches all L x B examples at once (a `while_loop` solver takes as many
@@ -295,8 +319,8 @@ def _weighted_terms(logits: jax.Array, masks: jax.Array, batch: dict, config: ml
   """
   ex = {k: batch[k] for k in _example_keys()}
   cost_per_example = jax.vmap(lambda lg, m, e, p: layer_cost(lg, m, e, p, config))
-  costs = jax.lax.map(lambda a: cost_per_example(a[0], a[1], ex, source.match(a[2])),
-                      (logits, masks, per_layer_inputs))  # [L, B, Q, N]
+  costs, merge_stats = jax.lax.map(lambda a: cost_per_example(a[0], a[1], ex, source.match(a[2])),
+                                   (logits, masks, per_layer_inputs))  # [L, B, Q, N], each [L, B]
   matches = matching.hungarian_match_batch(costs.reshape(-1, *costs.shape[2:])).reshape(
       costs.shape[:2] + costs.shape[3:])  # [L, B, N]
   indices = jax.lax.map(lambda a: layer_point_indices(a[0], a[1], ex, a[3], a[2], source, config),
@@ -316,7 +340,22 @@ def _weighted_terms(logits: jax.Array, masks: jax.Array, batch: dict, config: ml
       "loss_proj": lc.projection_weight * jnp.sum(sums["proj"], axis=0) / num_boxes,
   }
   loss = sum(jnp.sum(t) for t in terms.values())
-  return loss, terms
+  return loss, terms, layer_statistics(merge_stats, sums["without_loss"])
+
+
+def layer_statistics(merge_stats: dict, without_loss: jax.Array) -> dict:
+  """The `MERGE_STATS` per decoder layer, each float32 [L], from per-example `merge_statistics` and
+  without_loss counts (each [L, B]); segments_without_loss is a count per batch. A statistic of groups that
+  the batch does not have (no example merges: instance and box-only tasks) is NaN."""
+  def ratio(num, den):
+    den = jnp.sum(merge_stats[den], 1)
+    return jnp.where(den > 0, jnp.sum(merge_stats[num], 1) / jnp.maximum(den, 1.0), jnp.nan)
+
+  groups = jnp.sum(merge_stats["groups"], 1)
+  return {"merge_zero_grad_frac": ratio("zero_grad", "merged_pixels"),
+          "merge_group_size_mean": ratio("group_sizes", "groups"),
+          "merge_group_size_max": jnp.where(groups > 0, jnp.max(merge_stats["group_size_max"], 1), jnp.nan),
+          "segments_without_loss": jnp.sum(without_loss, 1)}
 
 
 def _layers(outputs: dict, config: ml_collections.ConfigDict):
@@ -350,8 +389,8 @@ def criterion(outputs: dict, batch: dict, config: ml_collections.ConfigDict, rng
     rng: PRNG key for the sampled points.
 
   Returns:
-    (loss float32 [], terms {name: float32 [B]}) with loss == sum of all terms; weights applied, summed
-    over decoder layers.
+    (loss float32 [], terms {name: float32 [B]}, stats {MERGE_STATS name: float32 [L]}) with loss == sum of
+    all terms; weights applied, summed over decoder layers; stats per supervised decoder layer, no gradient.
   """
   logits, masks = _layers(outputs, config)
   _check_shapes(logits, batch)

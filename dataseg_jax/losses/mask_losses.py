@@ -8,17 +8,17 @@ Ground-truth masks are never materialised: the binary mask of segment n is `segm
 bilinear sample at a point is the sum of the weights of the 4 neighbouring pixels whose
 `segment_map` value is n (exact: it is what sampling the dense binary mask would give).
 
-Predictions reach these losses as probabilities `prob` together with `logit` and a per-row flag `raw`:
-MERGE (merge.py) makes probabilities (clipped sums of sigmoids), not logits. BCE is
--[y log p + (1 - y) log(1 - p)], evaluated as log-sigmoid of the logit where the row is a single
-unweighted proposal (`raw`, exactly Mask2Former's BCE-with-logits) and as log(max(p, 1e-30)) and
-log(max(1 - p, 1e-6)) where it is a merged mask. Dice takes the probability in both cases.
+Predictions reach these losses as probabilities `prob` together with `logit` and a per-row flag `is_logit`:
+a proposal and the noisy-OR and max merges (merge.py) give logits, the clipped-sum merge only probabilities.
+BCE is -[y log p + (1 - y) log(1 - p)], evaluated as log-sigmoid of the logit where the row has one
+(`is_logit`, exactly Mask2Former's BCE-with-logits for a proposal) and as log(max(p, 1e-30)) and
+log(max(1 - p, 1e-6)) where it has only a probability. Dice takes the probability in both cases.
 """
 import jax
 import jax.numpy as jnp
 
 PROB_FLOOR = 1e-30  # floor of a merged p inside log(p): d log(sum_i sigmoid(m_i)) / d m stays exact down to member
-                   # logits near -69, as a raw logit's BCE gradient does (a floor of 1e-6 stopped it below -14)
+                   # logits near -69, as a logit's BCE gradient does (a floor of 1e-6 stopped it below -14)
 LOG_EPS = 1e-6     # floor of 1 - p inside log(1 - p): float32 resolves 1 - p to ~6e-8, and a sum clipped at 1
                    # has no gradient anyway
 
@@ -135,33 +135,34 @@ def top_k_set(x: jax.Array, k: int) -> jax.Array:
   return jax.vmap(lambda row: jnp.nonzero(row, size=k)[0])(picked).astype(jnp.int32)
 
 
-def uncertainty(logit: jax.Array, prob: jax.Array, raw: jax.Array) -> jax.Array:
-  """Mask2Former's calculate_uncertainty -|logit|; for merged masks -|p - 1/2| (same order where both exist).
+def uncertainty(logit: jax.Array, prob: jax.Array, is_logit: jax.Array) -> jax.Array:
+  """Mask2Former's calculate_uncertainty -|logit|; for probability-only rows -|p - 1/2| (same order where both
+  exist).
 
-  logit, prob: [R, P]; raw: [R] bool.
+  logit, prob: [R, P]; is_logit: [R] bool.
   """
-  return jnp.where(raw[:, None], -jnp.abs(logit), -jnp.abs(prob - 0.5))
+  return jnp.where(is_logit[:, None], -jnp.abs(logit), -jnp.abs(prob - 0.5))
 
 
-def _log_probs(logit, prob, raw):
-  """(log p, log(1 - p)) per point: log-sigmoid of the logit for raw rows, clipped logs otherwise."""
-  raw = raw[:, None]
-  log_p = jnp.where(raw, jax.nn.log_sigmoid(logit), jnp.log(jnp.clip(prob, PROB_FLOOR, 1.0)))
-  log_q = jnp.where(raw, jax.nn.log_sigmoid(-logit), jnp.log(jnp.clip(1.0 - prob, LOG_EPS, 1.0)))
+def _log_probs(logit, prob, is_logit):
+  """(log p, log(1 - p)) per point: log-sigmoid of the logit for logit rows, clipped logs otherwise."""
+  is_logit = is_logit[:, None]
+  log_p = jnp.where(is_logit, jax.nn.log_sigmoid(logit), jnp.log(jnp.clip(prob, PROB_FLOOR, 1.0)))
+  log_q = jnp.where(is_logit, jax.nn.log_sigmoid(-logit), jnp.log(jnp.clip(1.0 - prob, LOG_EPS, 1.0)))
   return log_p, log_q
 
 
-def sigmoid_bce(logit: jax.Array, prob: jax.Array, raw: jax.Array, labels: jax.Array) -> jax.Array:
+def sigmoid_bce(logit: jax.Array, prob: jax.Array, is_logit: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean over points of -[y log p + (1 - y) log(1 - p)] [default: Mask2Former sigmoid_ce_loss].
 
   Args:
-    logit, prob: [R, P] predictions at the points (see module docstring); raw: [R] bool.
+    logit, prob: [R, P] predictions at the points (see module docstring); is_logit: [R] bool.
     labels: [R, P] bilinear ground-truth samples y in [0, 1].
 
   Returns:
     [R] loss per row (not normalised by the number of masks).
   """
-  log_p, log_q = _log_probs(logit, prob, raw)
+  log_p, log_q = _log_probs(logit, prob, is_logit)
   return -jnp.mean(labels * log_p + (1.0 - labels) * log_q, axis=-1)
 
 
@@ -172,9 +173,9 @@ def dice(prob: jax.Array, labels: jax.Array) -> jax.Array:
   return 1.0 - (num + 1.0) / (den + 1.0)
 
 
-def pairwise_sigmoid_bce(logit: jax.Array, prob: jax.Array, raw: jax.Array, labels: jax.Array) -> jax.Array:
+def pairwise_sigmoid_bce(logit: jax.Array, prob: jax.Array, is_logit: jax.Array, labels: jax.Array) -> jax.Array:
   """`sigmoid_bce` of every prediction row against every target row: [Q, P] x [N, P] -> [Q, N]."""
-  log_p, log_q = _log_probs(logit, prob, raw)
+  log_p, log_q = _log_probs(logit, prob, is_logit)
   p = labels.shape[-1]
   # y log p + (1 - y) log q = y (log p - log q) + log q: one matmul instead of two
   return -((log_p - log_q) @ labels.T + jnp.sum(log_q, -1)[:, None]) / p

@@ -31,37 +31,45 @@ def class_cost(log_probs: jax.Array, target_class: jax.Array) -> jax.Array:
   return -jnp.exp(jnp.take(log_probs, target_class, axis=1))
 
 
-COST_LIMIT = 1e30  # |real cost| clip: float32 then holds N + 1 times their range (2e30) for N up to ~1e8
+COST_LIMIT = 1e30  # |real cost| clip: float32 then holds (N + 2)(N + 1) times their range (2e30) for N up to ~1e4
 
 
-def assignment_cost(cost: jax.Array, row_active: jax.Array, col_valid: jax.Array) -> jax.Array:
+def assignment_cost(cost: jax.Array, row_active: jax.Array, col_valid: jax.Array,
+                    inactive_fallback: bool = False) -> jax.Array:
   """The matrix handed to the Hungarian solver: padding made harmless, non-finite entries made huge.
 
   Padded targets (`col_valid` false) get a constant column (0): a constant column changes every
   assignment's total by the same amount, so it never changes which real pairs are chosen, and the
-  pairs it receives are dropped by the caller. Inactive predictions (a merged-away proposal, see
-  merge.py) get, for real targets, a cost larger than any difference the real entries can make
-  (N times their range, plus one), so a real target takes an inactive prediction only when there
-  are fewer active predictions than real targets. NaN and inf become that same large value, as
-  Mask2Former's matcher does with `nan_to_num` [default].
+  pairs it receives are dropped by the caller. Real targets are matched lexicographically: first as few
+  unusable pairs as possible, then as few inactive predictions as possible, then the least real cost. With
+  `inactive_fallback` an inactive prediction (a merged-away proposal, see merge.py) is usable at its own cost
+  plus a penalty B larger than any difference the real entries can make (N + 1 times their range, plus one),
+  so a real target takes one only when there are fewer active predictions than real targets, and then the one
+  that fits it best [ours: every segment gets a loss]; without it, inactive predictions are unusable and such a
+  target gets no loss (the project brief's first guess). Unusable entries (those, and NaN or inf, as
+  Mask2Former's matcher does with `nan_to_num` [default]) cost more than any usable assignment: N + 2 times B
+  above the largest real cost.
 
   Args:
     cost: [Q, N] real costs.
     row_active: [Q] bool.
     col_valid: [N] bool.
+    inactive_fallback: whether inactive predictions may take targets left over (config.loss.match_leftover).
 
   Returns:
     [Q, N] float32 cost for `hungarian_match`.
   """
   cost = cost.astype(jnp.float32)
-  real = row_active[:, None] & col_valid[None, :] & jnp.isfinite(cost)
-  cost = jnp.clip(cost, -COST_LIMIT, COST_LIMIT)  # finite but huge (a diverging run): `big` must stay finite
-  hi = jnp.max(jnp.where(real, cost, -jnp.inf), initial=-jnp.inf)
-  lo = jnp.min(jnp.where(real, cost, jnp.inf), initial=jnp.inf)
+  n = cost.shape[1]
+  rows = row_active | inactive_fallback
+  usable = rows[:, None] & col_valid[None, :] & jnp.isfinite(cost)
+  cost = jnp.clip(cost, -COST_LIMIT, COST_LIMIT)  # finite but huge (a diverging run): the penalties must stay finite
+  hi = jnp.max(jnp.where(usable, cost, -jnp.inf), initial=-jnp.inf)
+  lo = jnp.min(jnp.where(usable, cost, jnp.inf), initial=jnp.inf)
   span = jnp.where(jnp.isfinite(hi - lo), hi - lo, 0.0)
   hi = jnp.where(jnp.isfinite(hi), hi, 0.0)
-  big = hi + (span + 1.0) * (cost.shape[1] + 1)
-  cost = jnp.where(real, cost, big)
+  penalty = (span + 1.0) * (n + 1)
+  cost = jnp.where(usable, cost + jnp.where(row_active, 0.0, penalty)[:, None], hi + penalty * (n + 2))
   return jnp.where(col_valid[None, :], cost, 0.0)
 
 

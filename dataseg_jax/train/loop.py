@@ -55,7 +55,7 @@ class Components:
   """What the loop trains: a Flax model, its loss, the vocabulary tables and the data.
 
   model: `apply({'params': p}, images, class_embeddings, class_mask, train=True, rngs=...)` -> outputs.
-  loss_fn: `(outputs, batch, rng) -> (loss [], {term: [B]})`.
+  loss_fn: `(outputs, batch, rng) -> (loss [], {term: [B]}, {stat: [L]})` (criterion.criterion).
   vocab: has `datasets` (names, config order) and `class_mask` bool [D, C].
   class_embeddings: float32 [C, E], frozen.
   make_iterator: `(process_index, process_count) -> iterator` of this process's batches (numpy, batch
@@ -208,13 +208,22 @@ def summarize(history: list[dict], dataset_names, global_batch: int) -> dict:
   """Scalars for the writers from the per-step metrics (numpy) of one logging interval.
 
   `loss`, `grad_norm`: means over finite steps; `lr`: the last; `<term>/<dataset>` and `<term>/task_<task>`:
-  the term's value on a batch made only of that dataset / task, sum_steps sum_b t_b / sum_steps n * B.
+  the term's value on a batch made only of that dataset / task, sum_steps sum_b t_b / sum_steps n * B;
+  `merge/<stat>/layer_<l>`: the criterion's MERGE instrument of decoder layer l (criterion.MERGE_STATS), its
+  mean over the finite steps where it is defined (`merge_group_size_max`: the largest); left out when undefined
+  at every step (no batch of a merging task).
   """
   finite = [m for m in history if bool(m["finite"])]
   out = {"lr": float(history[-1]["lr"]), "nonfinite_steps": float(len(history) - len(finite))}
   if finite:
     out["loss"] = float(np.mean([m["loss"] for m in finite]))
     out["grad_norm"] = float(np.mean([m["grad_norm"] for m in finite]))
+    for name in finite[-1].get("stats", {}):
+      per_layer = np.stack([m["stats"][name] for m in finite])  # [steps, L], NaN where a step had no groups
+      defined = ~np.all(np.isnan(per_layer), axis=0)
+      reduce = np.nanmax if name.endswith("_max") else np.nanmean
+      out.update({f"merge/{name.removeprefix('merge_')}/layer_{l}": float(reduce(per_layer[:, l]))
+                  for l in np.flatnonzero(defined)})
   task_names = [t.name.lower() for t in contract.Task]
   for group, count_key, names, prefix in (("by_dataset", "count_dataset", dataset_names, ""),
                                           ("by_task", "count_task", task_names, "task_")):

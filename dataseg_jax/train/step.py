@@ -35,9 +35,10 @@ def train_step(state: state_lib.TrainState, batch: dict, class_embeddings: jax.A
                model, loss_fn, tx: optax.GradientTransformation, schedule, ema_decay: float, num_datasets: int):
   """One update. Returns the new state and a dict of device metrics (no host sync).
 
-  `loss_fn(outputs, batch, rng) -> (loss [], terms {name: [B]})` with `loss = sum of all terms`
-  (docs/contracts.md, criterion). Metrics: `loss`, `grad_norm` (before clipping), `lr` (of the non-backbone
-  group), `finite`, `nonfinite_streak`, and `{name: [num_datasets]}` / `{name: [NUM_TASKS]}` sums with counts.
+  `loss_fn(outputs, batch, rng) -> (loss [], terms {name: [B]}, stats {name: [L]})` with `loss = sum of all
+  terms` (docs/contracts.md, criterion). Metrics: `loss`, `grad_norm` (before clipping), `lr` (of the
+  non-backbone group), `finite`, `nonfinite_streak`, `{name: [num_datasets]}` / `{name: [NUM_TASKS]}` sums with
+  counts, and `stats` (the criterion's per-layer MERGE instrument) as they are.
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
   model_rng, loss_rng = jax.random.split(step_rng)
@@ -46,9 +47,10 @@ def train_step(state: state_lib.TrainState, batch: dict, class_embeddings: jax.A
   def loss_and_terms(params):
     outputs = model.apply({"params": params}, batch["image"], class_embeddings, example_mask, train=True,
                           rngs={"dropout": model_rng})
-    return loss_fn(outputs, batch, loss_rng)
+    loss, terms, stats = loss_fn(outputs, batch, loss_rng)
+    return loss, (terms, stats)
 
-  (loss, terms), grads = jax.value_and_grad(loss_and_terms, has_aux=True)(state.params)
+  (loss, (terms, stats)), grads = jax.value_and_grad(loss_and_terms, has_aux=True)(state.params)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -69,7 +71,7 @@ def train_step(state: state_lib.TrainState, batch: dict, class_embeddings: jax.A
       # the optimizer's own count excludes skipped updates, so the schedule runs on step - skipped.
       "lr": schedule(state.step - state.nonfinite_total),
       "by_dataset": by_dataset, "count_dataset": count_dataset,
-      "by_task": by_task, "count_task": count_task,
+      "by_task": by_task, "count_task": count_task, "stats": stats,
   }
   return new_state, metrics
 
