@@ -19,7 +19,8 @@ from dataseg_jax import config as config_lib
 
 
 def toy_datasets() -> ml_collections.ConfigDict:
-  """Entries with paths relative to `config.data_dir`."""
+  """The default mixture's entries (toy_ade, toy_coco, toy_o365 and the evaluation-only toy_heldout), with paths
+  relative to `config.data_dir`."""
   ds = ml_collections.ConfigDict()
   ds.toy_ade = config_lib.dataset_entry(
       format="semantic_png", task="semantic",
@@ -30,23 +31,8 @@ def toy_datasets() -> ml_collections.ConfigDict:
       val_panoptic_annotations="toy_ade/panoptic_val.json", val_panoptic_dir="toy_ade/panoptic_val",
       names="toy_ade/names.txt", thing_classes="toy_ade/things.txt",
       reduce_zero_label=True, ratio=1.0, eval_tasks=("semantic", "panoptic"))
-  ds.toy_coco = config_lib.dataset_entry(
-      format="coco_panoptic", task="panoptic",
-      train_images="toy_coco/train",
-      train_annotations="toy_coco/annotations/panoptic_train.json",
-      train_panoptic_dir="toy_coco/annotations/panoptic_train",
-      val_images="toy_coco/val",
-      val_annotations="toy_coco/annotations/panoptic_val.json",
-      val_panoptic_dir="toy_coco/annotations/panoptic_val",
-      ratio=1.0, eval_tasks=("panoptic",))
-  ds.toy_o365 = config_lib.dataset_entry(
-      format="coco_detection", task="box",
-      train_images="toy_o365/train",
-      train_annotations="toy_o365/annotations/train.json",
-      val_images="toy_o365/val",
-      val_annotations="toy_o365/annotations/val.json",
-      val_instances="toy_o365/annotations/val_instances.json",
-      ratio=1.0, eval_tasks=("instance",))
+  ds.toy_coco = panoptic_entry("toy_coco")
+  ds.toy_o365 = detection_entry("toy_o365")
   ds.toy_heldout = config_lib.dataset_entry(
       format="semantic_png", task="semantic",
       val_images="toy_heldout/images/validation",
@@ -56,8 +42,42 @@ def toy_datasets() -> ml_collections.ConfigDict:
   return ds
 
 
+def panoptic_entry(name: str) -> ml_collections.ConfigDict:
+  return config_lib.dataset_entry(
+      format="coco_panoptic", task="panoptic",
+      train_images=f"{name}/train",
+      train_annotations=f"{name}/annotations/panoptic_train.json",
+      train_panoptic_dir=f"{name}/annotations/panoptic_train",
+      val_images=f"{name}/val",
+      val_annotations=f"{name}/annotations/panoptic_val.json",
+      val_panoptic_dir=f"{name}/annotations/panoptic_val",
+      ratio=1.0, eval_tasks=("panoptic",))
+
+
+def detection_entry(name: str) -> ml_collections.ConfigDict:
+  return config_lib.dataset_entry(
+      format="coco_detection", task="box",
+      train_images=f"{name}/train",
+      train_annotations=f"{name}/annotations/train.json",
+      val_images=f"{name}/val",
+      val_annotations=f"{name}/annotations/val.json",
+      val_instances=f"{name}/annotations/val_instances.json",
+      ratio=1.0, eval_tasks=("instance",))
+
+
+def control_datasets() -> ml_collections.ConfigDict:
+  """The control's large datasets (`make_toy_data.py --control`): toy_coco and toy_o365 without a class of
+  toy_ade's, selected by name, e.g. `configs/toy.py:toy_ade+toy_coco_disjoint+toy_o365_disjoint`."""
+  ds = ml_collections.ConfigDict()
+  ds.toy_coco_disjoint = panoptic_entry("toy_coco_disjoint")
+  ds.toy_o365_disjoint = detection_entry("toy_o365_disjoint")
+  return ds
+
+
 def get_config(arg=None):
-  """`arg` names one dataset to train alone (single-dataset baseline), e.g. `configs/toy.py:toy_ade`."""
+  """`arg` names the datasets to train, joined by '+' (default: the mixture of `toy_datasets`): one for a
+  single-dataset baseline, e.g. `configs/toy.py:toy_ade`, or a subset or the control, e.g.
+  `configs/toy.py:toy_ade+toy_coco`."""
   c = config_lib.base_config()
   c.total_steps = 800
   c.log_every_steps = 50
@@ -92,11 +112,15 @@ def get_config(arg=None):
   d.image_size = 128
   d.eval_size = 128
   d.max_segments = 24
+  d.min_scale = 0.5             # the world's textures have periods of 4-7 px: scaled by 0.1 they would vanish
+  d.max_scale = 1.5
   d.batch_size = 8
   d.eval_batch_size = 8
   d.datasets = toy_datasets()
   if arg:
-    d.datasets = config_lib.select_dataset(d.datasets, arg, "configs/toy.py")
+    catalogue = toy_datasets()
+    catalogue.update(control_datasets())
+    d.datasets = config_lib.select_dataset(catalogue, arg, "configs/toy.py")
 
   o = c.optimizer
   o.learning_rate = 3e-4

@@ -1,18 +1,28 @@
-"""The paper's claims at toy scale: runs the comparisons of docs/results.md over several seeds.
+"""The paper's multi-dataset claims on the toy world: trains and evaluates the comparisons of docs/results.md.
 
-  python scripts/reproduce_toy.py --data_dir data/toy --workdir workdirs/reproduce --seeds 0,1,2 --steps 500
+  python scripts/make_toy_data.py --out data/toy --control
+  python scripts/reproduce_toy.py --data_dir data/toy --workdir workdirs/reproduce --seeds 0,1,2,3,4 --steps 500
 
-Variants (each trained with scripts/train.py and evaluated with scripts/eval.py, same steps and seed):
-  joint          all three datasets together, text-embedding classifier (DaTaSeg)
-  alone_<name>   one dataset alone (configs/toy.py:<name>), same number of steps
-  learned        joint, but a learned classifier (model.classifier='learned') instead of text embeddings
-  renamed        the joint model evaluated with toy_ade's classes renamed to synonyms (SYNONYMS; no training)
-  cold           joint at the recipe's temperature 0.01 throughout (configs/toy.py trains at 0.07, infers at 0.01)
-  cold_renamed   the cold model evaluated with the synonyms
-Reported per variant: mean and standard deviation over seeds of each dataset's metrics, the weak-transfer
-metrics (toy_o365 mask AP from boxes only, toy_ade PQ from semantic labels only) and the open-vocabulary
-metric (toy_heldout mIoU over the classes in no training vocabulary). Finished runs are reused; results go to
-WORKDIR/results.json and a markdown table on stdout (docs/results.md is that table plus commentary).
+`--steps` S is the exposure unit: a run that trains on k datasets with equal ratios trains k * S steps, so that
+each of its datasets is drawn for about S batches, as many as the same dataset trained alone for S steps ("equal
+exposure"); `joint_equal_steps` is the joint model at S steps ("equal total steps"). Variants (`VARIANTS`):
+
+  alone_<d>          one dataset alone (configs/toy.py:<d>), S steps
+  joint              DaTaSeg: toy_ade + toy_coco + toy_o365, frozen text classifier, 3 S steps
+  joint_equal_steps  the same at S steps
+  ade_coco           toy_ade + toy_coco, 2 S steps (toy_ade trained with 1, 2 and 3 datasets: alone_toy_ade,
+                     ade_coco, joint)
+  control            toy_ade + toy_coco_disjoint + toy_o365_disjoint (no class in common with toy_ade), 3 S steps
+  learned            joint with a learned classifier instead of the text embeddings
+  merge_<formula>    joint with config.loss.merge_mask=<formula> (the MERGE A/B; joint is the default's arm)
+  merge_first_guess  joint with the project brief's first MERGE: clipped sum, background proposals in their class's
+                     group, left-over segments without a loss
+  renamed            the joint model evaluated with toy_ade's classes renamed to synonyms (no training)
+
+Each run is scripts/train.py then scripts/eval.py with `--config.seed=<seed>`; every command is in
+WORKDIR/results.json. Finished runs are reused. Results: WORKDIR/results.json and markdown tables on stdout
+(docs/results.md is those tables plus commentary): mean and standard deviation over seeds of each metric,
+toy_ade's mIoU on the classes it shares with toy_coco and on its own apart, and every run's numbers.
 """
 import argparse
 import json
@@ -25,46 +35,65 @@ import time
 from dataseg_jax import hardware
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DATASETS = ("toy_ade", "toy_coco", "toy_o365")
-METRICS = (  # (key, label)
+TOY_ADE = ("sky", "grass", "water", "road", "wall", "curtain", "car", "person", "dog", "chair", "bottle", "lamp")
+TOY_ADE_OWN = ("curtain", "lamp")  # the classes toy_coco does not have (make_toy_data.VOCABS)
+TOY_ADE_THINGS = ("car", "person", "dog", "chair", "bottle", "lamp")
+SYNONYMS = {"sky": "heavens", "grass": "lawn", "water": "sea", "road": "street", "wall": "partition",
+            "curtain": "drape", "car": "automobile", "person": "human", "dog": "hound", "chair": "seat",
+            "bottle": "flask", "lamp": "light"}
+METRICS = (  # (key, label); '*' keys are derived by `derived_metrics`
     ("toy_ade/semantic/mIoU", "ADE-like mIoU"),
+    ("*toy_ade/semantic/mIoU_shared", "ADE-like mIoU, the 10 classes shared with COCO-like"),
+    ("*toy_ade/semantic/mIoU_own", "ADE-like mIoU, its 2 own classes"),
     ("toy_coco/panoptic/PQ", "COCO-like PQ"),
     ("toy_o365/instance/AP", "O365-like mask AP (boxes only: weak transfer)"),
     ("toy_ade/panoptic/PQ", "ADE-like PQ (semantic labels only: weak transfer)"),
-    ("toy_heldout/semantic/mIoU_unseen", "held-out classes mIoU (in no training vocabulary: open vocabulary)"),
-    ("toy_heldout/semantic/mIoU_unseen_chance", "held-out classes mIoU at chance (uniform random labels)"),
-    ("toy_heldout/semantic/mIoU", "held-out dataset mIoU (all its classes)"),
+    ("toy_heldout/semantic/mIoU_unseen", "held-out classes mIoU (open vocabulary)"),
+    ("toy_heldout/semantic/mIoU_unseen_chance", "held-out classes mIoU at chance"),
 )
-
-
-SYNONYMS = {"sky": "heavens", "grass": "lawn", "water": "sea", "road": "street", "wall": "partition",
-            "car": "automobile", "person": "human", "dog": "hound", "chair": "seat", "bottle": "flask"}
-TOY_ADE_THINGS = ("car", "person", "dog", "chair", "bottle")
-RENAMED_OF = {"renamed": "joint", "cold_renamed": "cold"}  # evaluation-only variant -> the trained one it renames
-
-
-def variant_args(variant: str, data_dir: str) -> tuple:
-  """(config argument, overrides) of a variant."""
-  base = [f"--config.data_dir={data_dir}"]
-  if variant == "joint":
-    return "configs/toy.py", base
-  if variant == "learned":
-    return "configs/toy.py", base + ["--config.model.classifier=learned"]
-  if variant == "cold":
-    return "configs/toy.py", base + ["--config.model.temperature=0.01", "--config.model.inference_temperature=0"]
-  if variant.startswith("alone_"):
-    return f"configs/toy.py:{variant[len('alone_'):]}", base
-  raise ValueError(f"unknown variant {variant!r}")
+FIRST_GUESS = ["--config.loss.merge_mask=clip", "--config.loss.merge_background=True",
+               "--config.loss.match_leftover=False"]
+# variant -> (config argument, extra overrides, steps in units of S)
+VARIANTS = {
+    "alone_toy_ade": ("configs/toy.py:toy_ade", [], 1),
+    "alone_toy_coco": ("configs/toy.py:toy_coco", [], 1),
+    "alone_toy_o365": ("configs/toy.py:toy_o365", [], 1),
+    "joint": ("configs/toy.py", [], 3),
+    "joint_equal_steps": ("configs/toy.py", [], 1),
+    "ade_coco": ("configs/toy.py:toy_ade+toy_coco", [], 2),
+    "control": ("configs/toy.py:toy_ade+toy_coco_disjoint+toy_o365_disjoint", [], 3),
+    "learned": ("configs/toy.py", ["--config.model.classifier=learned"], 3),
+    "merge_clip": ("configs/toy.py", ["--config.loss.merge_mask=clip"], 3),
+    "merge_max": ("configs/toy.py", ["--config.loss.merge_mask=max"], 3),
+    "merge_first_guess": ("configs/toy.py", FIRST_GUESS, 3),
+}
+RENAMED_OF = {"renamed": "joint"}  # evaluation-only variant -> the trained one it renames
+DEFAULT_VARIANTS = ("alone_toy_ade", "alone_toy_coco", "alone_toy_o365", "joint", "joint_equal_steps", "ade_coco",
+                    "control", "learned", "renamed", "merge_clip", "merge_max", "merge_first_guess")
 
 
 def write_renamed_vocab(root: pathlib.Path) -> list:
   """Writes toy_ade's names and things as their SYNONYMS under `root`; the eval overrides that use them."""
-  (root / "toy_ade_synonyms.txt").write_text("\n".join(SYNONYMS.values()) + "\n")
+  (root / "toy_ade_synonyms.txt").write_text("\n".join(SYNONYMS[n] for n in TOY_ADE) + "\n")
   (root / "toy_ade_synonym_things.txt").write_text("\n".join(SYNONYMS[n] for n in TOY_ADE_THINGS) + "\n")
   return [f"--config.data.datasets.toy_ade.names={root / 'toy_ade_synonyms.txt'}",
           f"--config.data.datasets.toy_ade.thing_classes={root / 'toy_ade_synonym_things.txt'}",
           "--config.data.datasets.toy_ade.eval_tasks=('semantic',)",
           "--config.data.datasets.toy_ade.val_panoptic_annotations="]
+
+
+def commands(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Path) -> list:
+  """The scripts and arguments of one (variant, seed): train then eval, or eval alone for a renamed variant."""
+  workdir = root / f"{variant}_seed{seed}"
+  trained = RENAMED_OF.get(variant)
+  config, overrides, units = VARIANTS[trained or variant]
+  if trained:
+    overrides = overrides + write_renamed_vocab(root)
+  common = [f"--config={config}", f"--workdir={workdir}", f"--config.data_dir={data_dir}", *overrides,
+            f"--config.seed={seed}", f"--config.total_steps={units * steps}", "--config.eval_every_steps=-1"]
+  if trained:
+    return [["scripts/eval.py", *common]]
+  return [["scripts/train.py", *common], ["scripts/eval.py", *common]]
 
 
 def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Path) -> dict:
@@ -80,22 +109,29 @@ def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Pa
     if not link.exists():
       workdir.mkdir(parents=True, exist_ok=True)
       link.symlink_to((root / f"{trained}_seed{seed}" / "checkpoints").resolve(), target_is_directory=True)
-    config, overrides = variant_args(trained, data_dir)
-    overrides += write_renamed_vocab(root)
-  else:
-    config, overrides = variant_args(variant, data_dir)
-  common = [f"--config={config}", f"--workdir={workdir}", *overrides, f"--config.seed={seed}",
-            f"--config.total_steps={steps}", "--config.eval_every_steps=-1"]
-  commands = [["scripts/eval.py", *common]] if trained else [
-      ["scripts/train.py", *common], ["scripts/eval.py", *common]]
+  cmds = commands(variant, seed, steps, data_dir, root)
   metrics_file = workdir / "eval" / "metrics.json"
   if not metrics_file.exists():
-    for cmd in commands:
+    for cmd in cmds:
       proc = subprocess.run([sys.executable, *cmd], cwd=REPO, capture_output=True, text=True)
       if proc.returncode:
         sys.exit(f"reproduce_toy: failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
   metrics = json.loads(metrics_file.read_text())["metrics"]
-  return {"metrics": metrics, "commands": [" ".join(["python", *c]) for c in commands]}
+  return {"metrics": dict(metrics, **derived_metrics(metrics)), "commands": [" ".join(["python", *c]) for c in cmds]}
+
+
+def derived_metrics(metrics: dict) -> dict:
+  """toy_ade's mIoU over the classes it shares with toy_coco and over its own, from the per-class IoUs."""
+  out = {}
+  for key, classes in (("mIoU_shared", [n for n in TOY_ADE if n not in TOY_ADE_OWN]), ("mIoU_own", TOY_ADE_OWN)):
+    ious = [metrics.get(f"toy_ade/semantic/IoU/{n}") for n in classes]
+    if all(v is not None for v in ious):
+      out[f"toy_ade/semantic/{key}"] = statistics.mean(ious)
+  return out
+
+
+def _key(key: str) -> str:
+  return key.lstrip("*")
 
 
 def summarise(runs: dict) -> dict:
@@ -104,20 +140,21 @@ def summarise(runs: dict) -> dict:
   for variant, per_seed in runs.items():
     out[variant] = {}
     for key, _ in METRICS:
-      values = [r["metrics"][key] for r in per_seed.values() if key in r["metrics"]]
+      values = [r["metrics"][_key(key)] for r in per_seed.values() if _key(key) in r["metrics"]]
       if values:
-        out[variant][key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0,
-                             len(values))
+        out[variant][_key(key)] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0,
+                                   len(values))
   return out
 
 
 def table(summary: dict) -> str:
+  """One row per metric, one column per variant: mean ± std (n)."""
   variants = list(summary)
   rows = ["| metric | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
   for key, label in METRICS:
     cells = []
     for v in variants:
-      m = summary[v].get(key)
+      m = summary[v].get(_key(key))
       cells.append("-" if m is None else f"{m[0]:.1f} ± {m[1]:.1f} (n={m[2]})")
     rows.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(rows)
@@ -128,26 +165,29 @@ def per_seed_table(runs: dict) -> str:
   rows = ["| variant | seed | " + " | ".join(label for _, label in METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
   for variant, per_seed in runs.items():
     for seed, r in sorted(per_seed.items()):
-      cells = [f"{r['metrics'][k]:.1f}" if k in r["metrics"] else "-" for k, _ in METRICS]
+      cells = [f"{r['metrics'][_key(k)]:.1f}" if _key(k) in r["metrics"] else "-" for k, _ in METRICS]
       rows.append(f"| {variant} | {seed} | " + " | ".join(cells) + " |")
   return "\n".join(rows)
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--data_dir", default="data/toy")
-  p.add_argument("--workdir", default="workdirs/reproduce")
-  p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--steps", type=int, default=500)  # docs/results.md
-  p.add_argument("--variants", default="joint," + ",".join(f"alone_{d}" for d in DATASETS) +
-                 ",learned,renamed,cold,cold_renamed")
+  p.add_argument("--data_dir", default="data/toy", help="the toy world, written with --control")
+  p.add_argument("--workdir", default="workdirs/reproduce", help="one folder per run, results.json")
+  p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated training seeds")
+  p.add_argument("--steps", type=int, default=500, help="S: steps of a single-dataset run (module docstring)")
+  p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated, from VARIANTS")
   a = p.parse_args()
+  variants = [v for v in a.variants.split(",") if v]
+  unknown = [v for v in variants if v not in VARIANTS and v not in RENAMED_OF]
+  if unknown:
+    p.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS) + list(RENAMED_OF)}")
   root = REPO / a.workdir
   root.mkdir(parents=True, exist_ok=True)
-  if not (REPO / a.data_dir / "heldout_names.txt").exists():
-    subprocess.run([sys.executable, "scripts/make_toy_data.py", "--out", a.data_dir], cwd=REPO, check=True)
+  if not (REPO / a.data_dir / "toy_o365_disjoint").exists():
+    subprocess.run([sys.executable, "scripts/make_toy_data.py", "--out", a.data_dir, "--control"], cwd=REPO,
+                   check=True)
   seeds = [int(s) for s in a.seeds.split(",")]
-  variants = [v for v in a.variants.split(",") if v]
   t0, total, done = time.time(), len(seeds) * len(variants), 0
   runs = {v: {} for v in variants}
   for seed in seeds:  # seed-major: a run cut short still has every variant at the first seeds
