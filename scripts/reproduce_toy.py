@@ -8,6 +8,8 @@ each of its datasets is drawn for about S batches, as many as the same dataset t
 exposure"); `joint_equal_steps` is the joint model at S steps ("equal total steps"). Variants (`VARIANTS`):
 
   alone_<d>          one dataset alone (configs/toy.py:<d>), S steps
+  alone_toy_ade600   toy_ade alone with 600 training images instead of 60 (the calibration: the world must be
+                     hard enough that data helps), from DATA_DIR_ade600 (written when missing)
   joint              DaTaSeg: toy_ade + toy_coco + toy_o365, frozen text classifier, 3 S steps
   joint_equal_steps  the same at S steps
   ade_coco           toy_ade + toy_coco, 2 S steps (toy_ade trained with 1, 2 and 3 datasets: alone_toy_ade,
@@ -58,6 +60,7 @@ VARIANTS = {
     "alone_toy_ade": ("configs/toy.py:toy_ade", [], 1),
     "alone_toy_coco": ("configs/toy.py:toy_coco", [], 1),
     "alone_toy_o365": ("configs/toy.py:toy_o365", [], 1),
+    "alone_toy_ade600": ("configs/toy.py:toy_ade", [], 1),
     "joint": ("configs/toy.py", [], 3),
     "joint_equal_steps": ("configs/toy.py", [], 1),
     "ade_coco": ("configs/toy.py:toy_ade+toy_coco", [], 2),
@@ -68,7 +71,8 @@ VARIANTS = {
     "merge_first_guess": ("configs/toy.py", FIRST_GUESS, 3),
 }
 RENAMED_OF = {"renamed": "joint"}  # evaluation-only variant -> the trained one it renames
-DEFAULT_VARIANTS = ("alone_toy_ade", "alone_toy_coco", "alone_toy_o365", "joint", "joint_equal_steps", "ade_coco",
+ADE_TRAIN = {"alone_toy_ade600": 600}  # variant -> toy_ade training images, read from <data_dir>_ade<N>
+DEFAULT_VARIANTS = ("alone_toy_ade", "alone_toy_ade600", "alone_toy_coco", "alone_toy_o365", "joint", "joint_equal_steps", "ade_coco",
                     "control", "learned", "renamed", "merge_clip", "merge_max", "merge_first_guess")
 
 
@@ -89,11 +93,29 @@ def commands(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.P
   config, overrides, units = VARIANTS[trained or variant]
   if trained:
     overrides = overrides + write_renamed_vocab(root)
-  common = [f"--config={config}", f"--workdir={workdir}", f"--config.data_dir={data_dir}", *overrides,
+  common = [f"--config={config}", f"--workdir={workdir}", f"--config.data_dir={variant_data_dir(variant, data_dir)}",
+            *overrides,
             f"--config.seed={seed}", f"--config.total_steps={units * steps}", "--config.eval_every_steps=-1"]
   if trained:
     return [["scripts/eval.py", *common]]
   return [["scripts/train.py", *common], ["scripts/eval.py", *common]]
+
+
+def variant_data_dir(variant: str, data_dir: str) -> str:
+  """The toy world a variant reads: `data_dir`, or for a calibration variant its copy with a larger toy_ade."""
+  return f"{data_dir}_ade{ADE_TRAIN[variant]}" if variant in ADE_TRAIN else data_dir
+
+
+def ensure_data(data_dir: str, variants) -> None:
+  """Writes the toy world (with the control) and the calibration copies the variants need, when missing."""
+  make = [sys.executable, "scripts/make_toy_data.py"]
+  if not (REPO / data_dir / "toy_o365_disjoint").exists():
+    subprocess.run(make + ["--out", data_dir, "--control"], cwd=REPO, check=True)
+  for variant in set(variants) & set(ADE_TRAIN):
+    out = variant_data_dir(variant, data_dir)
+    if not (REPO / out / "toy_ade" / "names.txt").exists():
+      subprocess.run(make + ["--out", out, "--only", "toy_ade", "--ade_train", str(ADE_TRAIN[variant])], cwd=REPO,
+                     check=True)
 
 
 def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Path) -> dict:
@@ -184,9 +206,7 @@ def main():
     p.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS) + list(RENAMED_OF)}")
   root = REPO / a.workdir
   root.mkdir(parents=True, exist_ok=True)
-  if not (REPO / a.data_dir / "toy_o365_disjoint").exists():
-    subprocess.run([sys.executable, "scripts/make_toy_data.py", "--out", a.data_dir, "--control"], cwd=REPO,
-                   check=True)
+  ensure_data(a.data_dir, variants)
   seeds = [int(s) for s in a.seeds.split(",")]
   t0, total, done = time.time(), len(seeds) * len(variants), 0
   runs = {v: {} for v in variants}
