@@ -13,6 +13,7 @@ SCHEDULES = ("poly", "cosine", "constant")  # config.optimizer.schedule (train/o
 PARAM_SHARDINGS = ("replicate", "fsdp")      # config.mesh.param_sharding (train/mesh.py)
 MERGE_MODES = ("hard", "soft")               # config.loss.merge (losses/merge.py)
 MERGE_MASKS = ("noisy_or", "max", "clip")    # config.loss.merge_mask (losses/merge.py)
+SAMPLINGS = ("points", "dense")              # config.loss.sampling (losses/criterion.py)
 EVAL_METRICS = {  # the '<dataset>/<task>/<metric>' values evaluation/evaluator.py reports, by task
     "semantic": ("mIoU", "fwIoU", "mAcc", "pixel_acc", "mIoU_unseen", "mIoU_unseen_chance"),  # and IoU/<class>
     "panoptic": ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"),
@@ -78,7 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
   l.mask_weight = 5.0                 # sigmoid BCE
   l.dice_weight = 5.0
   l.projection_weight = 5.0           # box-only [default: BoxInst]
-  l.num_points = 12544                # 112 x 112 importance-sampled points
+  l.sampling = "points"               # 'points' [default: Mask2Former] or 'dense' [ours: every cell, matmuls]
+  l.dense_stride = 1                  # 'dense': average-pool the mask grid by 1, 2, 4 or 8 (the loss grid)
+  l.num_points = 12544                # 'points': 112 x 112 importance-sampled points
   l.oversample_ratio = 3.0
   l.importance_sample_ratio = 0.75
   l.deep_supervision = True
@@ -256,6 +259,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("data.image_size", f"must be a multiple of 32 (the coarsest feature stride), got {d.image_size}")
   if d.mixture_mode not in ("per_batch", "per_example"):
     fail("data.mixture_mode", f"must be 'per_batch' or 'per_example', got {d.mixture_mode!r}")
+  if config.loss.sampling not in SAMPLINGS:
+    fail("loss.sampling", f"must be one of {SAMPLINGS}, got {config.loss.sampling!r}")
+  if config.loss.dense_stride not in (1, 2, 4, 8):
+    fail("loss.dense_stride", f"must be 1, 2, 4 or 8 (it divides the mask grid, image_size / 4, a multiple of 8), "
+         f"got {config.loss.dense_stride}")
+  if (4 * config.loss.dense_stride) % d.label_stride:
+    fail("loss.dense_stride", f"a dense cell ({4 * config.loss.dense_stride} px) must hold whole label pixels of "
+         f"data.label_stride={d.label_stride}")
   if config.loss.row_block <= 0:
     fail("loss.row_block", f"must be > 0, got {config.loss.row_block}")
   if config.loss.oversample_ratio < 1:

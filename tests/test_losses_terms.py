@@ -473,14 +473,15 @@ def test_noisy_or_merged_mask_is_one_minus_the_product_and_a_single_proposal_kee
   from dataseg_jax.losses import merge
   groups = _group_of(3)
   flat = jnp.array([[2.0, -30.0], [-1.0, -30.0], [0.5, -30.0]])
-  maps = np.asarray(merge.merged_maps(flat, groups, jnp.arange(3), "noisy_or"))
+  maps, is_logit = merge.selected_maps(flat, groups, merge.one_hot_rows(jnp.arange(3), 3), "noisy_or")
+  maps = np.asarray(maps)
   s = np_sigmoid(np.array([2.0, -1.0, 0.5]))
   np.testing.assert_allclose(np_sigmoid(maps[0, 0]), 1 - np.prod(1 - s), rtol=1e-6)
   np.testing.assert_allclose(maps[0, 1], np.log(np.expm1(3 * np.logaddexp(0, -30.0))), rtol=1e-5)  # no underflow
   np.testing.assert_array_equal(maps[1:], np.asarray(flat[1:]))  # inactive slots: their own proposal's logits
-  assert np.asarray(merge.is_logit_map(groups, jnp.arange(3), "noisy_or")).all()
+  assert np.asarray(is_logit).all()
   single = _group_of(1)
-  np.testing.assert_array_equal(np.asarray(merge.merged_maps(flat[:1], single, jnp.arange(1), "noisy_or")),
+  np.testing.assert_array_equal(np.asarray(merge.selected_maps(flat[:1], single, jnp.ones((1, 1)), "noisy_or")[0]),
                                 np.asarray(flat[:1]))
 
 
@@ -497,8 +498,7 @@ def test_the_merge_gradient_where_members_overlap_on_a_negative_pixel(formula, e
 
   def bce(m):
     flat = m[:, None]
-    maps = merge.merged_maps(flat, groups, jnp.arange(1), formula)
-    is_logit = merge.is_logit_map(groups, jnp.arange(1), formula)
+    maps, is_logit = merge.selected_maps(flat, groups, merge.one_hot_rows(jnp.arange(1), 3), formula)
     logit, prob = maps, jnp.where(is_logit[:, None], jax.nn.sigmoid(maps), maps)
     return mask_losses.sigmoid_bce(logit, prob, is_logit, jnp.zeros((1, 1)))[0]
 

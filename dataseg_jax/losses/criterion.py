@@ -1,6 +1,6 @@
 """The DaTaSeg criterion: MERGE, Hungarian matching and every loss term, for all tasks in one function.
 
-`criterion(outputs, batch, config, rng) -> (loss, terms)` (docs/contracts.md "Losses"). Per decoder layer
+`criterion(outputs, batch, config, rng) -> (loss, terms, stats)` (docs/contracts.md "Losses"). Per decoder layer
 (deep supervision [default: Mask2Former]) and per example:
 
 1. MERGE the Q proposals for the example's task (merge.py): semantic merges every class, panoptic merges
@@ -9,7 +9,7 @@
    (`slot_maps`).
 2. Match merged predictions to the ground-truth segments with the Hungarian algorithm on
    cost = class_cost * (-p(c)) + [mask target] mask_cost * BCE + dice_cost * dice, on matcher.num_points
-   uniform points shared by all pairs [default: Mask2Former matcher]
+   uniform points shared by all pairs [default: Mask2Former matcher], or on the dense grid
                                  + [box target]  projection_cost * L_proj [paper: projection in the cost].
    Segments left over when there are fewer merged predictions than segments are matched to single merged-away
    proposals (config.loss.match_leftover [ours]; matching.assignment_cost), so every segment gets a loss.
@@ -19,8 +19,8 @@
              prediction (active slot) takes part; a prediction matched to nothing learns background.
              Merged-away proposals take part through their group's mean probability, and on their own when a
              left-over segment is matched to them.
-   loss_mask mask_weight * BCE and loss_dice dice_weight * dice, on loss.num_points points per pair chosen
-             by importance sampling [default: Mask2Former], for targets with a mask.
+   loss_mask mask_weight * BCE and loss_dice dice_weight * dice, for targets with a mask: on loss.num_points
+             points per pair chosen by importance sampling [default: Mask2Former], or on the dense grid.
    loss_proj projection_weight * L_proj (box_projection.py) on the matched proposal's mask, for targets
              with only a box [paper: BoxInst projection loss for box-only data; weight default].
    Mask and dice sums are divided by num_masks = max(1, valid segments with a mask in the batch) [default:
@@ -32,11 +32,19 @@ Besides the loss, the criterion reports per decoder layer how MERGE trains (`MER
 mask pixels where the merge passes no gradient (merge.vanishing_gradient_pixels), the mean and largest size of
 the merging groups, and the valid segments left without a loss.
 
+Mask terms and mask costs come from one of two sources (config.loss.sampling):
+- 'points' [default: Mask2Former]: bilinear samples at random points; the point-sampled terms run over blocks of
+  loss.row_block target rows, and a block in which no example of the batch has a mask target is skipped
+  (`lax.cond`), so their cost follows the segments present, as Mask2Former's does, rather than the padded
+  data.max_segments.
+- 'dense' [ours, as kMaX-DeepLab trains on TPU]: every cell of the mask grid average-pooled by
+  loss.dense_stride, against the fraction of the cell each segment covers (mask_losses.dense_targets): matmuls
+  ([Q, P] x [P, N]) and elementwise terms, no random points and no gathers or scatters anywhere in the criterion
+  (rows are selected by one-hot matmuls; merge.py's max formula alone takes a segment max). Uniform point
+  sampling averages to the same BCE and dice (tests/test_losses_dense.py).
+
 The task is data: every example runs the same code and `task` only changes which proposals merge, so one
-compiled function serves a batch that mixes all four tasks. All shapes are static; the point-sampled terms
-run over blocks of loss.row_block target rows, and a block in which no example of the batch has a mask
-target is skipped (`lax.cond`), so their cost follows the segments present, as Mask2Former's does, rather
-than the padded data.max_segments.
+compiled function serves a batch that mixes all four tasks. All shapes are static.
 """
 from typing import Callable, NamedTuple
 
@@ -123,16 +131,16 @@ def merged_predictions(logits: jax.Array, ex: dict, config: ml_collections.Confi
 
 def slot_maps(masks: jax.Array, groups: merge.Groups, slots: jax.Array, config: ml_collections.ConfigDict):
   """(maps [S, h, w] float32, is_logit [S] bool): the map each of `slots` [S] predicts, and whether it holds
-  logits or probabilities (merge.merged_maps).
+  logits or probabilities (merge.selected_maps).
 
   A single proposal's map is its mask logits, so that sampling it and applying the sigmoid afterwards is exactly
   Mask2Former's BCE-with-logits; a merged slot's map is its group's merged mask [paper: MERGE; formula
   config.loss.merge_mask]. `read_slots` turns samples of these maps into (logit, prob).
   """
   q, h, w = masks.shape
-  formula = config.loss.merge_mask
-  maps = merge.merged_maps(masks.reshape(q, h * w), groups, slots, formula)
-  return maps.reshape(-1, h, w), merge.is_logit_map(groups, slots, formula)
+  maps, is_logit = merge.selected_maps(masks.reshape(q, h * w), groups, merge.one_hot_rows(slots, q),
+                                       config.loss.merge_mask)
+  return maps.reshape(-1, h, w), is_logit
 
 
 def read_slots(samples: jax.Array, is_logit: jax.Array):
@@ -154,14 +162,15 @@ def merge_statistics(masks: jax.Array, groups: merge.Groups, config: ml_collecti
           "group_size_max": jnp.max(jnp.where(merging, groups.size, 0.0))}
 
 
-def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, match_points: jax.Array,
+def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, mask_samples: Callable,
                config: ml_collections.ConfigDict):
   """The Hungarian cost of one example at one layer, merged predictions against targets (no gradient), and the
   example's `merge_statistics`.
 
   Args:
     logits: [Q, C + 1]; masks: [Q, h, w] mask logits; ex: the example's batch entries (`_example_keys`);
-    match_points: [Pm, 2]; config: full config.
+    mask_samples: `(maps [Q, h, w]) -> (samples [Q, P], labels [N, P])`, the maps and the targets' masks at the
+      same P points (the matcher's uniform points) or cells (the dense grid); config: full config.
 
   Returns:
     ([Q, N] float32 `matching.assignment_cost` of the predictions (inactive slots and padded targets made
@@ -171,10 +180,9 @@ def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, match_points: jax.
   logits, masks = jax.lax.stop_gradient((logits, masks))
   groups, merged = merged_predictions(logits, ex, config)
   q, h, w = masks.shape
-  n = ex["seg_class"].shape[0]
   maps, is_logit = slot_maps(masks, groups, jnp.arange(q), config)
-  logit, prob = read_slots(mask_losses.point_sample_shared(maps, match_points), is_logit)  # [Q, Pm]
-  labels = mask_losses.sample_segment_masks_shared(ex["segment_map"], n, match_points)  # [N, Pm]
+  samples, labels = mask_samples(maps)
+  logit, prob = read_slots(samples, is_logit)  # [Q, P]
   mask_cost = (mc.mask_cost * mask_losses.pairwise_sigmoid_bce(logit, prob, is_logit, labels)
                + mc.dice_cost * mask_losses.pairwise_dice(prob, labels))
   pred_y, pred_x = box_projection.mask_projections(masks)
@@ -189,8 +197,14 @@ def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, match_points: jax.
 def matched_targets(groups: merge.Groups, ex: dict, match: jax.Array, config: ml_collections.ConfigDict):
   """(real [N], use_mask [N]): targets matched to a prediction (an active slot, or with config.loss.match_leftover
   any slot), and those of them with a mask."""
-  real = ex["seg_valid"] & (groups.active[match] | config.loss.match_leftover)
+  matched_active = merge.one_hot_rows(match, groups.active.shape[0]) @ groups.active.astype(jnp.float32) > 0.5
+  real = ex["seg_valid"] & (matched_active | config.loss.match_leftover)
   return real, real & ex["seg_has_mask"]
+
+
+def assignment(match: jax.Array, real: jax.Array, num_slots: int) -> jax.Array:
+  """[N, Q] float32: row n is the one-hot of the slot matched to target n when it is real, zeros otherwise."""
+  return merge.one_hot_rows(match, num_slots) * real[:, None]
 
 
 def _row_blocks(num_rows: int, size: int) -> list:
@@ -246,22 +260,25 @@ def example_class_and_box_terms(groups: merge.Groups, merged: jax.Array, masks: 
                                 match: jax.Array, config: ml_collections.ConfigDict) -> dict:
   """ce_num, ce_den (weighted CE sum and weight sum over predictions), proj (projection loss sum over box
   targets) and without_loss (valid targets matched to no prediction) of one example at one layer; groups, merged
-  [Q, C + 1] (`merged_predictions`), masks [Q, h, w], match [N]."""
+  [Q, C + 1] (`merged_predictions`), masks [Q, h, w], match [N]. Rows and slots are paired by the one-hot
+  `assignment` (matmuls, no gathers)."""
   q, h, w = masks.shape
-  n = match.shape[0]
-  num_classes = merged.shape[-1] - 1
+  c1 = merged.shape[-1]
   real, _ = matched_targets(groups, ex, match, config)
-  gt_of_slot = jnp.full((q,), -1, jnp.int32).at[match].max(jnp.where(real, jnp.arange(n), -1))
-  matched = gt_of_slot >= 0
-  target = jnp.where(matched, ex["seg_class"][jnp.maximum(gt_of_slot, 0)], num_classes)
-  ce = -jnp.take_along_axis(merged, target[:, None], axis=-1)[:, 0]
+  a = assignment(match, real, q)  # [N, Q]
+  matched = jnp.sum(a, axis=0) > 0.5
+  background = (jnp.arange(c1) == c1 - 1).astype(jnp.float32)
+  target = jnp.where(matched[:, None], a.T @ merge.one_hot_rows(ex["seg_class"], c1), background[None, :])
+  ce = -jnp.sum(jnp.where(target > 0.5, merged, 0.0), axis=-1)
   weight = jnp.where(matched, 1.0, config.loss.no_object_weight * groups.active)
 
   # Projection loss for box targets, on the matched proposal's own mask (box-only never merges).
   use_box = real & ~ex["seg_has_mask"]
   pred_y, pred_x = box_projection.mask_projections(masks)
   box_y, box_x = box_projection.box_projections(ex["seg_box"], h, w)
-  proj = box_projection.projection_loss(pred_y[match], pred_x[match], box_y, box_x)
+  hi = jax.lax.Precision.HIGHEST
+  proj = box_projection.projection_loss(jnp.matmul(a, pred_y, precision=hi), jnp.matmul(a, pred_x, precision=hi),
+                                        box_y, box_x)
   return {"ce_num": jnp.sum(weight * ce), "ce_den": jnp.sum(weight),
           "proj": jnp.sum(jnp.where(use_box, proj, 0.0)),
           "without_loss": jnp.sum((ex["seg_valid"] & ~real).astype(jnp.float32))}
@@ -305,9 +322,9 @@ def _check_shapes(logits: jax.Array, batch: dict) -> None:
                      "lower config.data.max_segments or raise config.model.num_queries")
 
 
-def _weighted_terms(logits: jax.Array, masks: jax.Array, batch: dict, config: ml_collections.ConfigDict,
-                    source: PointSource, per_layer_inputs):
-  """Sums every layer's losses and applies weights and normalisers: (loss, terms, stats) as `criterion`.
+def _point_sums(logits: jax.Array, masks: jax.Array, ex: dict, config: ml_collections.ConfigDict,
+                source: PointSource, per_layer_inputs):
+  """(unnormalised loss sums {name: [L, B]}, merge_statistics {name: [L, B]}) with point-sampled mask terms.
 
   Three passes over the layers (`lax.map`, each layer batched): (1) every layer's Hungarian cost without
   gradient, then one batched solve matches all L x B examples at once (a `while_loop` solver takes as many
@@ -317,17 +334,75 @@ def _weighted_terms(logits: jax.Array, masks: jax.Array, batch: dict, config: ml
   layer's candidates are B x N x 3P points (B=16, N=100, P=12544: 60M), so vmapping the layers or keeping
   every layer's residuals would multiply the peak memory by L.
   """
-  ex = {k: batch[k] for k in _example_keys()}
-  cost_per_example = jax.vmap(lambda lg, m, e, p: layer_cost(lg, m, e, p, config))
-  costs, merge_stats = jax.lax.map(lambda a: cost_per_example(a[0], a[1], ex, source.match(a[2])),
+  n = ex["seg_class"].shape[-1]
+
+  def cost(lg, m, e, pts):
+    samples = lambda maps: (mask_losses.point_sample_shared(maps, pts),  # noqa: E731
+                            mask_losses.sample_segment_masks_shared(e["segment_map"], n, pts))
+    return layer_cost(lg, m, e, samples, config)
+
+  costs, merge_stats = jax.lax.map(lambda a: jax.vmap(cost)(a[0], a[1], ex, source.match(a[2])),
                                    (logits, masks, per_layer_inputs))  # [L, B, Q, N], each [L, B]
-  matches = matching.hungarian_match_batch(costs.reshape(-1, *costs.shape[2:])).reshape(
-      costs.shape[:2] + costs.shape[3:])  # [L, B, N]
+  matches = _match(costs)
   indices = jax.lax.map(lambda a: layer_point_indices(a[0], a[1], ex, a[3], a[2], source, config),
                         (logits, masks, per_layer_inputs, matches))  # [L, B, N, beta P]
   layer = jax.checkpoint(lambda a: layer_losses(a[0], a[1], ex, a[3], a[4], a[2], source, config))
-  sums = jax.lax.map(layer, (logits, masks, per_layer_inputs, matches, indices))  # each [L, B]
+  return jax.lax.map(layer, (logits, masks, per_layer_inputs, matches, indices)), merge_stats
 
+
+def _match(costs: jax.Array) -> jax.Array:
+  """[L, B, Q, N] costs -> [L, B, N] matches, all L x B problems in one batched solve."""
+  flat = matching.hungarian_match_batch(costs.reshape(-1, *costs.shape[2:]))
+  return flat.reshape(costs.shape[:2] + costs.shape[3:])
+
+
+def dense_mask_terms(masks: jax.Array, groups: merge.Groups, a: jax.Array, targets: jax.Array, use: jax.Array,
+                     config: ml_collections.ConfigDict):
+  """(BCE sum, dice sum) of one example's targets on the dense grid, counting rows where `use` [N]: the maps of
+  the slots the one-hot `assignment` a [N, Q] pairs with the targets, pooled by loss.dense_stride, against
+  targets [N, P] (`mask_losses.dense_targets`)."""
+  q, h, w = masks.shape
+  maps, is_logit = merge.selected_maps(masks.reshape(q, h * w), groups, a, config.loss.merge_mask)
+  logit, prob = read_slots(mask_losses.pool_grid(maps.reshape(-1, h, w), config.loss.dense_stride), is_logit)
+  return (jnp.sum(jnp.where(use, mask_losses.sigmoid_bce(logit, prob, is_logit, targets), 0.0)),
+          jnp.sum(jnp.where(use, mask_losses.dice(prob, targets), 0.0)))
+
+
+def dense_layer_losses(logits: jax.Array, masks: jax.Array, ex: dict, match: jax.Array, targets: jax.Array,
+                       config: ml_collections.ConfigDict) -> dict:
+  """The dense counterpart of `layer_losses` (one layer, batched): targets [B, N, P]; no points, no blocks."""
+  groups, merged = jax.vmap(lambda lg, e: merged_predictions(lg, e, config))(logits, ex)
+  out = jax.vmap(lambda g, mp, m, e, k: example_class_and_box_terms(g, mp, m, e, k, config))(
+      groups, merged, masks, ex, match)
+
+  def mask_terms_of(m, g, e, k, t):
+    real, use_mask = matched_targets(g, e, k, config)
+    return dense_mask_terms(m, g, assignment(k, real, m.shape[0]), t, use_mask, config)
+
+  out["mask"], out["dice"] = jax.vmap(mask_terms_of)(masks, groups, ex, match, targets)
+  return out
+
+
+def _dense_sums(logits: jax.Array, masks: jax.Array, ex: dict, config: ml_collections.ConfigDict):
+  """(unnormalised loss sums {name: [L, B]}, merge_statistics {name: [L, B]}) on the dense grid: the targets'
+  cell fractions once per batch, then two passes over the layers, (1) costs without gradient and one batched
+  solve, (2) the losses, rematerialised in the backward pass."""
+  n = ex["seg_class"].shape[-1]
+  h, w = masks.shape[-2:]
+  stride = config.loss.dense_stride
+  targets = jax.vmap(lambda sm: mask_losses.dense_targets(sm, n, (h // stride, w // stride)))(ex["segment_map"])
+
+  def cost(lg, m, e, t):
+    return layer_cost(lg, m, e, lambda maps: (mask_losses.pool_grid(maps, stride), t), config)
+
+  costs, merge_stats = jax.lax.map(lambda a: jax.vmap(cost)(a[0], a[1], ex, targets), (logits, masks))
+  matches = _match(costs)
+  layer = jax.checkpoint(lambda a: dense_layer_losses(a[0], a[1], ex, a[2], targets, config))
+  return jax.lax.map(layer, (logits, masks, matches)), merge_stats
+
+
+def _weighted_terms(sums: dict, merge_stats: dict, batch: dict, config: ml_collections.ConfigDict):
+  """(loss, terms, stats) as `criterion` from every layer's unnormalised sums: weights and normalisers."""
   lc = config.loss
   valid = batch["seg_valid"]
   num_masks = jnp.maximum(jnp.sum((valid & batch["seg_has_mask"]).astype(jnp.float32)), 1.0)
@@ -375,7 +450,8 @@ def criterion_with_points(outputs: dict, batch: dict, config: ml_collections.Con
   _check_shapes(logits, batch)
   num_layers = logits.shape[0]
   xs = (points.match[-num_layers:], points.over[-num_layers:], points.tail[-num_layers:])
-  return _weighted_terms(logits, masks, batch, config, given_points(), xs)
+  ex = {k: batch[k] for k in _example_keys()}
+  return _weighted_terms(*_point_sums(logits, masks, ex, config, given_points(), xs), batch, config)
 
 
 def criterion(outputs: dict, batch: dict, config: ml_collections.ConfigDict, rng: jax.Array):
@@ -386,7 +462,7 @@ def criterion(outputs: dict, batch: dict, config: ml_collections.ConfigDict, rng
     batch: the batch contract (dataseg_jax/contract.py); uses task, segment_map, seg_class,
       seg_is_thing, seg_box, seg_valid, seg_has_mask.
     config: the full ConfigDict (config.loss, config.matcher).
-    rng: PRNG key for the sampled points.
+    rng: PRNG key for the sampled points (unused by the dense criterion).
 
   Returns:
     (loss float32 [], terms {name: float32 [B]}, stats {MERGE_STATS name: float32 [L]}) with loss == sum of
@@ -395,5 +471,9 @@ def criterion(outputs: dict, batch: dict, config: ml_collections.ConfigDict, rng
   logits, masks = _layers(outputs, config)
   _check_shapes(logits, batch)
   num_layers, batch_size = logits.shape[:2]
-  return _weighted_terms(logits, masks, batch, config, random_points(config, batch_size),
-                         jax.random.split(rng, num_layers))
+  ex = {k: batch[k] for k in _example_keys()}
+  if config.loss.sampling == "dense":
+    sums = _dense_sums(logits, masks, ex, config)
+  else:
+    sums = _point_sums(logits, masks, ex, config, random_points(config, batch_size), jax.random.split(rng, num_layers))
+  return _weighted_terms(*sums, batch, config)

@@ -1,4 +1,5 @@
-"""Point-sampled mask losses: bilinear point sampling, Mask2Former's importance sampling, BCE and dice.
+"""Mask losses, point-sampled or dense: bilinear point sampling, Mask2Former's importance sampling, the dense
+grid, BCE and dice.
 
 Coordinates are normalised (x, y) in [0, 1]^2, Mask2Former's `point_sample` convention: a point
 (u, v) on an [h, w] grid sits at pixel position (u * w - 0.5, v * h - 0.5) and is read by bilinear
@@ -186,3 +187,25 @@ def pairwise_dice(prob: jax.Array, labels: jax.Array) -> jax.Array:
   num = 2.0 * prob @ labels.T
   den = jnp.sum(prob, -1)[:, None] + jnp.sum(labels, -1)[None, :]
   return 1.0 - (num + 1.0) / (den + 1.0)
+
+
+def pool_grid(maps: jax.Array, stride: int) -> jax.Array:
+  """Average pooling of maps [R, h, w] over stride x stride cells -> [R, (h / stride) (w / stride)], the dense
+  loss grid (config.loss.dense_stride; 1 keeps the mask grid). A reshape and a mean: no gathers."""
+  r, h, w = maps.shape
+  return maps.reshape(r, h // stride, stride, w // stride, stride).mean((2, 4)).reshape(r, -1)
+
+
+def dense_targets(segment_map: jax.Array, num_segments: int, grid: tuple) -> jax.Array:
+  """The fraction of each cell of the dense loss grid that segment n covers, [N, gh * gw] in [0, 1].
+
+  segment_map [H, W] (-1 void) is compared with every segment index (a one-hot [H, W, N], no gathers) and
+  averaged over the (H / gh) x (W / gw) label pixels of each cell: the dense counterpart of
+  `sample_segment_masks`, whose bilinear samples at uniform points average to these fractions.
+  """
+  h, w = segment_map.shape
+  gh, gw = grid
+  onehot = (segment_map[:, :, None] == jnp.arange(num_segments)[None, None, :]).astype(jnp.float32)
+  cells = onehot.reshape(gh, h // gh, gw, w // gw, num_segments).mean((1, 3))
+  return cells.reshape(gh * gw, num_segments).T
+

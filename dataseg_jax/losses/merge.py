@@ -55,9 +55,19 @@ class Groups(NamedTuple):
   size: jax.Array     # float32: number of proposals in slot j's group (0 for inactive slots)
 
 
+def one_hot_rows(index: jax.Array, num: int) -> jax.Array:
+  """[K] int -> [K, num] float32 one-hot rows: selecting rows of an array as a matmul (`select @ x`), which is
+  exact at full precision and is not a gather (the dense criterion has none)."""
+  return (index[:, None] == jnp.arange(num)[None, :]).astype(jnp.float32)
+
+
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def merge_groups(log_probs: jax.Array, task: jax.Array, seg_class: jax.Array, seg_is_thing: jax.Array,
                  seg_valid: jax.Array, mode: str, background_joins: bool = False) -> Groups:
-  """The merge groups of one example.
+  """The merge groups of one example (no gathers or scatters: comparisons and [Q, Q] matmuls).
 
   Args:
     log_probs: [Q, C + 1] log class probabilities (index C = background).
@@ -85,14 +95,15 @@ def merge_groups(log_probs: jax.Array, task: jax.Array, seg_class: jax.Array, se
   leader = jnp.argmax(key[None, :] == key[:, None], axis=-1).astype(jnp.int32)
   slots = jnp.arange(q)
   active = leader == slots
-  size = jax.ops.segment_sum(jnp.ones((q,), jnp.float32), leader, q)
-  own = slots[:, None] == slots[None, :]
-  member = jnp.where(active[:, None], leader[None, :] == slots[:, None], own).astype(jnp.float32)
+  in_group = leader[None, :] == slots[:, None]  # [j, i]: proposal i belongs to slot j's group
+  size = jnp.sum(in_group.astype(jnp.float32), axis=1)
+  member = jnp.where(active[:, None], in_group, slots[:, None] == slots[None, :]).astype(jnp.float32)
   if mode == "hard":
     single = ~active | (size == 1)
   else:
     soft = active & merges  # row j: p_i(c_j) over every proposal i
-    member = jnp.where(soft[:, None], jnp.exp(log_probs[:, cls]).T, member)
+    p_of_class = _matmul(jnp.exp(log_probs), one_hot_rows(cls, c1).T)  # [i, j]: p_i(c_j)
+    member = jnp.where(soft[:, None], p_of_class.T, member)
     single = ~soft
   return Groups(leader=leader, active=active, member=member, single=single, merges=merges, size=size)
 
@@ -101,12 +112,15 @@ def merged_log_probs(log_probs: jax.Array, groups: Groups) -> jax.Array:
   """Per slot: log of the group's mean class probability mean_{i in group j} p_i for an active slot, the slot's
   own log probabilities for an inactive one: [Q, C + 1] -> [Q, C + 1].
 
-  A log-sum-exp over each group, so a single-proposal group returns its log-softmax exactly.
+  A log-sum-exp over each group (shifted by the group's largest log probability), so a single-proposal group
+  returns its log-softmax exactly.
   """
   q = log_probs.shape[0]
-  top = jax.ops.segment_max(log_probs, groups.leader, q)
+  in_group = groups.leader[None, :] == jnp.arange(q)[:, None]  # [j, i]
+  top = jnp.max(jnp.where(in_group[:, :, None], log_probs[None], -jnp.inf), axis=1)  # [j, C + 1]
   top = jnp.where(jnp.isfinite(top), top, 0.0)
-  total = jax.ops.segment_sum(jnp.exp(log_probs - top[groups.leader]), groups.leader, q)
+  total = _matmul(in_group.astype(jnp.float32),
+                  jnp.exp(log_probs - _matmul(one_hot_rows(groups.leader, q), top)))  # exp(lp_i - top_{leader(i)})
   mean = jnp.log(jnp.maximum(total, 1e-30)) + top - jnp.log(jnp.maximum(groups.size, 1.0))[:, None]
   return jnp.where(groups.active[:, None], mean, log_probs)
 
@@ -118,32 +132,29 @@ def _log_expm1(s: jax.Array) -> jax.Array:
   return jnp.where(s > 1.0, big + jnp.log1p(-jnp.exp(-big)), jnp.log(jnp.expm1(small)))
 
 
-def merged_maps(flat: jax.Array, groups: Groups, slots: jax.Array, formula: str) -> jax.Array:
-  """The map each of `slots` [S] predicts, [S, P], from the proposals' mask logits flat [Q, P].
+def selected_maps(flat: jax.Array, groups: Groups, select: jax.Array, formula: str):
+  """(maps [K, P], is_logit [K]): the map predicted by each slot that the one-hot rows select [K, Q] pick, from
+  the proposals' mask logits flat [Q, P] (a zero row of `select` gives a zero map).
 
-  A logit map (`is_logit_map`) for a single slot and for the noisy_or and max formulas, a probability map for
-  clip (module docstring). Matmuls run at full float32 precision: a probability near 1 rounded to bf16 would
-  become 1 inside log(1 - p).
+  A logit map for a single slot and for the noisy_or and max formulas, a probability map for clip (module
+  docstring). Rows are selected and merged by matmuls at full float32 precision (exact for one-hot rows; a
+  probability near 1 rounded to bf16 would become 1 inside log(1 - p)); the max formula alone takes a
+  segment max over the groups (a scatter).
   """
   flat = flat.astype(jnp.float32)
-  own = flat[slots]
-  w = groups.member[slots]
-  hi = jax.lax.Precision.HIGHEST
+  own = _matmul(select, flat)
+  single = _matmul(select, groups.single.astype(jnp.float32)) > 0.5
   if formula == "noisy_or":
-    merged = _log_expm1(jnp.matmul(w, jax.nn.softplus(flat), precision=hi))
+    merged = _log_expm1(_matmul(_matmul(select, groups.member), jax.nn.softplus(flat)))
   elif formula == "max":
-    merged = jax.ops.segment_max(flat, groups.leader, flat.shape[0])[slots]
+    top = jax.ops.segment_max(flat, groups.leader, flat.shape[0])
+    merged = _matmul(select, jnp.where(jnp.isfinite(top), top, 0.0))
   elif formula == "clip":
-    merged = jnp.clip(jnp.matmul(w, jax.nn.sigmoid(flat), precision=hi), 0.0, 1.0)
+    merged = jnp.clip(_matmul(_matmul(select, groups.member), jax.nn.sigmoid(flat)), 0.0, 1.0)
   else:
-    raise ValueError(f"merged_maps: formula must be one of {config_lib.MERGE_MASKS} (config.loss.merge_mask), "
+    raise ValueError(f"selected_maps: formula must be one of {config_lib.MERGE_MASKS} (config.loss.merge_mask), "
                      f"got {formula!r}")
-  return jnp.where(groups.single[slots][:, None], own, merged)
-
-
-def is_logit_map(groups: Groups, slots: jax.Array, formula: str) -> jax.Array:
-  """[S] bool: whether `merged_maps` gives logits (else probabilities) for each of `slots`."""
-  return groups.single[slots] | (formula in LOGIT_FORMULAS)
+  return jnp.where(single[:, None], own, merged), single | (formula in LOGIT_FORMULAS)
 
 
 def vanishing_gradient_pixels(flat: jax.Array, groups: Groups, formula: str):
@@ -155,14 +166,13 @@ def vanishing_gradient_pixels(flat: jax.Array, groups: Groups, formula: str):
   = exp(-S_j) sum_i w_ji (1 + exp(m_i)); for max it is 1 (the largest member) everywhere.
   """
   flat = flat.astype(jnp.float32)
-  hi = jax.lax.Precision.HIGHEST
   merged = groups.active & ~groups.single
   if formula == "clip":
-    vanishes = jnp.matmul(groups.member, jax.nn.sigmoid(flat), precision=hi) >= 1.0
+    vanishes = _matmul(groups.member, jax.nn.sigmoid(flat)) >= 1.0
   elif formula == "noisy_or":
-    log_sum = jnp.log(jnp.maximum(jnp.matmul(groups.member, jnp.exp(jax.nn.softplus(jnp.minimum(flat, 80.0))),
-                                             precision=hi), SUM_FLOOR))
-    vanishes = log_sum - jnp.matmul(groups.member, jax.nn.softplus(flat), precision=hi) < jnp.log(VANISHING)
+    log_sum = jnp.log(jnp.maximum(_matmul(groups.member, jnp.exp(jax.nn.softplus(jnp.minimum(flat, 80.0)))),
+                                  SUM_FLOOR))
+    vanishes = log_sum - _matmul(groups.member, jax.nn.softplus(flat)) < jnp.log(VANISHING)
   else:
     vanishes = jnp.zeros((flat.shape[0], flat.shape[1]), bool)
   count = jnp.sum(jnp.where(merged[:, None] & vanishes, 1.0, 0.0))
