@@ -42,7 +42,7 @@ def toy4_config(data_dir):
 def test_union_vocabulary_shares_rows_by_name_not_by_synonym(toy, caplog):
   caplog.set_level(logging.INFO)
   vocab = registry.build_vocab(toy4_config(toy))
-  assert "union vocabulary: 24 classes from 5 datasets" in caplog.text  # what train.py logs at start
+  assert "union vocabulary: 27 classes from 5 datasets" in caplog.text  # what train.py logs at start
   assert "toy_city: 4 classes (4 things): vehicle, pedestrian, puppy, boat" in caplog.text
   assert vocab.datasets == ["toy_ade", "toy_city", "toy_coco", "toy_o365", "toy_heldout"]  # eval-only last
   d = {name: i for i, name in enumerate(vocab.datasets)}

@@ -117,7 +117,7 @@ def test_panoptic_ground_truth_errors_name_the_file(toy_dir, tmp_path):
   doc["categories"] = doc["categories"][:-1]
   (tmp_path / "pan.json").write_text(json.dumps(doc))
   config.data.datasets.toy_ade.val_panoptic_annotations = str(tmp_path / "pan.json")
-  with pytest.raises(ValueError, match="pan.json has 9 categories but the dataset's names file has 10"):
+  with pytest.raises(ValueError, match="pan.json has 11 categories but the dataset's names file has 12"):
     registry.build_index(config, "toy_ade", "val")
   doc["categories"] = json.loads((toy_dir / "toy_ade/panoptic_val.json").read_text())["categories"]
   (tmp_path / "pan.json").write_text(json.dumps(doc))
