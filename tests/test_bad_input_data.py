@@ -1,4 +1,4 @@
-"""Bad input never passes silently: a clear error, or a counted and logged skip (config decides)."""
+"""Bad data input never passes silently: a clear error naming the file, or a counted and logged skip."""
 import json
 import shutil
 import subprocess
