@@ -176,7 +176,7 @@ def test_nonfinite_streak_stops_and_keeps_last_checkpoint(tmp_path):
     loss, terms = tiny.tiny_loss(outputs, batch, rng)
     return loss * jnp.nan, terms
 
-  with pytest.raises(loop.NonFiniteError, match=r"max_nonfinite_steps=2.*last checkpoint \(4\)"):
+  with pytest.raises(loop.NonFiniteError, match=r"max_nonfinite_steps=2.*the latest checkpoint, step 4 under"):
     loop.train(c, str(tmp_path), components(c, loss_fn=always_nan))
   assert checkpointing.make_manager(str(tmp_path)).latest_step() == 4
 

@@ -13,6 +13,12 @@
    save. SIGTERM (or a cluster preemption notice): save, then return. Too many non-finite steps in a row:
    stop with `NonFiniteError`, leaving the last checkpoint as it was.
 
+Checkpoints are only written from good states: a save point (periodic, evaluated, preempted or the last step)
+writes its checkpoint only when every step since the previous save point had a finite loss and gradient norm
+(`CheckpointGuard`). So weights that a finite but huge update poisoned, and the non-finite streak that follows,
+never replace the last good checkpoint: after a `NonFiniteError` the latest checkpoint is the last good state, and a
+resumed run starts its streak count at 0. A last step that cannot be saved stops with `NonFiniteError` too.
+
 `config.eval_every_steps`: > 0 evaluates every K steps and at the end, 0 only at the end, < 0 never. A step that
 is evaluated is checkpointed after its evaluation, with the metrics; with `config.best_checkpoint_metric` every
 evaluated step is checkpointed, and the best of them is kept beside the last `keep_checkpoints` (checkpointing.py).
@@ -198,6 +204,39 @@ def pretrained_params(config, abstract_state):
   return pretrained
 
 
+class CheckpointGuard:
+  """Lets a save point write its checkpoint only when every step since the previous save point had a finite loss and
+  gradient norm (`TrainState.nonfinite_total` unchanged); logs the refusals."""
+
+  def __init__(self, state):
+    self._total = int(jax.device_get(state.nonfinite_total))
+    self.last_refused = False  # whether the latest save point was refused
+
+  def allows(self, state, step: int) -> bool:
+    """Whether the checkpoint of `step` (a save point) may be written from `state`."""
+    total = int(jax.device_get(state.nonfinite_total))
+    bad, self._total = total - self._total, total
+    self.last_refused = bad > 0
+    if bad:
+      logging.warning("step %d is not checkpointed: %d step(s) since the previous save point had a non-finite loss "
+                      "or gradient norm, so its weights may be bad; the latest checkpoint stays the last good state",
+                      step, bad)
+    return not bad
+
+
+def nonfinite_advice(config, latest: int | None, checkpoints: str) -> str:
+  """What to change after non-finite steps: the key and a suggested value, and where a rerun resumes."""
+  lr = float(config.optimizer.learning_rate)
+  resume = (f"the latest checkpoint, step {latest} under {checkpoints}, is the last good state: rerunning the same "
+            "command resumes from it" if latest is not None else
+            f"no good checkpoint was written under {checkpoints}: rerunning the same command starts afresh")
+  clip = ("" if config.optimizer.clip_norm > 0 else
+          " or clip the gradients with --config.optimizer.clip_norm=0.01 (Mask2Former's value)")
+  return (f"{resume}, with a count of non-finite steps starting at 0. Lower the learning rate, e.g. "
+          f"--config.optimizer.learning_rate={lr / 10:g} (a tenth of {lr:g}; lower it again if the run stops "
+          f"again){clip}; if the loss is non-finite from the first step, check the data with scripts/check_dataset.py.")
+
+
 def longest_streak_exceeded(history: list[dict], limit: int) -> int:
   """The largest `nonfinite_streak` seen in the fetched per-step metrics when it reaches `limit`, else 0."""
   worst = max((int(m["nonfinite_streak"]) for m in history), default=0)
@@ -253,12 +292,14 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
     state = create(pretrained_params(config, abstract))
   else:
     state, data_state = checkpointing.restore(manager, latest, abstract, workdir)
+    state = state.replace(nonfinite_streak=state.nonfinite_streak * 0)  # a resumed run counts its own streak
     iterator.set_state(data_state)
     logging.info("resumed from %s/%d", checkpointing.checkpoint_dir(workdir), latest)
   if jax.process_index() == 0:  # after the checkpoint was found compatible: a refused resume leaves it as it was
     (path / "config.json").write_text(config.to_json_best_effort(indent=2))
   del create  # its compiled initialiser (0.2 GiB of host memory for R50) would otherwise live through training
   start = int(state.step)
+  guard = CheckpointGuard(state)
 
   replicated = mesh_lib.replicated(mesh)
   embeddings = jax.device_put(jnp.asarray(components.class_embeddings), replicated)
@@ -313,9 +354,8 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
           manager.wait_until_finished()
           raise NonFiniteError(
               f"stopping at step {step}: {worst} consecutive steps had a non-finite loss or gradient norm "
-              f"(limit config.optimizer.max_nonfinite_steps={config.optimizer.max_nonfinite_steps}); the last "
-              f"checkpoint ({manager.latest_step()}) under {checkpointing.checkpoint_dir(workdir)} is left as it "
-              f"was. Lower config.optimizer.learning_rate or clip_norm, or check the data, then rerun to resume.")
+              f"(limit config.optimizer.max_nonfinite_steps={config.optimizer.max_nonfinite_steps}); "
+              + nonfinite_advice(config, manager.latest_step(), checkpointing.checkpoint_dir(workdir)))
       if step % config.log_every_steps == 0 or last:
         elapsed = time.perf_counter() - interval_start
         summary = summarize(history, components.vocab.datasets, global_batch)
@@ -333,12 +373,21 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
           scores = evaluate(config, components, state, workdir, step)
           interval_start += time.perf_counter() - eval_start  # evaluating is not stepping
       finally:  # after the evaluation, so that the checkpoint holds its metrics; saved even if it failed
-        checkpointing.save(manager, step, state, data_state, metrics=scores,
-                           force=last or preempted or (scores is not None and bool(config.best_checkpoint_metric)))
+        force = last or preempted or (scores is not None and bool(config.best_checkpoint_metric))
+        if (force or manager.should_save(step)) and guard.allows(state, step):
+          checkpointing.save(manager, step, state, data_state, metrics=scores, force=force)
       if scores is not None:
         writer.write_scalars(step, scores)
+      if last and guard.last_refused:
+        manager.wait_until_finished()
+        raise NonFiniteError(
+            f"training reached its last step {step}, but steps since the previous save point had a non-finite loss "
+            f"or gradient norm, so its state is not saved; "
+            + nonfinite_advice(config, manager.latest_step(), checkpointing.checkpoint_dir(workdir)))
       if preempted:
-        logging.warning("preempted at step %d: checkpoint saved, exiting", step)
+        logging.warning("preempted at step %d: %s, exiting", step,
+                        f"not checkpointed, a rerun resumes from step {manager.latest_step()}"
+                        if guard.last_refused else "checkpoint saved")
         break
   finally:
     batches.close()
