@@ -12,12 +12,12 @@ Panoptic ground truth of a semantic-only dataset (weak transfer): `val_panoptic_
 panoptic JSON) and `val_panoptic_dir` (its PNGs) on a `semantic_png` entry attach it to the val index
 (`readers.Index.panoptic_gt`, matched by file stem).
 
-Names: `entry.names` is a names file (one class per line in label order), or '' to take them from
-the annotation JSON (COCO formats) or, for `semantic_png`, from `objectInfo150.txt`/`names.txt` in
-the dataset root (the parent of `images/`), falling back to the built-in ADE-150 list. Thing flags:
-COCO panoptic JSON `isthing`; detection and instance formats are all things; `semantic_png` takes
-`entry.thing_classes` (a names file), else the built-in ADE-150 flags when the names are ADE's,
-else all stuff.
+Names: `entry.names` is a names file (one class per line in label order; `dataseg_jax.vocab.names` gives the
+rule), or '' to take them from the annotation JSON (COCO formats) or, for `semantic_png`, from
+`objectInfo150.txt`/`names.txt` in the dataset root (the parent of `images/`), falling back to the built-in
+ADE-150 list. Thing flags: COCO panoptic JSON `isthing`; detection and instance formats are all things;
+`semantic_png` takes `entry.thing_classes` (a names file), else the built-in ADE-150 flags when the names are
+ADE's, else all stuff.
 """
 import json
 import os
@@ -28,6 +28,7 @@ import ml_collections
 
 from data_pipelines import readers
 from dataseg_jax import contract
+from dataseg_jax.vocab import names as names_lib
 from dataseg_jax.vocab import vocabulary
 
 _PATH_KEYS = ("train_images", "train_annotations", "train_panoptic_dir", "val_images",
@@ -72,18 +73,18 @@ def resolve_entry(config: ml_collections.ConfigDict, name: str) -> ml_collection
 
 def _semantic_names(e) -> list:
   if e.names:
-    return vocabulary.read_names_file(e.names)
+    return names_lib.read_names(e.names)
   root = pathlib.Path(e.train_images or e.val_images).parent.parent
   for candidate in ("objectInfo150.txt", "names.txt"):
     if (root / candidate).is_file():
-      return vocabulary.read_names_file(root / candidate)
+      return names_lib.read_names(root / candidate)
   logging.info("no names file for %s; using the built-in ADE-150 names", root)
   return list(vocabulary.load_builtin("ade150")[0].names)
 
 
 def _semantic_things(e, names) -> tuple:
   if e.thing_classes:
-    things = {vocabulary.normalise_name(n) for n in vocabulary.read_names_file(e.thing_classes)}
+    things = {vocabulary.normalise_name(n) for n in names_lib.read_names(e.thing_classes, allow_empty=True)}
     unknown = things - {vocabulary.normalise_name(n) for n in names}
     if unknown:
       raise ValueError(f"{e.thing_classes}: thing classes {sorted(unknown)} are not in the dataset's names")
@@ -110,7 +111,7 @@ def dataset_vocab(entry) -> vocabulary.DatasetVocab:
     names = _semantic_names(entry)
     return vocabulary.DatasetVocab(tuple(names), _semantic_things(entry, names))
   json_path = entry.train_annotations or entry.val_annotations or entry.val_instances
-  names = vocabulary.read_names_file(entry.names) if entry.names else None
+  names = names_lib.read_names(entry.names) if entry.names else None
   vocab, _ = readers.coco_vocab(_json_categories(json_path), entry.format, names)
   return vocab
 
