@@ -170,6 +170,8 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   if args.things and not args.vocab:
     p.error("--things names the thing classes of --vocab; pass --vocab too")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise ValueError(f"--out {args.out} is a file; pass a folder (it is created when missing)")
   model = loader.ExportedModel(args.model)
   if args.vocab:
     swap_vocabulary(model, args.vocab, args.things, args.clip_weights)
