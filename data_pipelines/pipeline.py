@@ -275,9 +275,22 @@ def keeps_masks(task: int) -> bool:
   return task != int(contract.Task.BOX)
 
 
+def failing_file(index: readers.Index, r: int) -> str:
+  """The file of image row r to blame for a failed `decode_example`: its label file (label PNG, panoptic PNG) when
+  the image itself decodes, else the image."""
+  image, label = index.image_paths[r], index.label_paths[r]
+  if not label:
+    return image
+  try:
+    _decode_image(tf.io.read_file(image))
+  except tf.errors.OpError:
+    return image
+  return label
+
+
 def first_error(index: readers.Index, tables: Tables, reduce_zero_label: bool, task: int, rows):
-  """'<image file>: <error>' of the first of image `rows` whose decoding fails, decoded again eagerly to name
-  the file behind a failure inside tf.data (which does not say which example failed); None if none fails."""
+  """'<file>: <error>' of the first of image `rows` whose decoding fails, decoded again eagerly to name the file
+  behind a failure inside tf.data (which does not say which example failed: `failing_file`); None if none fails."""
   tables = tables or Tables(index)
   for r in rows:
     try:
@@ -285,7 +298,7 @@ def first_error(index: readers.Index, tables: Tables, reduce_zero_label: bool, t
                      masks=keeps_masks(task))
     except tf.errors.OpError as e:
       msg = " ".join(e.message.split()).split("Summarized data: ")[-1]  # an assertion: its message and file
-      return f"{index.image_paths[r]}: {msg[:600]}"
+      return f"{failing_file(index, int(r))}: {msg[:600]}"
     except Exception as e:  # pylint: disable=broad-except  # a Python error raised eagerly
       return f"{index.image_paths[r]}: {type(e).__name__}: {e}"[:800]
   return None

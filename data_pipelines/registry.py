@@ -19,7 +19,6 @@ ADE-150 list. Thing flags: COCO panoptic JSON `isthing`; detection and instance 
 `semantic_png` takes `entry.thing_classes` (a names file), else the built-in ADE-150 flags when the names are
 ADE's, else all stuff.
 """
-import json
 import os
 import pathlib
 
@@ -98,9 +97,8 @@ def _semantic_things(e, names) -> tuple:
 
 def _json_categories(path) -> dict:
   readers.require_file(path, "annotation", "coco_detection")
-  with open(path) as f:
-    data = json.load(f)
-  if "categories" not in data:
+  data = readers.read_json(path)
+  if not isinstance(data.get("categories"), list):
     raise ValueError(f"{path} has no 'categories' list; expected a COCO-format JSON")
   return {"images": [], "annotations": [], "categories": data["categories"]}
 
@@ -112,7 +110,7 @@ def dataset_vocab(entry) -> vocabulary.DatasetVocab:
     return vocabulary.DatasetVocab(tuple(names), _semantic_things(entry, names))
   json_path = entry.train_annotations or entry.val_annotations or entry.val_instances
   names = names_lib.read_names(entry.names) if entry.names else None
-  vocab, _ = readers.coco_vocab(_json_categories(json_path), entry.format, names)
+  vocab, _ = readers.coco_vocab(_json_categories(json_path), entry.format, names, json_path)
   return vocab
 
 
