@@ -16,7 +16,8 @@ Position: `get_state()` is {step, consumed[d]}: the step count and, per dataset,
 of this process's stream (see `pipeline`) have been consumed. `set_state` rebuilds the streams at
 those positions, so a restored iterator yields exactly the batches an uninterrupted one would.
 Bad examples skipped inside tf.data show up as gaps in the stream positions and are counted
-(`bad_counts`), as are index-time skips and segments over `max_segments`.
+(`bad_counts`), as are index-time skips and segments over `max_segments`. Every skipped item is also named, with
+its reason, in the skip log (`SkipLog`, WORKDIR/skipped.tsv during training).
 """
 import collections
 import os
@@ -31,6 +32,43 @@ from dataseg_jax import contract
 
 _BLOCK = 64
 _CHOICE_SALT = 0xC401CE
+
+
+def skip_log_path(workdir: str, process_index: int = 0) -> str:
+  """The training skip log of a process: WORKDIR/skipped.tsv (process 0), WORKDIR/skipped.p<k>.tsv (process k)."""
+  return os.path.join(workdir, "skipped.tsv" if process_index == 0 else f"skipped.p{process_index}.tsv")
+
+
+def _log_line(*fields) -> str:
+  return "\t".join(" ".join(str(v).split()) for v in fields) + "\n"
+
+
+class SkipLog:
+  """The skip log: a header, then one tab-separated line `step dataset reason message` per skipped item, the
+  message naming the file (or the JSON and the image or annotation id) and the fix.
+
+  Items skipped while indexing have step 'index'; an example the input pipeline skipped has the step whose batch it
+  would have joined. `start(step)` (at 0, or at the step a run resumes from) keeps the lines of earlier steps and
+  drops the rest, so a resumed run lists every skip once.
+  """
+  HEADER = "step\tdataset\treason\tmessage\n"
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def start(self, step: int, index_skips: list) -> None:
+    """Rewrites the log at `step` with `index_skips` [(dataset, reason, message)]."""
+    kept = []
+    if tf.io.gfile.exists(self.path):
+      with tf.io.gfile.GFile(self.path) as f:
+        kept = [line for line in f.readlines()[1:] if line.split("\t", 1)[0].isdigit()
+                and int(line.split("\t", 1)[0]) <= step]
+    with tf.io.gfile.GFile(self.path, "w") as f:
+      f.write(self.HEADER + "".join(_log_line("index", *item) for item in index_skips) + "".join(kept))
+
+  def add(self, step: int, dataset: str, reason: str, message: str) -> None:
+    with tf.io.gfile.GFile(self.path, "a") as f:
+      f.write(_log_line(step, dataset, reason, message))
 
 
 def choice_probabilities(config) -> tuple:
@@ -90,9 +128,10 @@ def _entry_size(config, entry) -> int:
 
 
 class TrainIterator:
-  """Yields this process's share of each global batch (numpy dicts in the batch contract)."""
+  """Yields this process's share of each global batch (numpy dicts in the batch contract); with `skip_log` (a
+  path, `skip_log_path`) every skipped item is named there (`SkipLog`)."""
 
-  def __init__(self, config, vocab, process_index: int = 0, process_count: int = 1):
+  def __init__(self, config, vocab, process_index: int = 0, process_count: int = 1, skip_log: str = ""):
     d = config.data
     if d.batch_size % process_count:
       raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by {process_count} processes")
@@ -116,6 +155,8 @@ class TrainIterator:
     self._step = 0
     self._consumed = {n: 0 for n in self.names}
     self._iters = {}
+    self._skip_log = SkipLog(skip_log) if skip_log else None
+    self._log_started = False
 
   # ------------------------------------------------------------------ position
   def get_state(self) -> dict:
@@ -136,6 +177,7 @@ class TrainIterator:
     self._step = int(state["step"])
     self._consumed = {n: int(state["consumed"][n]) for n in self.names}
     self._iters = {}
+    self._log_started = False
 
   def close(self) -> None:
     """Drops the tf.data streams (the next batch opens them again at the same position). Call it before an
@@ -173,16 +215,29 @@ class TrainIterator:
           "from config.data.datasets.") from None
     pos = np.atleast_1d(ex.pop("_pos"))
     dropped = int(np.sum(ex.pop("_dropped")))
-    expected = self._consumed[name] + len(pos)
-    gaps = int(pos[-1]) + 1 - expected
+    gaps = sorted(set(range(self._consumed[name], int(pos[-1]) + 1)) - set(pos.tolist()))
     if gaps:
-      self.bad_counts[name]["undecodable_or_invalid"] += gaps
-      logging.warning("%s: skipped %d bad example(s) (corrupt/truncated images or bad labels); "
-                      "counts so far: %s", name, gaps, dict(self.bad_counts[name]))
+      self.bad_counts[name]["undecodable_or_invalid"] += len(gaps)
+      named = [self._failure_at(name, k) for k in gaps]
+      for message in named:
+        if self._skip_log:
+          self._skip_log.add(self._step + 1, name, "undecodable_or_invalid", message)
+      logging.warning("%s: skipped %d bad example(s): %s; counts so far: %s", name, len(gaps), "; ".join(named[:3]),
+                      dict(self.bad_counts[name]))
     if dropped:
       self.bad_counts[name]["segments_over_max"] += dropped
     self._consumed[name] = int(pos[-1]) + 1
     return ex
+
+  def _failure_at(self, name: str, position: int) -> str:
+    """'<file>: <error>' of the example at stream `position` of `name`, which the input pipeline skipped."""
+    index = self._indexes[name]
+    row = pipeline.stream_rows(len(index), position, 1, self._pi, self._pc, self._config.seed,
+                               self._vocab.dataset_index(name))[0]
+    e = self._entries[name]
+    return (pipeline.first_error(index, self._tables[name], e.reduce_zero_label, int(contract.task_from_name(e.task)),
+                                 [row]) or f"{index.image_paths[row]}: failed in the input pipeline, decodes when read "
+                                           "again (a transient read error?)")
 
   def _first_failure(self, name: str, count: int):
     """'<file>: <error>' of the first of the next `count` examples of `name`'s stream that fails to decode
@@ -197,6 +252,10 @@ class TrainIterator:
     return self
 
   def __next__(self) -> dict:
+    if self._skip_log and not self._log_started:
+      self._skip_log.start(self._step, [(n, reason, message) for n in self.names
+                                        for reason, message in self._indexes[n].skip_messages])
+      self._log_started = True
     choices = dataset_choices(self._config, 1, self._step)[0]
     if self._config.data.mixture_mode == "per_batch":
       batch = self._next_from(self.names[choices[0]])

@@ -1,5 +1,6 @@
 """Bad data input never passes silently: a clear error naming the file, or a counted and logged skip."""
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -328,3 +329,29 @@ def test_an_annotation_file_that_is_not_json_is_named(clean_dir, tmp_path):
                                        r"double quotes: line 1 column 16 \(char 15\)\); re-export or re-download"):
     registry.build_vocab(_single(root, "toy_o365", "error"))
 
+
+def test_training_skips_are_named_in_the_skip_log(broken_ade, tmp_path):
+  """Issue 24: skips during training were counted but not named. WORKDIR/skipped.tsv names each skipped item with
+  its reason: items skipped while indexing (step 'index') and examples the input pipeline skipped (the step whose
+  batch they would have joined); a resumed run lists each skip once."""
+  (broken_ade / "toy_ade/annotations/training/ADE_train_00000007.png").unlink()  # skipped while indexing
+  config = _single(broken_ade, "toy_ade", "skip")
+  vocab = registry.build_vocab(config)
+  log = mixture.skip_log_path(str(tmp_path))
+  it = mixture.TrainIterator(config, vocab, skip_log=log)
+  states = []
+  while it.get_state()["consumed"]["toy_ade"] < 11:  # one epoch of the 11 indexed images
+    states.append(it.get_state())
+    next(it)
+  lines = pathlib.Path(log).read_text().splitlines()
+  assert lines[0] == "step\tdataset\treason\tmessage"
+  assert [tuple(line.split("\t")[:3]) for line in lines[1:]] == [
+      ("index", "toy_ade", "missing_annotation"), (lines[2].split("\t")[0], "toy_ade", "undecodable_or_invalid")]
+  assert "ADE_train_00000007.jpg has no" in lines[1] and "ADE_train_00000007.png. Add the label PNG" in lines[1]
+  assert lines[2].split("\t")[3].startswith(f"{broken_ade}/toy_ade/images/training/ADE_train_00000002.jpg: ")
+  step = int(lines[2].split("\t")[0])
+  it = mixture.TrainIterator(config, vocab, skip_log=log)  # resumed before the skip: it is listed once
+  it.set_state(states[step - 1])
+  while it.get_state()["consumed"]["toy_ade"] < 11:
+    next(it)
+  assert pathlib.Path(log).read_text().splitlines() == lines

@@ -75,7 +75,8 @@ class Components:
 
 
 def build_components(config, workdir: str) -> Components:
-  """The real pieces: registry vocabulary, text embeddings (cached), DataSeg, the DaTaSeg criterion, mixture."""
+  """The real pieces: registry vocabulary, text embeddings (cached), DataSeg, the DaTaSeg criterion, mixture (which
+  names every skipped item in WORKDIR/skipped.tsv)."""
   from data_pipelines import mixture, registry
   from dataseg_jax.losses import criterion
   from dataseg_jax.models import dataseg
@@ -87,8 +88,9 @@ def build_components(config, workdir: str) -> Components:
       model=dataseg.DataSeg(config.model),
       loss_fn=lambda outputs, batch, rng: criterion.criterion(outputs, batch, config, rng),
       vocab=vocab, class_embeddings=np.asarray(class_embeddings, np.float32),
-      make_iterator=lambda index, count: mixture.TrainIterator(config, vocab, process_index=index,
-                                                               process_count=count))
+      make_iterator=lambda index, count: mixture.TrainIterator(
+          config, vocab, process_index=index, process_count=count,
+          skip_log=mixture.skip_log_path(workdir, index)))
 
 
 def check_workdir(workdir: str) -> epath.Path:
