@@ -18,6 +18,10 @@ those positions, so a restored iterator yields exactly the batches an uninterrup
 Bad examples skipped inside tf.data show up as gaps in the stream positions and are counted
 (`bad_counts`), as are index-time skips and segments over `max_segments`. Every skipped item is also named, with
 its reason, in the skip log (`SkipLog`, WORKDIR/skipped.tsv during training).
+
+Evaluation (`eval_batches`): an example that fails to decode is an error naming its file
+(`config.eval.on_bad_example='error'`, the default), or with 'skip' left out, logged and handed to the caller,
+which scores its ground truth as missed.
 """
 import collections
 import os
@@ -267,25 +271,56 @@ class TrainIterator:
     return batch
 
 
-def eval_batches(config, vocab, name: str, process_index: int = 0, process_count: int = 1):
+def eval_batches(config, vocab, name: str, process_index: int = 0, process_count: int = 1, on_skip=None):
   """Batches of the val split of `name` (val_instances when set), resized to data.eval_size and padded.
 
   Adds `image_id` int64 [B], `orig_size` int32 [B, 2], `example_valid` bool [B]; the last batch is
-  padded with zero examples marked invalid.
+  padded with zero examples marked invalid. An example that fails to decode is a ValueError naming its file, or with
+  `config.eval.on_bad_example='skip'` is left out, logged and passed to `on_skip(image_id, message)`.
   """
   e = registry.resolve_entry(config, name)
   did = vocab.dataset_index(name)
   local_vocab = registry.dataset_vocab(e)
   index, tables = split_source(config, name, "val", local_vocab)
-  task = "instance" if e.format == "coco_detection" and e.val_instances else e.task
+  task = int(contract.task_from_name("instance" if e.format == "coco_detection" and e.val_instances else e.task))
   size = int(config.data.eval_size)
-  ds = pipeline.eval_stream(index, config.data, did, vocab, size=size,
-                            reduce_zero_label=e.reduce_zero_label, task=int(contract.task_from_name(task)),
-                            process_index=process_index, process_count=process_count, tables=tables)
+  ds = pipeline.eval_stream(index, config.data, did, vocab, size=size, reduce_zero_label=e.reduce_zero_label,
+                            task=task, process_index=process_index, process_count=process_count, tables=tables,
+                            skip_bad=config.eval.on_bad_example == "skip")
   bs = int(config.data.eval_batch_size)
   ds = ds.batch(bs).prefetch(max(config.data.prefetch, 1))
-  for batch in ds.as_numpy_iterator():
-    batch.pop("_pos")
+  rows = list(range(process_index, len(index), process_count))  # this process's rows, in the stream's order
+  done = 0  # rows of `rows` yielded or skipped
+
+  def failure(rows_to_try) -> str:
+    return (pipeline.first_error(index, tables, e.reduce_zero_label, task, rows_to_try)
+            or f"{name}/val: an example failed in the input pipeline but decodes when read again")
+
+  def skip_until(row) -> int:
+    """Reports the rows of `rows` from `done` up to `row` (excluded) as skipped; returns the new `done`."""
+    k = done
+    while k < len(rows) and rows[k] != row:
+      message = failure([rows[k]])
+      logging.warning("%s: val image skipped (config.eval.on_bad_example='skip'; its ground truth is scored as "
+                      "missed): %s", name, message)
+      if on_skip:
+        on_skip(int(index.image_ids[rows[k]]), message)
+      k += 1
+    return k
+
+  batches, error = ds.as_numpy_iterator(), None
+  while error is None:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      break
+    except tf.errors.OpError:  # the failing example is among the next batches in flight
+      error = (f"{name}/val: an example does not decode: {failure(rows[done:done + bs * (config.data.prefetch + 2)])}."
+               " Fix or remove the file, or set config.eval.on_bad_example='skip' to count it and score its ground "
+               "truth as missed")
+      break
+    for row in batch.pop("_pos").tolist():
+      done = skip_until(row) + 1
     batch.pop("_dropped")
     n = len(batch["image_id"])
     batch["example_valid"] = np.arange(bs) < n
@@ -294,3 +329,7 @@ def eval_batches(config, vocab, name: str, process_index: int = 0, process_count
                    np.concatenate([v, np.zeros((bs - n,) + v.shape[1:], v.dtype)])) for k, v in batch.items()}
       batch["segment_map"][n:] = contract.VOID
     yield batch
+  batches = None  # no tf.data stream left alive in a traceback: callbacks in flight at exit would hang the process
+  if error:
+    raise ValueError(error)
+  skip_until(None)

@@ -314,12 +314,14 @@ def stream_rows(n: int, start: int, count: int, process_index: int, process_coun
 
 def eval_stream(index: readers.Index, cfg, dataset_id: int, vocab_union, *, size: int,
                 reduce_zero_label: bool, task: int, process_index: int = 0,
-                process_count: int = 1, tables: Tables = None) -> tf.data.Dataset:
-  """The split in index order (this process's share), resized (longer side) and padded; unbatched."""
+                process_count: int = 1, tables: Tables = None, skip_bad: bool = False) -> tf.data.Dataset:
+  """The split in index order (this process's share), resized (longer side) and padded; unbatched. `_pos` is the
+  image row. An example that fails to decode stops the stream with its error, or with `skip_bad` is left out (a gap
+  in `_pos` that `mixture.eval_batches` reports)."""
   fn = make_example_fn(index, cfg, dataset_id, vocab_union, train=False, out_size=size, pad_to=size,
                        seed=0, reduce_zero_label=reduce_zero_label, task=task, tables=tables)
   ds = tf.data.Dataset.range(len(index)).shard(process_count, process_index)
   ds = ds.map(lambda r: fn(r, r, r), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if cfg.on_bad_example == "skip":
+  if skip_bad:
     ds = ds.ignore_errors(log_warning=True)
   return ds

@@ -142,8 +142,8 @@ def build_index(config: ml_collections.ConfigDict, name: str, split: str,
                 vocab: vocabulary.DatasetVocab = None, bad: readers.BadInput = None) -> readers.Index:
   """Index of split 'train' or 'val' of dataset `name` (for 'val' with `val_instances`: those masks).
 
-  `bad` overrides the bad-input policy of `config.data.on_bad_example` (check_dataset.py passes a 'skip' one
-  and reads its messages)."""
+  Bad input follows `config.data.on_bad_example` for 'train' and `config.eval.on_bad_example` for 'val'; `bad`
+  overrides it (check_dataset.py passes a 'skip' one and reads its messages)."""
   e = resolve_entry(config, name)
   if split not in ("train", "val"):
     raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -152,7 +152,8 @@ def build_index(config: ml_collections.ConfigDict, name: str, split: str,
     raise ValueError(f"config.data.datasets.{name}.{split}_images is empty; set the {split} image folder")
   readers.require_dir(images, f"{name} {split} images", e.format)
   vocab = vocab or dataset_vocab(e)
-  bad = bad or readers.BadInput(config.data.on_bad_example, f"{name}/{split}")
+  section = "data" if split == "train" else "eval"
+  bad = bad or readers.BadInput(config[section].on_bad_example, f"{name}/{split}", f"config.{section}.on_bad_example")
   names = list(vocab.names) if e.names else None
   if e.format == "semantic_png":
     panoptic = None
