@@ -183,12 +183,13 @@ def _where(json_path, key: str, k: int, item) -> str:
   return f"{json_path} {key}[{k}]" + (f" (id {ident})" if ident is not None else "")
 
 
-def _has_keys(item, keys: tuple, where: str, bad: "BadInput", kind: str) -> bool:
+def _has_keys(item, keys: tuple, locate, bad: "BadInput", kind: str) -> bool:
   """Whether JSON entry `item` (an image, annotation or segment) is an object holding `keys`; else reports it as
-  bad input ('malformed_<kind>') naming the missing keys."""
+  bad input ('malformed_<kind>') naming the missing keys at `locate()` (a callable: the message is built only for
+  bad entries, of millions)."""
   missing = [k for k in keys if not isinstance(item, dict) or k not in item]
   if missing:
-    bad(f"malformed_{kind}", f"{where} has no {', '.join(repr(k) for k in missing)}",
+    bad(f"malformed_{kind}", f"{locate()} has no {', '.join(repr(k) for k in missing)}",
         f"Add the key(s) to the {kind} entry (COCO format); the {kind} is skipped.")
   return not missing
 
@@ -326,21 +327,22 @@ def _semantic_panoptic_gt(panoptic: tuple, vocab, bad: BadInput) -> dict:
                     len(renamed), renamed[:5])
   cat_index = {int(c["id"]): k for k, c in enumerate(cats)}
   stems = {im["id"]: os.path.splitext(im["file_name"])[0] for k, im in enumerate(data["images"])
-           if _has_keys(im, ("id", "file_name"), _where(json_path, "images", k, im), bad, "image")}
+           if _has_keys(im, ("id", "file_name"), lambda: _where(json_path, "images", k, im), bad, "image")}
   pngs = _listdir(png_dir)
   out = {}
   for k, ann in enumerate(data["annotations"]):
-    if not _has_keys(ann, ("image_id", "file_name", "segments_info"), _where(json_path, "annotations", k, ann), bad,
-                     "annotation"):
+    keys = ("image_id", "file_name", "segments_info")
+    if not _has_keys(ann, keys, lambda: _where(json_path, "annotations", k, ann), bad, "annotation"):
       continue
     where = f"{json_path} image_id {ann['image_id']}"
     if ann["image_id"] not in stems:
       bad("unknown_image", where, "The annotation names an image_id missing from 'images'; fix the JSON.")
       continue
     png = _json_file(png_dir, ann["file_name"], where, bad)
-    if png is None or not _present(png_dir, ann["file_name"], pngs):
-      if png is not None:
-        bad("missing_annotation", f"{png}", "Add the panoptic PNG or drop the image.")
+    if png is not None and not _present(png_dir, ann["file_name"], pngs):
+      bad("missing_annotation", f"{png}", "Add the panoptic PNG or drop the image.")
+      png = None
+    if png is None:  # reported above
       out[stems[ann["image_id"]]] = None
       continue
     segs = []
@@ -356,7 +358,7 @@ def _segments(ann: dict, where: str, cat_index: dict, bad: BadInput) -> list:
   reported as bad input (and their pixels are void)."""
   kept = []
   for k, s in enumerate(ann["segments_info"]):
-    if not _has_keys(s, ("id", "category_id"), f"{where} segments_info[{k}]", bad, "segment"):
+    if not _has_keys(s, ("id", "category_id"), lambda: f"{where} segments_info[{k}]", bad, "segment"):
       continue
     if s["category_id"] not in cat_index:
       bad("unknown_category", f"{where} segment {s['id']} category_id {s['category_id']!r}",
@@ -393,10 +395,10 @@ def read_coco_panoptic(dataset, split, images_dir, json_path, png_dir, bad: BadI
   data = load_json(json_path, "coco_panoptic")
   vocab, cat_index = coco_vocab(data, "coco_panoptic", names, json_path)
   images = {im["id"]: im for k, im in enumerate(data["images"])
-            if _has_keys(im, ("id", "file_name"), _where(json_path, "images", k, im), bad, "image")}
+            if _has_keys(im, ("id", "file_name"), lambda: _where(json_path, "images", k, im), bad, "image")}
   keys = ("image_id", "file_name", "segments_info")
   anns = [a for k, a in enumerate(data["annotations"])
-          if _has_keys(a, keys, _where(json_path, "annotations", k, a), bad, "annotation")]
+          if _has_keys(a, keys, lambda: _where(json_path, "annotations", k, a), bad, "annotation")]
   present, pngs = _listdir(images_dir), _listdir(png_dir)
   out = dict(image_paths=[], label_paths=[], image_ids=[], sizes=[], splits=[0], ids=[], cls=[], crowd=[])
   for ann in sorted(anns, key=lambda a: a["image_id"]):
@@ -458,13 +460,13 @@ def read_coco_boxes(dataset, split, images_dir, json_path, bad: BadInput, names=
   vocab, cat_index = coco_vocab(data, fmt, names, json_path)
   per_image = collections.defaultdict(list)
   for k, ann in enumerate(data["annotations"]):
-    if _has_keys(ann, ("image_id", "category_id", "bbox"), _where(json_path, "annotations", k, ann), bad,
+    if _has_keys(ann, ("image_id", "category_id", "bbox"), lambda: _where(json_path, "annotations", k, ann), bad,
                  "annotation"):
       per_image[ann["image_id"]].append(ann)
   present = _listdir(images_dir)
   out = dict(image_paths=[], image_ids=[], sizes=[], splits=[0], cls=[], crowd=[], boxes=[], anns=[])
   images = [im for k, im in enumerate(data["images"])
-            if _has_keys(im, ("id", "file_name"), _where(json_path, "images", k, im), bad, "image")]
+            if _has_keys(im, ("id", "file_name"), lambda: _where(json_path, "images", k, im), bad, "image")]
   for im in sorted(images, key=lambda i: i["id"]):
     where = f"{json_path} image_id {im['id']} ({im['file_name']})"
     image = _json_file(images_dir, im["file_name"], where, bad)
