@@ -63,14 +63,15 @@ def max_abs_param(workdir, step=None) -> float:
 def test_a_huge_learning_rate_never_replaces_the_last_good_checkpoint_and_its_advice_resumes(tmp_path):
   """Issue 24: with learning_rate=1e6 on configs/toy.py the first update poisoned the weights and checkpoints 3, 6, 9
   were written during the non-finite streak (max |w| ~24 000 against 4.1), so rerunning with a lower rate resumed
-  from bad weights and failed again. Here step 5's finite update (learning_rate=1e20) poisons the weights, steps 6.. are
-  non-finite, and the save points 6 and 8 inside the streak are refused: the latest checkpoint stays step 4, and the
-  message's advice (a lower rate, rerun) finishes the run."""
+  from bad weights and failed again. Here step 5's update (learning_rate=1e20) is finite but poisons the weights and
+  step 5 is a save point: its checkpoint waits for step 6, whose loss (that of its weights) is not finite, and is
+  dropped; the save points inside the streak are refused. The latest checkpoint stays step 4, and the message's
+  advice (a lower rate, rerun) finishes the run."""
   c = loop_tests.config(total=4)
   loop.train(c, str(tmp_path), loop_tests.components(c))
   good = checkpointing.restore_variables(str(tmp_path), 4)
   c = loop_tests.config(total=16)
-  c.checkpoint_every_steps, c.optimizer.max_nonfinite_steps, c.optimizer.learning_rate = 2, 4, 1e20
+  c.checkpoint_every_steps, c.optimizer.max_nonfinite_steps, c.optimizer.learning_rate = 5, 4, 1e20
   with pytest.raises(loop.NonFiniteError) as error:
     loop.train(c, str(tmp_path), loop_tests.components(c))
   assert str(error.value) == (
@@ -86,14 +87,30 @@ def test_a_huge_learning_rate_never_replaces_the_last_good_checkpoint_and_its_ad
   assert checkpointing.make_manager(str(tmp_path)).latest_step() == 16 and max_abs_param(tmp_path) < 10
 
 
+def test_weights_poisoned_by_the_first_update_are_never_saved(tmp_path):
+  """The toy case of issue 24 itself: the first update poisons the weights and the first step is a save point (orbax
+  saves the first step); its loss was finite, the next is not, so nothing is written and a rerun starts afresh."""
+  c = loop_tests.config(total=16)
+  c.optimizer.max_nonfinite_steps, c.optimizer.learning_rate, c.optimizer.warmup_steps = 4, 1e20, 0
+  with pytest.raises(loop.NonFiniteError, match=r"; no good checkpoint was written under .*: rerunning the same "
+                                                r"command starts afresh, with a count of non-finite steps starting"):
+    loop.train(c, str(tmp_path), loop_tests.components(c))
+  assert checkpointing.make_manager(str(tmp_path)).all_steps() == []
+
+
 def test_the_nonfinite_streak_restarts_at_zero_on_resume(tmp_path, monkeypatch):
   """A checkpoint written during a streak (as before issue 24) used to bring the streak back: one more non-finite
   step after resuming then stopped the run. Now the resumed run counts its own streak; the save point of the
   interval with the non-finite step (8) is refused and the next (12) written."""
   c = loop_tests.config(total=4)
   c.optimizer.max_nonfinite_steps = 3
+
+  def save_whatever(self, step, state, data_state, metrics, now):  # the rule before issue 24
+    del now
+    checkpointing.save(self._manager, step, state, data_state, metrics=metrics, force=True)
+
   with monkeypatch.context() as m:
-    m.setattr(loop.CheckpointGuard, "allows", lambda self, state, step: True)  # the old rule: save whatever
+    m.setattr(loop.CheckpointGuard, "save_point", save_whatever)
     loop.train(c, str(tmp_path), poisoned_components(c, at=[2, 3]))  # steps 3 and 4: a streak of 2 is saved
   c.total_steps = 12
   result = loop.train(c, str(tmp_path), poisoned_components(c, at=[4]))  # step 5: a streak of 1, not 3

@@ -13,11 +13,14 @@
    save. SIGTERM (or a cluster preemption notice): save, then return. Too many non-finite steps in a row:
    stop with `NonFiniteError`, leaving the last checkpoint as it was.
 
-Checkpoints are only written from good states: a save point (periodic, evaluated, preempted or the last step)
-writes its checkpoint only when every step since the previous save point had a finite loss and gradient norm
-(`CheckpointGuard`). So weights that a finite but huge update poisoned, and the non-finite streak that follows,
-never replace the last good checkpoint: after a `NonFiniteError` the latest checkpoint is the last good state, and a
-resumed run starts its streak count at 0. A last step that cannot be saved stops with `NonFiniteError` too.
+Checkpoints are only written from good states (`CheckpointGuard`): a save point writes its checkpoint only when
+every step since the previous save point had a finite loss and gradient norm, and so had the next step, whose loss is
+that of the saved weights (a finite but huge update poisons them: `learning_rate=1e6` did at the first step). So the
+checkpoint of a save point is written after the next step, from a copy of the state kept on the device for that one
+step; the last step, a preemption or an error end the run first, and are saved on their interval alone. Weights gone
+bad, and the non-finite streak that follows, never replace the last good checkpoint: after a `NonFiniteError` the
+latest checkpoint is the last good state, and a resumed run starts its streak count at 0. A last step that cannot be
+saved stops with `NonFiniteError` too.
 
 `config.eval_every_steps`: > 0 evaluates every K steps and at the end, 0 only at the end, < 0 never. A step that
 is evaluated is checkpointed after its evaluation, with the metrics; with `config.best_checkpoint_metric` every
@@ -207,23 +210,49 @@ def pretrained_params(config, abstract_state):
 
 
 class CheckpointGuard:
-  """Lets a save point write its checkpoint only when every step since the previous save point had a finite loss and
-  gradient norm (`TrainState.nonfinite_total` unchanged); logs the refusals."""
+  """Writes the checkpoint of a save point only from a good state (module docstring): `save_point` checks that every
+  step since the previous save point was finite (`TrainState.nonfinite_total` unchanged) and keeps a copy of the
+  state until `after_step` has seen the next step's loss, the loss of its weights; logs what it refuses."""
 
-  def __init__(self, state):
+  def __init__(self, manager, state):
+    self._manager = manager
     self._total = int(jax.device_get(state.nonfinite_total))
+    self._pending = None  # (step, state copy, data iterator state, metrics) of a save point awaiting its next step
     self.last_refused = False  # whether the latest save point was refused
 
-  def allows(self, state, step: int) -> bool:
-    """Whether the checkpoint of `step` (a save point) may be written from `state`."""
+  def _interval_finite(self, state, step: int) -> bool:
     total = int(jax.device_get(state.nonfinite_total))
     bad, self._total = total - self._total, total
-    self.last_refused = bad > 0
     if bad:
       logging.warning("step %d is not checkpointed: %d step(s) since the previous save point had a non-finite loss "
                       "or gradient norm, so its weights may be bad; the latest checkpoint stays the last good state",
                       step, bad)
     return not bad
+
+  def save_point(self, step: int, state, data_state, metrics, now: bool) -> None:
+    """A save point at `step`: refused when a step since the previous one was not finite, else written `now` (the
+    run ends: nothing follows to confirm it) or kept until the next step (`after_step`)."""
+    self.last_refused = not self._interval_finite(state, step)
+    if self.last_refused:
+      return
+    if now:
+      checkpointing.save(self._manager, step, state, data_state, metrics=metrics, force=True)
+    else:  # the next step donates `state`
+      copy = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), state)
+      self._pending = (step, copy, data_state, metrics)
+
+  def after_step(self, step: int, metrics: dict) -> None:
+    """Writes the pending save point's checkpoint when `step`, the next one, had a finite loss and gradient norm;
+    drops it otherwise."""
+    if self._pending is None:
+      return
+    saved, state, data_state, scores = self._pending
+    self._pending = None
+    if bool(jax.device_get(metrics["finite"])):
+      checkpointing.save(self._manager, saved, state, data_state, metrics=scores, force=True)
+      return
+    logging.warning("step %d is not checkpointed: the loss of its weights (step %d) is not finite, so an update "
+                    "poisoned them; the latest checkpoint stays the last good state", saved, step)
 
 
 def nonfinite_advice(config, latest: int | None, checkpoints: str) -> str:
@@ -301,7 +330,7 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
     (path / "config.json").write_text(config.to_json_best_effort(indent=2))
   del create  # its compiled initialiser (0.2 GiB of host memory for R50) would otherwise live through training
   start = int(state.step)
-  guard = CheckpointGuard(state)
+  guard = CheckpointGuard(manager, state)
 
   replicated = mesh_lib.replicated(mesh)
   embeddings = jax.device_put(jnp.asarray(components.class_embeddings), replicated)
@@ -341,6 +370,7 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
       with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
         state, metrics = compiled(state, batch, embeddings, class_mask)
       step += 1
+      guard.after_step(step, metrics)
       interval_steps += 1
       interval_flops = interval_flops + flops if flops and interval_flops is not None else None
       history.append(metrics)
@@ -368,16 +398,17 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
             summary["hfu"] = interval_flops / elapsed / peak
         writer.write_scalars(step, summary)
         history, interval_start, interval_steps, interval_flops = [], time.perf_counter(), 0, 0.0
-      scores = None
+      scores, failed = None, True
       try:
         if not preempted and evaluation_due(config, step):
           eval_start = time.perf_counter()
           scores = evaluate(config, components, state, workdir, step)
           interval_start += time.perf_counter() - eval_start  # evaluating is not stepping
+        failed = False
       finally:  # after the evaluation, so that the checkpoint holds its metrics; saved even if it failed
-        force = last or preempted or (scores is not None and bool(config.best_checkpoint_metric))
-        if (force or manager.should_save(step)) and guard.allows(state, step):
-          checkpointing.save(manager, step, state, data_state, metrics=scores, force=force)
+        forced = last or preempted or (scores is not None and bool(config.best_checkpoint_metric))
+        if forced or manager.should_save(step):
+          guard.save_point(step, state, data_state, scores, now=last or preempted or failed)
       if scores is not None:
         writer.write_scalars(step, scores)
       if last and guard.last_refused:
