@@ -223,8 +223,8 @@ class TrainIterator:
     if gaps:
       self.bad_counts[name]["undecodable_or_invalid"] += len(gaps)
       named = [self._failure_at(name, k) for k in gaps]
-      for message in named:
-        if self._skip_log:
+      if self._skip_log:
+        for message in named:
           self._skip_log.add(self._step + 1, name, "undecodable_or_invalid", message)
       logging.warning("%s: skipped %d bad example(s): %s; counts so far: %s", name, len(gaps), "; ".join(named[:3]),
                       dict(self.bad_counts[name]))
@@ -309,7 +309,7 @@ def eval_batches(config, vocab, name: str, process_index: int = 0, process_count
     return k
 
   batches, error = ds.as_numpy_iterator(), None
-  while error is None:
+  while True:
     try:
       batch = next(batches)
     except StopIteration:
