@@ -112,6 +112,8 @@ def _result(**changes):
     (_result(segmentation={"size": [8, 8], "counts": _result()["segmentation"]["counts"]}), "segm",
      r"has an RLE of size \[8, 8\] but its image is \[4, 5\] \(height, width\); encode the mask at the image's size"),
     (_result(segmentation=[[1, 1, 2]]), "segm", r"has a 'segmentation' list that is not polygons"),
+    (_result(segmentation={"size": 20, "counts": "0"}), "segm",
+     r"has an RLE size 20; it is \[height, width\] in pixels"),
     (_result(score=float("nan")), "segm", r"has score nan; scores are finite numbers"),
     (_result(score="high"), "bbox", r"has score 'high'; scores are finite numbers"),
     (_result(image_id="1"), "segm", r"has image_id '1' \(str\); ids are integers, as in the ground truth's images"),
@@ -120,7 +122,8 @@ def _result(**changes):
     (_result(category_id=7), "segm", r"has category_id 7, unknown to the ground truth; map predictions to the"),
     (_result(image_id=9), "bbox", r"has image_id 9, unknown to the ground truth"),
     (_result(bbox=[1, 1, float("nan"), 2]), "bbox", r"has bbox \[1, 1, nan, 2\]; boxes are \[x, y, width, height\]"),
-    ({k: v for k, v in _result().items() if k != "segmentation"}, "segm", r"has no 'segmentation'; use --iou_type bbox"),
+    ({k: v for k, v in _result().items() if k != "segmentation"}, "segm",
+     r"has no 'segmentation'; use --iou_type bbox"),
     ("not a result", "segm", r"is not an object"),
 ])
 def test_instance_results_that_cannot_be_scored_are_errors_naming_the_entry(tmp_path, result, iou_type, message):

@@ -12,6 +12,7 @@ import copy
 import io
 import json
 import math
+import numbers
 import os
 
 import numpy as np
@@ -79,7 +80,11 @@ def encode_results(image_id, masks, scores, category_ids, transposed=False) -> l
 
 
 def _is_number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+  return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def rle_counts(counts) -> np.ndarray | None:
@@ -121,7 +126,10 @@ def _mask_problem(segm, size) -> str | None:
     return None
   if not isinstance(segm, dict) or "size" not in segm or "counts" not in segm:
     return "has a 'segmentation' that is neither an RLE {'size': [h, w], 'counts': ...} nor polygons"
-  if size is not None and list(segm["size"]) != list(size):
+  rle_size = segm["size"]
+  if not (isinstance(rle_size, (list, tuple)) and len(rle_size) == 2 and all(_is_int(v) and v >= 0 for v in rle_size)):
+    return f"has an RLE size {rle_size!r}; it is [height, width] in pixels"
+  if size is not None and list(rle_size) != list(size):
     return (f"has an RLE of size {list(segm['size'])} but its image is {list(size)} (height, width); encode the mask "
             "at the image's size")
   counts = rle_counts(segm["counts"])
@@ -145,7 +153,7 @@ def result_problem(r, images: dict, cats: set, iou_type: str) -> str | None:
     other = "--iou_type bbox" if "segmentation" in missing else "--iou_type segm" if "bbox" in missing else ""
     return f"has no {missing[0]!r}" + (f"; use {other}" if other and len(missing) == 1 else "")
   for key, ids, what in (("image_id", images, "images"), ("category_id", cats, "categories")):
-    if not isinstance(r[key], int) or isinstance(r[key], bool):
+    if not _is_int(r[key]):
       return (f"has {key} {r[key]!r} ({type(r[key]).__name__}); ids are integers, as in the ground truth's "
               f"{what}")
     if r[key] not in ids:
