@@ -16,7 +16,12 @@ Position: `get_state()` is {step, consumed[d]}: the step count and, per dataset,
 of this process's stream (see `pipeline`) have been consumed. `set_state` rebuilds the streams at
 those positions, so a restored iterator yields exactly the batches an uninterrupted one would.
 Bad examples skipped inside tf.data show up as gaps in the stream positions and are counted
-(`bad_counts`), as are index-time skips and segments over `max_segments`.
+(`bad_counts`), as are index-time skips and segments over `max_segments`. Every skipped item is also named, with
+its reason, in the skip log (`SkipLog`, WORKDIR/skipped.tsv during training).
+
+Evaluation (`eval_batches`): an example that fails to decode is an error naming its file
+(`config.eval.on_bad_example='error'`, the default), or with 'skip' left out, logged and handed to the caller,
+which scores its ground truth as missed.
 """
 import collections
 import os
@@ -31,6 +36,43 @@ from dataseg_jax import contract
 
 _BLOCK = 64
 _CHOICE_SALT = 0xC401CE
+
+
+def skip_log_path(workdir: str, process_index: int = 0) -> str:
+  """The training skip log of a process: WORKDIR/skipped.tsv (process 0), WORKDIR/skipped.p<k>.tsv (process k)."""
+  return os.path.join(workdir, "skipped.tsv" if process_index == 0 else f"skipped.p{process_index}.tsv")
+
+
+def _log_line(*fields) -> str:
+  return "\t".join(" ".join(str(v).split()) for v in fields) + "\n"
+
+
+class SkipLog:
+  """The skip log: a header, then one tab-separated line `step dataset reason message` per skipped item, the
+  message naming the file (or the JSON and the image or annotation id) and the fix.
+
+  Items skipped while indexing have step 'index'; an example the input pipeline skipped has the step whose batch it
+  would have joined. `start(step)` (at 0, or at the step a run resumes from) keeps the lines of earlier steps and
+  drops the rest, so a resumed run lists every skip once.
+  """
+  HEADER = "step\tdataset\treason\tmessage\n"
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def start(self, step: int, index_skips: list) -> None:
+    """Rewrites the log at `step` with `index_skips` [(dataset, reason, message)]."""
+    kept = []
+    if tf.io.gfile.exists(self.path):
+      with tf.io.gfile.GFile(self.path) as f:
+        kept = [line for line in f.readlines()[1:] if line.split("\t", 1)[0].isdigit()
+                and int(line.split("\t", 1)[0]) <= step]
+    with tf.io.gfile.GFile(self.path, "w") as f:
+      f.write(self.HEADER + "".join(_log_line("index", *item) for item in index_skips) + "".join(kept))
+
+  def add(self, step: int, dataset: str, reason: str, message: str) -> None:
+    with tf.io.gfile.GFile(self.path, "a") as f:
+      f.write(_log_line(step, dataset, reason, message))
 
 
 def choice_probabilities(config) -> tuple:
@@ -90,9 +132,10 @@ def _entry_size(config, entry) -> int:
 
 
 class TrainIterator:
-  """Yields this process's share of each global batch (numpy dicts in the batch contract)."""
+  """Yields this process's share of each global batch (numpy dicts in the batch contract); with `skip_log` (a
+  path, `skip_log_path`) every skipped item is named there (`SkipLog`)."""
 
-  def __init__(self, config, vocab, process_index: int = 0, process_count: int = 1):
+  def __init__(self, config, vocab, process_index: int = 0, process_count: int = 1, skip_log: str = ""):
     d = config.data
     if d.batch_size % process_count:
       raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by {process_count} processes")
@@ -116,6 +159,8 @@ class TrainIterator:
     self._step = 0
     self._consumed = {n: 0 for n in self.names}
     self._iters = {}
+    self._skip_log = SkipLog(skip_log) if skip_log else None
+    self._log_started = False
 
   # ------------------------------------------------------------------ position
   def get_state(self) -> dict:
@@ -136,6 +181,7 @@ class TrainIterator:
     self._step = int(state["step"])
     self._consumed = {n: int(state["consumed"][n]) for n in self.names}
     self._iters = {}
+    self._log_started = False
 
   def close(self) -> None:
     """Drops the tf.data streams (the next batch opens them again at the same position). Call it before an
@@ -173,16 +219,29 @@ class TrainIterator:
           "from config.data.datasets.") from None
     pos = np.atleast_1d(ex.pop("_pos"))
     dropped = int(np.sum(ex.pop("_dropped")))
-    expected = self._consumed[name] + len(pos)
-    gaps = int(pos[-1]) + 1 - expected
+    gaps = sorted(set(range(self._consumed[name], int(pos[-1]) + 1)) - set(pos.tolist()))
     if gaps:
-      self.bad_counts[name]["undecodable_or_invalid"] += gaps
-      logging.warning("%s: skipped %d bad example(s) (corrupt/truncated images or bad labels); "
-                      "counts so far: %s", name, gaps, dict(self.bad_counts[name]))
+      self.bad_counts[name]["undecodable_or_invalid"] += len(gaps)
+      named = [self._failure_at(name, k) for k in gaps]
+      if self._skip_log:
+        for message in named:
+          self._skip_log.add(self._step + 1, name, "undecodable_or_invalid", message)
+      logging.warning("%s: skipped %d bad example(s): %s; counts so far: %s", name, len(gaps), "; ".join(named[:3]),
+                      dict(self.bad_counts[name]))
     if dropped:
       self.bad_counts[name]["segments_over_max"] += dropped
     self._consumed[name] = int(pos[-1]) + 1
     return ex
+
+  def _failure_at(self, name: str, position: int) -> str:
+    """'<file>: <error>' of the example at stream `position` of `name`, which the input pipeline skipped."""
+    index = self._indexes[name]
+    row = pipeline.stream_rows(len(index), position, 1, self._pi, self._pc, self._config.seed,
+                               self._vocab.dataset_index(name))[0]
+    e = self._entries[name]
+    return (pipeline.first_error(index, self._tables[name], e.reduce_zero_label, int(contract.task_from_name(e.task)),
+                                 [row]) or f"{index.image_paths[row]}: failed in the input pipeline, decodes when read "
+                                           "again (a transient read error?)")
 
   def _first_failure(self, name: str, count: int):
     """'<file>: <error>' of the first of the next `count` examples of `name`'s stream that fails to decode
@@ -197,6 +256,10 @@ class TrainIterator:
     return self
 
   def __next__(self) -> dict:
+    if self._skip_log and not self._log_started:
+      self._skip_log.start(self._step, [(n, reason, message) for n in self.names
+                                        for reason, message in self._indexes[n].skip_messages])
+      self._log_started = True
     choices = dataset_choices(self._config, 1, self._step)[0]
     if self._config.data.mixture_mode == "per_batch":
       batch = self._next_from(self.names[choices[0]])
@@ -208,25 +271,56 @@ class TrainIterator:
     return batch
 
 
-def eval_batches(config, vocab, name: str, process_index: int = 0, process_count: int = 1):
+def eval_batches(config, vocab, name: str, process_index: int = 0, process_count: int = 1, on_skip=None):
   """Batches of the val split of `name` (val_instances when set), resized to data.eval_size and padded.
 
   Adds `image_id` int64 [B], `orig_size` int32 [B, 2], `example_valid` bool [B]; the last batch is
-  padded with zero examples marked invalid.
+  padded with zero examples marked invalid. An example that fails to decode is a ValueError naming its file, or with
+  `config.eval.on_bad_example='skip'` is left out, logged and passed to `on_skip(image_id, message)`.
   """
   e = registry.resolve_entry(config, name)
   did = vocab.dataset_index(name)
   local_vocab = registry.dataset_vocab(e)
   index, tables = split_source(config, name, "val", local_vocab)
-  task = "instance" if e.format == "coco_detection" and e.val_instances else e.task
+  task = int(contract.task_from_name("instance" if e.format == "coco_detection" and e.val_instances else e.task))
   size = int(config.data.eval_size)
-  ds = pipeline.eval_stream(index, config.data, did, vocab, size=size,
-                            reduce_zero_label=e.reduce_zero_label, task=int(contract.task_from_name(task)),
-                            process_index=process_index, process_count=process_count, tables=tables)
+  ds = pipeline.eval_stream(index, config.data, did, vocab, size=size, reduce_zero_label=e.reduce_zero_label,
+                            task=task, process_index=process_index, process_count=process_count, tables=tables,
+                            skip_bad=config.eval.on_bad_example == "skip")
   bs = int(config.data.eval_batch_size)
   ds = ds.batch(bs).prefetch(max(config.data.prefetch, 1))
-  for batch in ds.as_numpy_iterator():
-    batch.pop("_pos")
+  rows = list(range(process_index, len(index), process_count))  # this process's rows, in the stream's order
+  done = 0  # rows of `rows` yielded or skipped
+
+  def failure(rows_to_try) -> str:
+    return (pipeline.first_error(index, tables, e.reduce_zero_label, task, rows_to_try)
+            or f"{name}/val: an example failed in the input pipeline but decodes when read again")
+
+  def skip_until(row) -> int:
+    """Reports the rows of `rows` from `done` up to `row` (excluded) as skipped; returns the new `done`."""
+    k = done
+    while k < len(rows) and rows[k] != row:
+      message = failure([rows[k]])
+      logging.warning("%s: val image skipped (config.eval.on_bad_example='skip'; its ground truth is scored as "
+                      "missed): %s", name, message)
+      if on_skip:
+        on_skip(int(index.image_ids[rows[k]]), message)
+      k += 1
+    return k
+
+  batches, error = ds.as_numpy_iterator(), None
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      break
+    except tf.errors.OpError:  # the failing example is among the next batches in flight
+      error = (f"{name}/val: an example does not decode: {failure(rows[done:done + bs * (config.data.prefetch + 2)])}."
+               " Fix or remove the file, or set config.eval.on_bad_example='skip' to count it and score its ground "
+               "truth as missed")
+      break
+    for row in batch.pop("_pos").tolist():
+      done = skip_until(row) + 1
     batch.pop("_dropped")
     n = len(batch["image_id"])
     batch["example_valid"] = np.arange(bs) < n
@@ -235,3 +329,7 @@ def eval_batches(config, vocab, name: str, process_index: int = 0, process_count
                    np.concatenate([v, np.zeros((bs - n,) + v.shape[1:], v.dtype)])) for k, v in batch.items()}
       batch["segment_map"][n:] = contract.VOID
     yield batch
+  batches = None  # no tf.data stream left alive in a traceback: callbacks in flight at exit would hang the process
+  if error:
+    raise ValueError(error)
+  skip_until(None)

@@ -275,9 +275,22 @@ def keeps_masks(task: int) -> bool:
   return task != int(contract.Task.BOX)
 
 
+def failing_file(index: readers.Index, r: int) -> str:
+  """The file of image row r to blame for a failed `decode_example`: its label file (label PNG, panoptic PNG) when
+  the image itself decodes, else the image."""
+  image, label = index.image_paths[r], index.label_paths[r]
+  if not label:
+    return image
+  try:
+    _decode_image(tf.io.read_file(image))
+  except tf.errors.OpError:
+    return image
+  return label
+
+
 def first_error(index: readers.Index, tables: Tables, reduce_zero_label: bool, task: int, rows):
-  """'<image file>: <error>' of the first of image `rows` whose decoding fails, decoded again eagerly to name
-  the file behind a failure inside tf.data (which does not say which example failed); None if none fails."""
+  """'<file>: <error>' of the first of image `rows` whose decoding fails, decoded again eagerly to name the file
+  behind a failure inside tf.data (which does not say which example failed: `failing_file`); None if none fails."""
   tables = tables or Tables(index)
   for r in rows:
     try:
@@ -285,7 +298,7 @@ def first_error(index: readers.Index, tables: Tables, reduce_zero_label: bool, t
                      masks=keeps_masks(task))
     except tf.errors.OpError as e:
       msg = " ".join(e.message.split()).split("Summarized data: ")[-1]  # an assertion: its message and file
-      return f"{index.image_paths[r]}: {msg[:600]}"
+      return f"{failing_file(index, int(r))}: {msg[:600]}"
     except Exception as e:  # pylint: disable=broad-except  # a Python error raised eagerly
       return f"{index.image_paths[r]}: {type(e).__name__}: {e}"[:800]
   return None
@@ -301,12 +314,14 @@ def stream_rows(n: int, start: int, count: int, process_index: int, process_coun
 
 def eval_stream(index: readers.Index, cfg, dataset_id: int, vocab_union, *, size: int,
                 reduce_zero_label: bool, task: int, process_index: int = 0,
-                process_count: int = 1, tables: Tables = None) -> tf.data.Dataset:
-  """The split in index order (this process's share), resized (longer side) and padded; unbatched."""
+                process_count: int = 1, tables: Tables = None, skip_bad: bool = False) -> tf.data.Dataset:
+  """The split in index order (this process's share), resized (longer side) and padded; unbatched. `_pos` is the
+  image row. An example that fails to decode stops the stream with its error, or with `skip_bad` is left out (a gap
+  in `_pos` that `mixture.eval_batches` reports)."""
   fn = make_example_fn(index, cfg, dataset_id, vocab_union, train=False, out_size=size, pad_to=size,
                        seed=0, reduce_zero_label=reduce_zero_label, task=task, tables=tables)
   ds = tf.data.Dataset.range(len(index)).shard(process_count, process_index)
   ds = ds.map(lambda r: fn(r, r, r), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if cfg.on_bad_example == "skip":
+  if skip_bad:
     ds = ds.ignore_errors(log_warning=True)
   return ds

@@ -13,13 +13,16 @@ Formats (one `Index` per split):
 - `coco_instances`: COCO instances JSON with polygon or RLE `segmentation` (weak-transfer evaluation).
 
 The index holds paths and per-image annotation tables; pixels are decoded later in tf.data
-(`data_pipelines.pipeline`). Bad input found here (an unknown category, an empty annotation list,
-a degenerate or outside-image box, a missing file) is an error or a counted, logged skip, as
-`config.data.on_bad_example` says (`BadInput`).
+(`data_pipelines.pipeline`). Bad input found here (an unknown category, an empty annotation list, a box that is
+not four finite numbers, degenerate or outside its image, an image entry without its size, an annotation without a
+required key, a missing file, a file name that is absolute or leaves its folder: `paths`) is an error or a
+counted, logged skip, as `config.data.on_bad_example` (training) or `config.eval.on_bad_example` (evaluation) says
+(`BadInput`); every message names the JSON and the image or annotation id.
 """
 import collections
 import dataclasses
 import json
+import math
 import os
 import pathlib
 
@@ -27,6 +30,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from data_pipelines import paths
 from dataseg_jax.vocab import vocabulary
 
 FORMATS = ("semantic_png", "coco_panoptic", "coco_detection", "coco_instances")
@@ -43,12 +47,13 @@ _LAYOUT = {
 
 
 class BadInput:
-  """Policy for bad input: `'error'` raises at once, `'skip'` counts and logs (first 5 per reason)."""
+  """Policy for bad input: `'error'` raises at once, `'skip'` counts and logs (first 5 per reason); `key` is the
+  config key that sets the policy, for messages."""
 
-  def __init__(self, policy: str, dataset: str):
+  def __init__(self, policy: str, dataset: str, key: str = "config.data.on_bad_example"):
     if policy not in ("skip", "error"):
-      raise ValueError(f"config.data.on_bad_example must be 'skip' or 'error', got {policy!r}")
-    self.policy, self.dataset = policy, dataset
+      raise ValueError(f"{key} must be 'skip' or 'error', got {policy!r}")
+    self.policy, self.dataset, self.key = policy, dataset, key
     self.counts = collections.Counter()
     self.messages = []  # (reason, message) of every skipped item, for scripts/check_dataset.py
 
@@ -56,7 +61,7 @@ class BadInput:
     """Reports one bad item: `reason` (a short key), `where` (file, image, annotation), `fix` (advice)."""
     msg = f"{self.dataset}: {reason}: {where}. {fix}"
     if self.policy == "error":
-      raise ValueError(msg + " (or set config.data.on_bad_example='skip' to count and skip such items)")
+      raise ValueError(msg + f" (or set {self.key}='skip' to count and skip such items)")
     self.counts[reason] += 1
     self.messages.append((reason, msg))
     if self.counts[reason] <= 5:
@@ -76,7 +81,8 @@ class Index:
   `instance_anns` (coco_instances: the raw annotation dicts per image, for rasterising), and
   `panoptic_gt` (a semantic_png val split with `val_panoptic_annotations`: per image r a dict
   {'png': path, 'image_id': the JSON's id, 'segments_info': [{'id', 'category_id' (the JSON's),
-  'class' (dataset-local index), 'iscrowd'}]}; read the pixels with `load_panoptic_gt`)."""
+  'class' (dataset-local index), 'iscrowd'}]}; read the pixels with `load_panoptic_gt`). `skip_messages`:
+  (reason, message naming the file) of every item skipped while indexing (`BadInput.messages`)."""
   dataset: str
   format: str
   split: str
@@ -93,6 +99,7 @@ class Index:
   instance_anns: list
   skipped: collections.Counter
   panoptic_gt: list = dataclasses.field(default_factory=list)
+  skip_messages: list = dataclasses.field(default_factory=list)
 
   def __len__(self):
     return len(self.image_paths)
@@ -116,28 +123,44 @@ def require_file(path, what: str, fmt: str) -> pathlib.Path:
   return p
 
 
-def load_json(path, fmt: str) -> dict:
-  p = require_file(path, "annotation", fmt)
+def read_json(path, what: str = "annotation") -> dict:
+  """The JSON object in file `path`, or ValueError naming the file (and the line and column of a syntax error)."""
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise FileNotFoundError(f"{what} JSON {p} not found")
   try:
-    data = json.loads(p.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{p} is not valid JSON ({e}); re-export or re-download the annotation file") from None
-  for key in ("images", "annotations", "categories"):
-    if key not in data:
-      raise ValueError(f"{p} has no {key!r} key; expected the {_LAYOUT[fmt]}")
+    data = json.loads(p.read_bytes())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{p} is not a valid JSON file ({e}); re-export or re-download the {what} file") from None
+  if not isinstance(data, dict):
+    raise ValueError(f"{p} holds a JSON {type(data).__name__}, not an object; expected a COCO-style {what} file "
+                     "with 'images', 'annotations' and 'categories'")
   return data
 
 
-def coco_vocab(data: dict, fmt: str, names: list = None) -> tuple:
-  """Categories sorted by id -> (DatasetVocab, {category id: local index}).
+def load_json(path, fmt: str) -> dict:
+  """A COCO-style annotation JSON of format `fmt`, with its 'images', 'annotations' and 'categories' lists."""
+  p = require_file(path, "annotation", fmt)
+  data = read_json(p)
+  for key in ("images", "annotations", "categories"):
+    if not isinstance(data.get(key), list):
+      raise ValueError(f"{p} has no {key!r} list; expected the {_LAYOUT[fmt]}")
+  return data
+
+
+def coco_vocab(data: dict, fmt: str, names: list = None, source="the annotation JSON") -> tuple:
+  """Categories sorted by id -> (DatasetVocab, {category id: local index}); `source` names the JSON in errors.
 
   `names` (from the entry's names file) renames the categories in that order when given.
   """
+  for k, c in enumerate(data["categories"]):
+    if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:
+      raise ValueError(f"{source}: categories[{k}] = {c!r} needs an integer 'id' and a 'name'; fix the category")
   cats = sorted(data["categories"], key=lambda c: c["id"])
   if not cats:
-    raise ValueError("the annotation JSON lists no categories; add a 'categories' list")
+    raise ValueError(f"{source} lists no categories; add a 'categories' list")
   if names is not None and len(names) != len(cats):
-    raise ValueError(f"the names file has {len(names)} names but the JSON has {len(cats)} categories")
+    raise ValueError(f"the names file has {len(names)} names but {source} has {len(cats)} categories")
   vocab = vocabulary.DatasetVocab(
       tuple(names if names is not None else [c["name"] for c in cats]),
       tuple(bool(c.get("isthing", 1)) if fmt == "coco_panoptic" else True for c in cats))
@@ -152,6 +175,60 @@ def _empty_tables(n_images):
 
 def _listdir(path) -> set:
   return set(os.listdir(path))
+
+
+def _where(json_path, key: str, k: int, item) -> str:
+  """'<json> <key>[k] (id <id>)': where entry k of a JSON list is, for messages."""
+  ident = item.get("id") if isinstance(item, dict) else None
+  return f"{json_path} {key}[{k}]" + (f" (id {ident})" if ident is not None else "")
+
+
+def _has_keys(item, keys: tuple, locate, bad: "BadInput", kind: str) -> bool:
+  """Whether JSON entry `item` (an image, annotation or segment) is an object holding `keys`; else reports it as
+  bad input ('malformed_<kind>') naming the missing keys at `locate()` (a callable: the message is built only for
+  bad entries, of millions)."""
+  missing = [k for k in keys if not isinstance(item, dict) or k not in item]
+  if missing:
+    bad(f"malformed_{kind}", f"{locate()} has no {', '.join(repr(k) for k in missing)}",
+        f"Add the key(s) to the {kind} entry (COCO format); the {kind} is skipped.")
+  return not missing
+
+
+def _json_file(folder: pathlib.Path, name, where: str, bad: "BadInput") -> pathlib.Path | None:
+  """`folder / name` for a file name read from a JSON (`paths.inside`), or None after reporting it as bad input
+  ('path_outside_root') when it is empty, absolute or leaves `folder`."""
+  issue = paths.problem(name)
+  if issue:
+    bad("path_outside_root", f"{where}: file name {str(name)!r} {issue}",
+        f"Fix the file name: relative to {folder}, with no leading '/' and no '..' that leaves it; the image is "
+        "skipped.")
+    return None
+  return paths.inside(folder, name, where)
+
+
+def box_problem(bbox) -> tuple | None:
+  """(reason, what is wrong) of a COCO 'bbox' that is not four finite numbers [x, y, width, height] with
+  width, height > 0, or None when it is fine."""
+  if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+    return "malformed_box", "is not a list [x, y, width, height]"
+  if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+    return "malformed_box", "holds a value that is not a number"
+  if not all(math.isfinite(v) for v in bbox):
+    return "nonfinite_box", "holds a NaN or infinite value"
+  if bbox[2] <= 0 or bbox[3] <= 0:
+    return "degenerate_box", "has width or height <= 0"
+  return None
+
+
+def image_size_problem(im: dict) -> str | None:
+  """What is wrong with a COCO image entry's 'height' and 'width' (missing, not a positive number), or None."""
+  for key in ("height", "width"):
+    v = im.get(key)
+    if v is None:
+      return f"has no {key!r}"
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 1:
+      return f"has {key} {v!r}, not a positive number of pixels"
+  return None
 
 
 def _present(folder: pathlib.Path, file_name: str, listing: set) -> bool:
@@ -198,7 +275,8 @@ def read_semantic_png(dataset, split, images_dir, labels_dir, vocab, bad: BadInp
   bad.log_summary(split)
   return Index(dataset, "semantic_png", split, vocab, image_paths, label_paths,
                image_ids=np.arange(n, dtype=np.int64), sizes=np.full((n, 2), -1, np.int32),
-               instance_anns=[], skipped=bad.counts, panoptic_gt=panoptic_gt, **_empty_tables(n))
+               instance_anns=[], skipped=bad.counts, panoptic_gt=panoptic_gt, skip_messages=bad.messages,
+               **_empty_tables(n))
 
 
 def png_bit_depth(path) -> int:
@@ -248,29 +326,46 @@ def _semantic_panoptic_gt(panoptic: tuple, vocab, bad: BadInput) -> dict:
     logging.warning("%s: %d category names differ from the names file (JSON, names file): %s", json_path,
                     len(renamed), renamed[:5])
   cat_index = {int(c["id"]): k for k, c in enumerate(cats)}
-  stems = {im["id"]: os.path.splitext(im["file_name"])[0] for im in data["images"]}
+  stems = {im["id"]: os.path.splitext(im["file_name"])[0] for k, im in enumerate(data["images"])
+           if _has_keys(im, ("id", "file_name"), lambda: _where(json_path, "images", k, im), bad, "image")}
   pngs = _listdir(png_dir)
   out = {}
-  for ann in data["annotations"]:
+  for k, ann in enumerate(data["annotations"]):
+    keys = ("image_id", "file_name", "segments_info")
+    if not _has_keys(ann, keys, lambda: _where(json_path, "annotations", k, ann), bad, "annotation"):
+      continue
     where = f"{json_path} image_id {ann['image_id']}"
     if ann["image_id"] not in stems:
       bad("unknown_image", where, "The annotation names an image_id missing from 'images'; fix the JSON.")
       continue
-    if ann["file_name"] not in pngs:
-      bad("missing_annotation", f"{png_dir / ann['file_name']}", "Add the panoptic PNG or drop the image.")
+    png = _json_file(png_dir, ann["file_name"], where, bad)
+    if png is not None and not _present(png_dir, ann["file_name"], pngs):
+      bad("missing_annotation", f"{png}", "Add the panoptic PNG or drop the image.")
+      png = None
+    if png is None:  # reported above
       out[stems[ann["image_id"]]] = None
       continue
     segs = []
-    for s in ann["segments_info"]:
-      if s["category_id"] not in cat_index:
-        bad("unknown_category", f"{where} segment {s['id']} category_id {s['category_id']}",
-            "Add the category to 'categories' or fix the segment; the segment is treated as void.")
-        continue
+    for s in _segments(ann, where, cat_index, bad):
       segs.append({"id": int(s["id"]), "category_id": int(s["category_id"]), "class": cat_index[s["category_id"]],
                    "iscrowd": int(s.get("iscrowd", 0))})
-    out[stems[ann["image_id"]]] = {"png": str(png_dir / ann["file_name"]), "image_id": ann["image_id"],
-                                   "segments_info": segs}
+    out[stems[ann["image_id"]]] = {"png": str(png), "image_id": ann["image_id"], "segments_info": segs}
   return out
+
+
+def _segments(ann: dict, where: str, cat_index: dict, bad: BadInput) -> list:
+  """The segments of a COCO panoptic annotation that have an 'id' and a known 'category_id'; the others are
+  reported as bad input (and their pixels are void)."""
+  kept = []
+  for k, s in enumerate(ann["segments_info"]):
+    if not _has_keys(s, ("id", "category_id"), lambda: f"{where} segments_info[{k}]", bad, "segment"):
+      continue
+    if s["category_id"] not in cat_index:
+      bad("unknown_category", f"{where} segment {s['id']} category_id {s['category_id']!r}",
+          "Add the category to 'categories' or fix the segment; the segment is treated as void.")
+      continue
+    kept.append(s)
+  return kept
 
 
 def load_panoptic_gt(entry: dict, image_size=None) -> np.ndarray:
@@ -298,35 +393,37 @@ def read_coco_panoptic(dataset, split, images_dir, json_path, png_dir, bad: BadI
   images_dir = require_dir(images_dir, f"{split} images", "coco_panoptic")
   png_dir = require_dir(png_dir, f"{split} panoptic PNG", "coco_panoptic")
   data = load_json(json_path, "coco_panoptic")
-  vocab, cat_index = coco_vocab(data, "coco_panoptic", names)
-  images = {im["id"]: im for im in data["images"]}
+  vocab, cat_index = coco_vocab(data, "coco_panoptic", names, json_path)
+  images = {im["id"]: im for k, im in enumerate(data["images"])
+            if _has_keys(im, ("id", "file_name"), lambda: _where(json_path, "images", k, im), bad, "image")}
+  keys = ("image_id", "file_name", "segments_info")
+  anns = [a for k, a in enumerate(data["annotations"])
+          if _has_keys(a, keys, lambda: _where(json_path, "annotations", k, a), bad, "annotation")]
   present, pngs = _listdir(images_dir), _listdir(png_dir)
   out = dict(image_paths=[], label_paths=[], image_ids=[], sizes=[], splits=[0], ids=[], cls=[], crowd=[])
-  for ann in sorted(data["annotations"], key=lambda a: a["image_id"]):
+  for ann in sorted(anns, key=lambda a: a["image_id"]):
     im = images.get(ann["image_id"])
     where = f"{json_path} image_id {ann['image_id']}"
     if im is None:
       bad("unknown_image", where, "The annotation names an image_id missing from 'images'; fix the JSON.")
       continue
+    image, png = _json_file(images_dir, im["file_name"], where, bad), _json_file(png_dir, ann["file_name"], where, bad)
+    if image is None or png is None:
+      continue
     if not _present(images_dir, im["file_name"], present):
-      bad("missing_image_file", f"{images_dir / im['file_name']}", "Add the image or drop it from the JSON.")
+      bad("missing_image_file", f"{image}", "Add the image or drop it from the JSON.")
       continue
-    if ann["file_name"] not in pngs:
-      bad("missing_annotation", f"{png_dir / ann['file_name']}", "Add the panoptic PNG or drop the image.")
+    if not _present(png_dir, ann["file_name"], pngs):
+      bad("missing_annotation", f"{png}", "Add the panoptic PNG or drop the image.")
       continue
-    segs = []
-    for s in ann["segments_info"]:
-      if s["category_id"] not in cat_index:
-        bad("unknown_category", f"{where} segment {s['id']} category_id {s['category_id']}",
-            "Add the category to 'categories' or fix the segment; the segment is treated as void.")
-        continue
-      segs.append((int(s["id"]), cat_index[s["category_id"]], bool(s.get("iscrowd", 0))))
+    segs = [(int(s["id"]), cat_index[s["category_id"]], bool(s.get("iscrowd", 0)))
+            for s in _segments(ann, where, cat_index, bad)]
     if split == "train" and not any(not c for _, _, c in segs):  # evaluation scores false positives on it
       bad("empty_annotations", where, "The image has no (non-crowd) segments; annotate it or drop it.")
       continue
     segs.sort()
-    out["image_paths"].append(str(images_dir / im["file_name"]))
-    out["label_paths"].append(str(png_dir / ann["file_name"]))
+    out["image_paths"].append(str(image))
+    out["label_paths"].append(str(png))
     out["image_ids"].append(int(im["id"]))
     out["sizes"].append((int(im.get("height", -1)), int(im.get("width", -1))))
     out["ids"] += [s[0] for s in segs]
@@ -339,7 +436,8 @@ def read_coco_panoptic(dataset, split, images_dir, json_path, png_dir, bad: BadI
                image_ids=np.array(out["image_ids"], np.int64), sizes=np.array(out["sizes"], np.int32),
                seg_splits=np.array(out["splits"], np.int64), seg_ids=np.array(out["ids"], np.int32),
                seg_class=np.array(out["cls"], np.int32), seg_crowd=np.array(out["crowd"], bool),
-               boxes=np.zeros((len(out["ids"]), 4), np.float32), instance_anns=[], skipped=bad.counts)
+               boxes=np.zeros((len(out["ids"]), 4), np.float32), instance_anns=[], skipped=bad.counts,
+               skip_messages=bad.messages)
 
 
 def _require_some(paths, json_path, fmt):
@@ -351,36 +449,50 @@ def read_coco_boxes(dataset, split, images_dir, json_path, bad: BadInput, names=
                     fmt: str = "coco_detection") -> Index:
   """COCO detection or instances JSON -> boxes (x0, y0, x1, y1) clipped to the image, per image.
 
-  A box with w <= 0 or h <= 0, or with no overlap with the image, is bad input; a box partly
-  outside is clipped. Crowd annotations are kept flagged (void in masks, not a box target).
+  A box that is not four finite numbers, with w <= 0 or h <= 0, or with no overlap with the image, is bad input; a
+  box partly outside is clipped. An image entry without a positive 'height' and 'width' is bad input. Crowd
+  annotations are kept flagged (void in masks, not a box target).
   Training images left with no non-crowd annotation are bad input ('empty_annotations'); val images are
   kept (evaluation scores the false positives on them, as COCOeval over the whole split does).
   """
   images_dir = require_dir(images_dir, f"{split} images", fmt)
   data = load_json(json_path, fmt)
-  vocab, cat_index = coco_vocab(data, fmt, names)
+  vocab, cat_index = coco_vocab(data, fmt, names, json_path)
   per_image = collections.defaultdict(list)
-  for ann in data["annotations"]:
-    per_image[ann["image_id"]].append(ann)
+  for k, ann in enumerate(data["annotations"]):
+    if _has_keys(ann, ("image_id", "category_id", "bbox"), lambda: _where(json_path, "annotations", k, ann), bad,
+                 "annotation"):
+      per_image[ann["image_id"]].append(ann)
   present = _listdir(images_dir)
   out = dict(image_paths=[], image_ids=[], sizes=[], splits=[0], cls=[], crowd=[], boxes=[], anns=[])
-  for im in sorted(data["images"], key=lambda i: i["id"]):
+  images = [im for k, im in enumerate(data["images"])
+            if _has_keys(im, ("id", "file_name"), lambda: _where(json_path, "images", k, im), bad, "image")]
+  for im in sorted(images, key=lambda i: i["id"]):
     where = f"{json_path} image_id {im['id']} ({im['file_name']})"
+    image = _json_file(images_dir, im["file_name"], where, bad)
+    if image is None:
+      continue
     if not _present(images_dir, im["file_name"], present):
-      bad("missing_image_file", f"{images_dir / im['file_name']}", "Add the image or drop it from the JSON.")
+      bad("missing_image_file", f"{image}", "Add the image or drop it from the JSON.")
+      continue
+    size_issue = image_size_problem(im)
+    if size_issue:
+      bad("missing_image_size", f"{where} {size_issue}",
+          "Add the image's 'height' and 'width' in pixels to its entry in 'images'; the image is skipped.")
       continue
     h, w = int(im["height"]), int(im["width"])
     kept = []
     for ann in per_image.get(im["id"], []):
       if ann["category_id"] not in cat_index:
-        bad("unknown_category", f"{where} annotation {ann.get('id')} category_id {ann['category_id']}",
+        bad("unknown_category", f"{where} annotation {ann.get('id')} category_id {ann['category_id']!r}",
             "Add the category to 'categories' or fix the annotation; the annotation is dropped.")
         continue
-      x, y, bw, bh = (float(v) for v in ann["bbox"])
-      if bw <= 0 or bh <= 0:
-        bad("degenerate_box", f"{where} annotation {ann.get('id')} bbox {ann['bbox']}",
-            "Boxes are [x, y, width, height] with width, height > 0; the box is dropped.")
+      issue = box_problem(ann["bbox"])
+      if issue:
+        bad(issue[0], f"{where} annotation {ann.get('id')} bbox {ann['bbox']} {issue[1]}",
+            "Boxes are [x, y, width, height] in pixels, finite, with width, height > 0; the box is dropped.")
         continue
+      x, y, bw, bh = (float(v) for v in ann["bbox"])
       x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
       if x1 <= x0 or y1 <= y0:
         bad("box_outside_image", f"{where} annotation {ann.get('id')} bbox {ann['bbox']} image {w}x{h}",
@@ -390,7 +502,7 @@ def read_coco_boxes(dataset, split, images_dir, json_path, bad: BadInput, names=
     if split == "train" and not any(not c for _, _, c, _ in kept):  # evaluation scores false positives on it
       bad("empty_annotations", where, "The image has no usable annotation; annotate it or drop it.")
       continue
-    out["image_paths"].append(str(images_dir / im["file_name"]))
+    out["image_paths"].append(str(image))
     out["image_ids"].append(int(im["id"]))
     out["sizes"].append((h, w))
     out["cls"] += [k[1] for k in kept]
@@ -407,4 +519,4 @@ def read_coco_boxes(dataset, split, images_dir, json_path, bad: BadInput, names=
                seg_splits=np.array(out["splits"], np.int64), seg_ids=np.arange(1, n_seg + 1, dtype=np.int32),
                seg_class=np.array(out["cls"], np.int32), seg_crowd=np.array(out["crowd"], bool),
                boxes=np.array(out["boxes"], np.float32).reshape(-1, 4), instance_anns=out["anns"],
-               skipped=bad.counts)
+               skipped=bad.counts, skip_messages=bad.messages)

@@ -12,14 +12,13 @@ Panoptic ground truth of a semantic-only dataset (weak transfer): `val_panoptic_
 panoptic JSON) and `val_panoptic_dir` (its PNGs) on a `semantic_png` entry attach it to the val index
 (`readers.Index.panoptic_gt`, matched by file stem).
 
-Names: `entry.names` is a names file (one class per line in label order), or '' to take them from
-the annotation JSON (COCO formats) or, for `semantic_png`, from `objectInfo150.txt`/`names.txt` in
-the dataset root (the parent of `images/`), falling back to the built-in ADE-150 list. Thing flags:
-COCO panoptic JSON `isthing`; detection and instance formats are all things; `semantic_png` takes
-`entry.thing_classes` (a names file), else the built-in ADE-150 flags when the names are ADE's,
-else all stuff.
+Names: `entry.names` is a names file (one class per line in label order; `dataseg_jax.vocab.names` gives the
+rule), or '' to take them from the annotation JSON (COCO formats) or, for `semantic_png`, from
+`objectInfo150.txt`/`names.txt` in the dataset root (the parent of `images/`), falling back to the built-in
+ADE-150 list. Thing flags: COCO panoptic JSON `isthing`; detection and instance formats are all things;
+`semantic_png` takes `entry.thing_classes` (a names file), else the built-in ADE-150 flags when the names are
+ADE's, else all stuff.
 """
-import json
 import os
 import pathlib
 
@@ -28,6 +27,7 @@ import ml_collections
 
 from data_pipelines import readers
 from dataseg_jax import contract
+from dataseg_jax.vocab import names as names_lib
 from dataseg_jax.vocab import vocabulary
 
 _PATH_KEYS = ("train_images", "train_annotations", "train_panoptic_dir", "val_images",
@@ -72,18 +72,18 @@ def resolve_entry(config: ml_collections.ConfigDict, name: str) -> ml_collection
 
 def _semantic_names(e) -> list:
   if e.names:
-    return vocabulary.read_names_file(e.names)
+    return names_lib.read_names(e.names)
   root = pathlib.Path(e.train_images or e.val_images).parent.parent
   for candidate in ("objectInfo150.txt", "names.txt"):
     if (root / candidate).is_file():
-      return vocabulary.read_names_file(root / candidate)
+      return names_lib.read_names(root / candidate)
   logging.info("no names file for %s; using the built-in ADE-150 names", root)
   return list(vocabulary.load_builtin("ade150")[0].names)
 
 
 def _semantic_things(e, names) -> tuple:
   if e.thing_classes:
-    things = {vocabulary.normalise_name(n) for n in vocabulary.read_names_file(e.thing_classes)}
+    things = {vocabulary.normalise_name(n) for n in names_lib.read_names(e.thing_classes, allow_empty=True)}
     unknown = things - {vocabulary.normalise_name(n) for n in names}
     if unknown:
       raise ValueError(f"{e.thing_classes}: thing classes {sorted(unknown)} are not in the dataset's names")
@@ -97,9 +97,8 @@ def _semantic_things(e, names) -> tuple:
 
 def _json_categories(path) -> dict:
   readers.require_file(path, "annotation", "coco_detection")
-  with open(path) as f:
-    data = json.load(f)
-  if "categories" not in data:
+  data = readers.read_json(path)
+  if not isinstance(data.get("categories"), list):
     raise ValueError(f"{path} has no 'categories' list; expected a COCO-format JSON")
   return {"images": [], "annotations": [], "categories": data["categories"]}
 
@@ -110,8 +109,8 @@ def dataset_vocab(entry) -> vocabulary.DatasetVocab:
     names = _semantic_names(entry)
     return vocabulary.DatasetVocab(tuple(names), _semantic_things(entry, names))
   json_path = entry.train_annotations or entry.val_annotations or entry.val_instances
-  names = vocabulary.read_names_file(entry.names) if entry.names else None
-  vocab, _ = readers.coco_vocab(_json_categories(json_path), entry.format, names)
+  names = names_lib.read_names(entry.names) if entry.names else None
+  vocab, _ = readers.coco_vocab(_json_categories(json_path), entry.format, names, json_path)
   return vocab
 
 
@@ -143,8 +142,8 @@ def build_index(config: ml_collections.ConfigDict, name: str, split: str,
                 vocab: vocabulary.DatasetVocab = None, bad: readers.BadInput = None) -> readers.Index:
   """Index of split 'train' or 'val' of dataset `name` (for 'val' with `val_instances`: those masks).
 
-  `bad` overrides the bad-input policy of `config.data.on_bad_example` (check_dataset.py passes a 'skip' one
-  and reads its messages)."""
+  Bad input follows `config.data.on_bad_example` for 'train' and `config.eval.on_bad_example` for 'val'; `bad`
+  overrides it (check_dataset.py passes a 'skip' one and reads its messages)."""
   e = resolve_entry(config, name)
   if split not in ("train", "val"):
     raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -153,7 +152,8 @@ def build_index(config: ml_collections.ConfigDict, name: str, split: str,
     raise ValueError(f"config.data.datasets.{name}.{split}_images is empty; set the {split} image folder")
   readers.require_dir(images, f"{name} {split} images", e.format)
   vocab = vocab or dataset_vocab(e)
-  bad = bad or readers.BadInput(config.data.on_bad_example, f"{name}/{split}")
+  section = "data" if split == "train" else "eval"
+  bad = bad or readers.BadInput(config[section].on_bad_example, f"{name}/{split}", f"config.{section}.on_bad_example")
   names = list(vocab.names) if e.names else None
   if e.format == "semantic_png":
     panoptic = None

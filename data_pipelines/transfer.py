@@ -36,6 +36,10 @@ apart by their first name (`vocabulary.normalise_name`).
 
   python -m data_pipelines.transfer --benchmark voc21 --src VOCdevkit/VOC2012 --out data/transfer/voc21
 
+Every file read from an id of an image list and every file written are joined to their folder by the one path rule
+(`paths.inside`): an id that is absolute or climbs out of its folder ('../../x') is an error naming the list file, and
+nothing is written outside `--out`.
+
 Pure Python, numpy and PIL (no tf, no flax).
 """
 import argparse
@@ -48,6 +52,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from data_pipelines import paths
 from dataseg_jax.vocab import names as names_lib
 
 VOCAB_DIR = pathlib.Path(__file__).resolve().parents[1] / "dataseg_jax" / "vocab"
@@ -122,17 +127,23 @@ def _write_semantic(pairs, out, split: str, table: np.ndarray) -> int:
   images.mkdir(parents=True, exist_ok=True)
   labels.mkdir(parents=True, exist_ok=True)
   for image, label, stem in pairs:
-    _link(image, images / (stem + image.suffix))
-    convert_label(label, labels / (stem + ".png"), table)
+    where = f"{out}: the outputs of {image}"
+    _link(image, paths.inside(images, stem + image.suffix, where))
+    convert_label(label, paths.inside(labels, stem + ".png", where), table)
   return len(pairs)
 
 
 def _voc_pairs(root: pathlib.Path, split: str, labels_dir: str, list_dir: str, layout: str) -> list:
-  ids = _require(root / "ImageSets" / list_dir / f"{split}.txt", "image list", layout).read_text().split()
+  """(image, label, id) of every id of the split's image list; an id that leaves its folder is a ValueError."""
+  image_list = _require(root / "ImageSets" / list_dir / f"{split}.txt", "image list", layout)
   pairs = []
-  for i in ids:
-    image = _require(root / "JPEGImages" / f"{i}.jpg", "image", layout)
-    pairs.append((image, _require(root / labels_dir / f"{i}.png", "label", layout), i))
+  for line, i in enumerate(image_list.read_text().splitlines(), start=1):
+    i = i.strip()
+    if not i:
+      continue
+    where = f"{image_list}: line {line} (id {i!r})"
+    image = _require(paths.inside(root / "JPEGImages", f"{i}.jpg", where), "image", layout)
+    pairs.append((image, _require(paths.inside(root / labels_dir, f"{i}.png", where), "label", layout), i))
   return pairs
 
 
@@ -211,8 +222,9 @@ def _write_panoptic(pairs, out, split: str, names: str) -> int:
     ids = segment_ids(read_label16(label), len(classes), label)
     if not ids.any():
       continue
-    segments = write_panoptic_png(ids, png_dir / f"{stem}.png")
-    _link(image, image_dir / image.name)
+    where = f"{out}: the outputs of {image}"
+    segments = write_panoptic_png(ids, paths.inside(png_dir, f"{stem}.png", where))
+    _link(image, paths.inside(image_dir, image.name, where))
     images.append({"id": len(images) + 1, "file_name": image.name, "height": ids.shape[0], "width": ids.shape[1]})
     annotations.append({"image_id": len(images), "file_name": f"{stem}.png", "segments_info": segments})
   categories = [{"id": k + 1, "name": n, "isthing": 0} for k, n in enumerate(classes)]
@@ -277,7 +289,7 @@ def prepare_cityscapes_panoptic(src, out, split: str = "val") -> int:
       raise FileNotFoundError(f"image {stem}_leftImg8bit.png of the panoptic JSON is not in "
                               f"{root / 'leftImg8bit' / split}")
     new_ids[im["id"]] = len(new_images) + 1
-    _link(images[stem], image_dir / images[stem].name)
+    _link(images[stem], paths.inside(image_dir, images[stem].name, f"{out}: the image of {stem}"))
     new_images.append({**im, "id": new_ids[im["id"]], "file_name": images[stem].name})
   annotations = [{**a, "image_id": new_ids[a["image_id"]]} for a in data["annotations"]]
   out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,11 @@ from typing import Callable
 
 from absl import flags
 
+# Exit status of a run that stopped early with a checkpoint to resume from (SIGTERM, a preemption notice): sysexits.h
+# EX_TEMPFAIL, "a temporary failure ... the user is invited to retry later"; rerunning the same command resumes.
+# Finished runs exit 0, failed ones 1.
+EXIT_PREEMPTED = 75
+
 
 def flags_parser(doc: str) -> Callable:
   """An `app.run(..., flags_parser=)` that turns a `--config.<key>` typo, a missing config file or a bad flag into

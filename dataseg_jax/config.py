@@ -6,6 +6,8 @@ and fails with a message that names the offending key instead of failing deep in
 Values marked [paper] come from DaTaSeg; [default] from Mask2Former / BoxInst (the project's paper brief,
 DATASEG.md); [ours] are this codebase's choices; untagged values are settings (sizes, intervals, paths).
 """
+import math
+
 import ml_collections
 
 BACKBONES = ("resnet", "vit")
@@ -14,6 +16,7 @@ PARAM_SHARDINGS = ("replicate", "fsdp")      # config.mesh.param_sharding (train
 MERGE_MODES = ("hard", "soft")               # config.loss.merge (losses/merge.py)
 MERGE_MASKS = ("noisy_or", "max", "clip")    # config.loss.merge_mask (losses/merge.py)
 SAMPLINGS = ("points", "dense")              # config.loss.sampling (losses/criterion.py)
+BAD_INPUT_POLICIES = ("error", "skip")       # config.data.on_bad_example, config.eval.on_bad_example
 EVAL_METRICS = {  # the '<dataset>/<task>/<metric>' values evaluation/evaluator.py reports, by task
     "semantic": ("mIoU", "fwIoU", "mAcc", "pixel_acc", "mIoU_unseen", "mIoU_unseen_chance"),  # and IoU/<class>
     "panoptic": ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"),
@@ -109,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.min_scale = 0.1                   # large-scale jitter [default]
   d.max_scale = 2.0
   d.prefetch = 2
-  d.on_bad_example = "skip"           # 'skip' (counted, logged) or 'error'
+  d.on_bad_example = "skip"           # training: 'skip' (counted, logged, listed in WORKDIR/skipped.tsv) or 'error'
   d.datasets = ml_collections.ConfigDict()  # name -> entry, see data_pipelines.registry
 
   # ---------------------------------------------------------------- vocabulary
@@ -137,6 +140,8 @@ def base_config() -> ml_collections.ConfigDict:
   e.instance_topk = 100
   e.num_overlays = 4
   e.max_examples = 0                  # 0: the whole split
+  e.on_bad_example = "error"          # a val image or label that does not decode: 'error' (names the file) or
+                                      # 'skip' (counted, reported; its ground truth is scored as missed)
 
   # ---------------------------------------------------------------- sharding
   c.mesh = ml_collections.ConfigDict()
@@ -233,68 +238,111 @@ def select_dataset(datasets: ml_collections.ConfigDict, name: str, config_path: 
   return ml_collections.ConfigDict({n: datasets[n] for n in datasets if n in names})
 
 
+def _finite(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# (key, predicate, what the value must be): the retention, schedule and size keys `validate` checks, each once.
+_BOUNDS = (
+    ("total_steps", lambda v: v >= 1, ">= 1"),
+    ("log_every_steps", lambda v: v >= 1, ">= 1"),
+    ("checkpoint_every_steps", lambda v: v >= 1, ">= 1"),
+    ("keep_checkpoints", lambda v: v >= 1, ">= 1 (the latest N checkpoints are kept; 0 would delete every one)"),
+    ("profile_at_step", lambda v: v >= 0, ">= 0 (0: no profile)"),
+    ("model.num_queries", lambda v: v >= 1, ">= 1"),
+    ("model.embed_dim", lambda v: v >= 1, ">= 1"),
+    ("data.image_size", lambda v: v >= 32 and v % 32 == 0, "a positive multiple of 32 (the coarsest feature stride)"),
+    ("data.eval_size", lambda v: v >= 32 and v % 32 == 0, "a positive multiple of 32 (the coarsest feature stride)"),
+    ("data.label_stride", lambda v: v >= 1, ">= 1"),
+    ("data.max_segments", lambda v: v >= 1, ">= 1"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1 (the global batch, split over the 'data' devices)"),
+    ("data.eval_batch_size", lambda v: v >= 1, ">= 1 (split over the 'data' devices)"),
+    ("data.min_scale", lambda v: v > 0, "> 0"),
+    ("data.prefetch", lambda v: v >= 0, ">= 0"),
+    ("optimizer.learning_rate", lambda v: v > 0, "a finite number > 0"),
+    ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optimizer.backbone_multiplier", lambda v: v >= 0, ">= 0 (0 freezes the backbone)"),
+    ("optimizer.warmup_steps", lambda v: v >= 0, ">= 0 (0: no warm-up)"),
+    ("optimizer.clip_norm", lambda v: v >= 0, ">= 0 (0: no clipping)"),
+    ("optimizer.ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
+    ("optimizer.max_nonfinite_steps", lambda v: v >= 1, ">= 1"),
+    ("loss.num_points", lambda v: v >= 1, ">= 1"),
+    ("loss.row_block", lambda v: v >= 1, ">= 1"),
+    ("loss.oversample_ratio", lambda v: v >= 1, ">= 1 (candidates per sampled point)"),
+    ("loss.importance_sample_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("matcher.num_points", lambda v: v >= 1, ">= 1"),
+    ("eval.object_mask_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("eval.overlap_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("eval.instance_topk", lambda v: v >= 1, ">= 1"),
+    ("eval.num_overlays", lambda v: v >= 0, ">= 0"),
+    ("eval.max_examples", lambda v: v >= 0, ">= 0 (0: the whole split)"),
+) + tuple((f"loss.{k}", lambda v: v >= 0, ">= 0") for k in (
+    "class_weight", "no_object_weight", "mask_weight", "dice_weight", "projection_weight"))
+# (key, allowed values)
+_CHOICES = (
+    ("model.backbone.name", BACKBONES),
+    ("model.classifier", ("text", "learned")),
+    ("model.dtype", ("float32", "bfloat16")),
+    ("data.mixture_mode", ("per_batch", "per_example")),
+    ("data.on_bad_example", BAD_INPUT_POLICIES),
+    ("eval.on_bad_example", BAD_INPUT_POLICIES),
+    ("loss.merge", MERGE_MODES),
+    ("loss.merge_mask", MERGE_MASKS),
+    ("loss.sampling", SAMPLINGS),
+    ("loss.dense_stride", (1, 2, 4, 8)),
+    ("optimizer.schedule", SCHEDULES),
+    ("mesh.param_sharding", PARAM_SHARDINGS),
+)
+
+
+def _value(config: ml_collections.ConfigDict, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first bad key; called at the start of every script."""
+  """Raises ValueError naming the first bad key, what it must be and the value given; called at the start of every
+  script."""
   m, d = config.model, config.data
 
   def fail(key, msg):
     raise ValueError(f"config.{key}: {msg}")
 
-  if m.backbone.name not in BACKBONES:
-    fail("model.backbone.name", f"unknown backbone {m.backbone.name!r}; expected one of {BACKBONES}")
-  if m.num_queries <= 0:
-    fail("model.num_queries", f"must be > 0, got {m.num_queries}")
-  if d.max_segments <= 0:
-    fail("data.max_segments", f"must be > 0, got {d.max_segments}")
+  for key, allowed in _CHOICES:
+    if _value(config, key) not in allowed:
+      fail(key, f"must be one of {allowed}, got {_value(config, key)!r}")
+  for key, ok, requirement in _BOUNDS:
+    value = _value(config, key)
+    if not _finite(value) or not ok(value):
+      fail(key, f"must be {requirement}, got {value!r}; e.g. --config.{key}={_value(base_config(), key)!r} "
+           "(the default)")
   if d.max_segments > m.num_queries:
     fail("data.max_segments", f"{d.max_segments} targets cannot be matched one-to-one to "
          f"model.num_queries={m.num_queries} queries; lower data.max_segments or raise num_queries")
-  if m.embed_dim <= 0:
-    fail("model.embed_dim", f"must be > 0, got {m.embed_dim}")
-  if m.classifier not in ("text", "learned"):
-    fail("model.classifier", f"must be 'text' or 'learned', got {m.classifier!r}")
-  if m.dtype not in ("float32", "bfloat16"):
-    fail("model.dtype", f"must be 'float32' or 'bfloat16', got {m.dtype!r}")
-  if d.image_size % 32:
-    fail("data.image_size", f"must be a multiple of 32 (the coarsest feature stride), got {d.image_size}")
-  if d.mixture_mode not in ("per_batch", "per_example"):
-    fail("data.mixture_mode", f"must be 'per_batch' or 'per_example', got {d.mixture_mode!r}")
-  if config.loss.sampling not in SAMPLINGS:
-    fail("loss.sampling", f"must be one of {SAMPLINGS}, got {config.loss.sampling!r}")
-  if config.loss.dense_stride not in (1, 2, 4, 8):
-    fail("loss.dense_stride", f"must be 1, 2, 4 or 8 (it divides the mask grid, image_size / 4, a multiple of 8), "
-         f"got {config.loss.dense_stride}")
+  if d.max_scale < d.min_scale:
+    fail("data.max_scale", f"must be >= data.min_scale={d.min_scale}, got {d.max_scale}")
+  for key in ("image_size", "eval_size"):
+    if d[key] % d.label_stride:
+      fail("data.label_stride", f"{d.label_stride} does not divide data.{key}={d[key]}")
+  data_devices = int(config.mesh.shape[0])
+  for key in ("batch_size", "eval_batch_size"):
+    if data_devices > 0 and d[key] % data_devices:
+      fail(f"data.{key}", f"{d[key]} does not split over config.mesh.shape[0]={data_devices} 'data' devices; "
+           f"pick a multiple of {data_devices}")
   if (4 * config.loss.dense_stride) % d.label_stride:
     fail("loss.dense_stride", f"a dense cell ({4 * config.loss.dense_stride} px) must hold whole label pixels of "
          f"data.label_stride={d.label_stride}")
-  if config.loss.row_block <= 0:
-    fail("loss.row_block", f"must be > 0, got {config.loss.row_block}")
-  if config.loss.oversample_ratio < 1:
-    fail("loss.oversample_ratio", f"must be >= 1 (candidates per sampled point), got {config.loss.oversample_ratio}")
-  if not 0 <= config.loss.importance_sample_ratio <= 1:
-    fail("loss.importance_sample_ratio", f"must be in [0, 1], got {config.loss.importance_sample_ratio}")
-  if config.loss.merge not in MERGE_MODES:
-    fail("loss.merge", f"must be one of {MERGE_MODES}, got {config.loss.merge!r}")
-  if config.loss.merge_mask not in MERGE_MASKS:
-    fail("loss.merge_mask", f"must be one of {MERGE_MASKS}, got {config.loss.merge_mask!r}")
   if config.loss.merge_mask == "max" and config.loss.merge == "soft":
     fail("loss.merge_mask", "'max' takes the largest member of a hard group; the soft merge weighs every "
          "proposal: use 'noisy_or' or 'clip' with loss.merge='soft'")
-  if config.total_steps <= 0:
-    fail("total_steps", f"must be > 0, got {config.total_steps}")
-  for key in ("log_every_steps", "checkpoint_every_steps"):
-    if config[key] <= 0:
-      fail(key, f"must be > 0, got {config[key]}")
   for name, e in d.datasets.items():
-    if e.image_size % 32:
+    if e.image_size < 0 or e.image_size % 32:
       fail(f"data.datasets.{name}.image_size", f"must be a multiple of 32 (0: data.image_size), got {e.image_size}")
     if e.ratio < 0:
       fail(f"data.datasets.{name}.ratio", f"must be >= 0 (0 = evaluation only), got {e.ratio}")
     eval_tasks(config, name)
-  if config.optimizer.schedule not in SCHEDULES:
-    fail("optimizer.schedule", f"must be one of {SCHEDULES}, got {config.optimizer.schedule!r}")
-  if config.mesh.param_sharding not in PARAM_SHARDINGS:
-    fail("mesh.param_sharding", f"must be one of {PARAM_SHARDINGS}, got {config.mesh.param_sharding!r}")
   _validate_best_checkpoint(config, fail)
 
 

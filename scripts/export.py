@@ -3,8 +3,8 @@
   python scripts/export.py --config configs/toy.py --workdir workdirs/toy --out exported/toy \
       [--step N|best] [--batch_size 1] [--max_classes 0] [--outputs postprocessed|raw]
 
-The directory runs without the training code: `dataseg_jax/export/loader.py` (jax + numpy only) or
-`scripts/predict.py --model exported/toy --images DIR --out DIR [--vocab names.txt]`.
+The directory runs without the training code: `dataseg_jax/export/loader.py` (jax, numpy and the pure-Python names
+reader only) or `scripts/predict.py --model exported/toy --images DIR --out DIR [--vocab names.txt]`.
 """
 import logging
 import sys

@@ -26,6 +26,7 @@ sys.path.insert(0, REPO)
 from dataseg_jax import hardware  # noqa: E402
 from dataseg_jax.evaluation import writers  # noqa: E402
 from dataseg_jax.export import loader  # noqa: E402
+from dataseg_jax.vocab import names as names_lib  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -67,14 +68,10 @@ def swap_vocabulary(model: loader.ExportedModel, vocab_path: str, things_path: s
   """Embeds the names of `vocab_path` as training does (normalised names, the export's encoder and prompts) and
   swaps them in; thing classes from `things_path`, else those whose normalised name the export calls a thing."""
   from dataseg_jax.vocab import embeddings, vocabulary  # pylint: disable=g-import-not-at-top
-  names = vocabulary.read_names_file(vocab_path)
+  names = names_lib.read_names(vocab_path)  # one class a line; a name twice (after normalising) is an error
   canonical = [vocabulary.normalise_name(n) for n in names]
-  repeated = sorted({n for n in canonical if canonical.count(n) > 1})
-  if repeated:
-    raise ValueError(f"{vocab_path}: {repeated} name more than one line (after normalising, as training does); "
-                     "give each class once")
   if things_path:
-    things = {vocabulary.normalise_name(n) for n in vocabulary.read_names_file(things_path)}
+    things = {vocabulary.normalise_name(n) for n in names_lib.read_names(things_path, allow_empty=True)}
     unknown = sorted(things - set(canonical))
     if unknown:
       raise ValueError(f"{things_path}: {unknown} are not classes of {vocab_path}")
@@ -173,6 +170,8 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   if args.things and not args.vocab:
     p.error("--things names the thing classes of --vocab; pass --vocab too")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise ValueError(f"--out {args.out} is a file; pass a folder (it is created when missing)")
   model = loader.ExportedModel(args.model)
   if args.vocab:
     swap_vocabulary(model, args.vocab, args.things, args.clip_weights)

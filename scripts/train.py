@@ -6,6 +6,9 @@
 Any config key can be overridden as `--config.<key>=<value>`. TensorBoard events go to WORKDIR, checkpoints
 to WORKDIR/checkpoints/<step>/. SIGTERM saves a checkpoint and exits; multi-host runs call
 `jax.distributed.initialize()` when `--config.distributed=True` or the cluster environment says so.
+
+Exit status: 0 finished, 75 (`cli.EXIT_PREEMPTED`, EX_TEMPFAIL) stopped early by SIGTERM or a preemption notice
+with a checkpoint to resume from (rerun the same command), 1 failed (the message says why and what to do).
 """
 import logging
 import sys
@@ -29,8 +32,12 @@ def main(argv):
     result = loop.train(_CONFIG.value, _WORKDIR.value)
   except (loop.WorkdirError, loop.NonFiniteError, ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
-  state = "preempted, checkpoint saved" if result["preempted"] else "done"
-  logging.info("%s at step %d: %s", state, result["step"], {k: v for k, v in result.items() if k != "step"})
+  scalars = {k: v for k, v in result.items() if k != "step"}
+  if result["preempted"]:
+    logging.warning("preempted at step %d: rerun the same command to resume (exit status %d): %s", result["step"],
+                    cli.EXIT_PREEMPTED, scalars)
+    sys.exit(cli.EXIT_PREEMPTED)
+  logging.info("done at step %d: %s", result["step"], scalars)
 
 
 if __name__ == "__main__":

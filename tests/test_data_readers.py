@@ -9,6 +9,7 @@ import tensorflow as tf
 from data_pipelines import pipeline
 from data_pipelines import readers
 from data_pipelines import registry
+from dataseg_jax.vocab import names as names_lib
 from dataseg_jax.vocab import vocabulary
 import test_data_common as common
 
@@ -177,7 +178,7 @@ def test_ade_sample_semantic_reader(refdata):
 
 
 def test_ade_builtin_vocab_matches_objectinfo(refdata):
-  names = vocabulary.read_names_file(refdata / "ade20k_sample/objectInfo150.txt")
+  names = names_lib.read_names(refdata / "ade20k_sample/objectInfo150.txt")
   ade, ids = vocabulary.load_builtin("ade150")
   assert list(ade.names) == names and ids == tuple(range(1, 151))
   assert sum(ade.is_thing) == 115
@@ -190,7 +191,7 @@ def test_ade_builtin_vocab_matches_objectinfo(refdata):
 def test_a_names_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
   """Windows Notepad's UTF-8 starts with U+FEFF; kept, it would make '\ufeffsky' a class of its own."""
   (tmp_path / "bom.txt").write_bytes("sky\ngrass\n".encode("utf-8-sig"))
-  assert vocabulary.read_names_file(tmp_path / "bom.txt") == ["sky", "grass"]
+  assert names_lib.read_names(tmp_path / "bom.txt") == ["sky", "grass"]
 
 
 def test_coco_instances_rasterised_like_pycocotools(refdata):

@@ -1,4 +1,5 @@
-"""The exported StableHLO function equals the in-framework model; the loader needs only jax + numpy.
+"""The exported StableHLO function equals the in-framework model; the loader needs only jax, numpy and the names
+reader.
 
 Checked with DataSeg (tiny config, fresh weights) when dataseg_jax.models.dataseg is importable, and
 always with a small stand-in that has DataSeg's apply contract.
@@ -140,8 +141,9 @@ def test_swapped_vocabulary_equals_in_framework_model(exported):
     served.set_vocabulary([f"n{k}" for k in range(C_MAX + 1)], np.zeros((C_MAX + 1, D), np.float32), [False] * 8)
 
 
-def test_loader_imports_only_jax_and_numpy(exported):
+def test_loader_imports_only_jax_numpy_and_the_names_reader(exported):
   *_, out = exported
+  names_reader = ("dataseg_jax", "dataseg_jax.vocab", "dataseg_jax.vocab.names", "dataseg_jax.vocab.vocabulary")
   code = (
       "import importlib.util, sys, numpy as np\n"
       f"spec = importlib.util.spec_from_file_location('loader', {str(REPO / 'dataseg_jax/export/loader.py')!r})\n"
@@ -149,7 +151,7 @@ def test_loader_imports_only_jax_and_numpy(exported):
       f"e = m.ExportedModel({str(out)!r})\n"
       "r = e(np.zeros((2, e.image_size, e.image_size, 3), np.uint8))\n"
       "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('flax', 'dataseg_jax', 'data_pipelines',"
-      " 'optax', 'orbax', 'tensorflow'))\n"
+      f" 'optax', 'orbax', 'tensorflow') and k not in {names_reader!r})\n"
       "print(r['semantic'].shape, bad)\n")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert proc.stdout.strip() == f"(2, {SIZE}, {SIZE}) []"
@@ -257,7 +259,7 @@ def test_predict_skips_an_unreadable_image_and_still_writes_the_rest(exported, t
   assert (tmp_path / "p" / "names.txt").is_file()
   vocab = tmp_path / "vocab.txt"
   vocab.write_text("cat\ndog\nCat\n")
-  with pytest.raises(ValueError, match=r"\['cat'\] name more than one line"):
+  with pytest.raises(ValueError, match=r"vocab.txt: line 3 'Cat' duplicates line 1 'cat'"):
     predict.main(["--model", str(out), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "p"),
                   "--vocab", str(vocab)])
 

@@ -19,7 +19,9 @@ from dataseg_jax import config as config_lib
 from dataseg_jax.models import checkpoint_io
 from dataseg_jax.models import convert_mask2former
 from dataseg_jax.models import dataseg
-from dataseg_jax.train import checkpointing, loop
+from dataseg_jax.train import loop
+from dataseg_jax.train import mesh as mesh_lib
+from dataseg_jax.train import optimizer as optimizer_lib
 
 HIDDEN, QUERIES, HEADS, ENCODER_LAYERS, DECODER_LAYERS, WIDTH = 32, 6, 2, 2, 3, 16
 HEIGHT, WIDTH_PX = 96, 128  # not square: a swapped x / y shows
@@ -221,22 +223,28 @@ def test_script_npz_fits_a_dataseg_through_model_init_from(tmp_path, capsys):
           str(tmp_path / "bad.npz")])
 
 
+def first_params(c) -> dict:
+  """The params of the first state `loop.train` builds for config `c` with the loop tests' tiny model (before any
+  update)."""
+  comps = train_loop.components(c)
+  tx = optimizer_lib.make_optimizer(c)
+  size = c.data.image_size
+  abstract, _, create = loop.init_state(c, comps, mesh_lib.make_mesh(c), tx, (size, size, 3))
+  return jax.device_get(create(loop.pretrained_params(c, abstract)).params)
+
+
 def test_model_init_from_starts_training_from_the_npz_classifier_at_init(tmp_path):
   """A whole-model .npz (backbone + query table of the loop tests' tiny model, both + 1) with a backbone.init_from
   over one backbone leaf (+ 2): the first state holds them, and the classifier (not in the file) its init."""
-  c = train_loop.config(total=2)
-  c.optimizer.learning_rate = 0.0  # the state after any step is the initial state
-  loop.train(c, str(tmp_path / "fresh"), train_loop.components(c))
-  fresh = checkpoint_io.flatten_params(checkpointing.restore_variables(str(tmp_path / "fresh"))["params"])
+  c = train_loop.config(total=1)
+  fresh = checkpoint_io.flatten_params(first_params(c))
   whole = {k: v + 1.0 for k, v in fresh.items() if not k.startswith("classifier/")}
   checkpoint_io.save_params_npz(tmp_path / "model.npz", checkpoint_io.unflatten_params(whole))
   checkpoint_io.save_params_npz(tmp_path / "backbone.npz", {"kernel": fresh["backbone/kernel"] + 2.0})
-  c.total_steps = 1
   with c.unlocked():
     c.model.init_from = str(tmp_path / "model.npz")
     c.model.backbone.init_from = str(tmp_path / "backbone.npz")
-  loop.train(c, str(tmp_path / "pretrained"), train_loop.components(c))
-  got = checkpoint_io.flatten_params(checkpointing.restore_variables(str(tmp_path / "pretrained"))["params"])
+  got = checkpoint_io.flatten_params(first_params(c))
   assert sorted(got) == sorted(fresh) and any(k.startswith("classifier/") for k in got)
   for k, v in fresh.items():
     want = v + 2.0 if k == "backbone/kernel" else v if k.startswith("classifier/") else v + 1.0

@@ -176,7 +176,7 @@ def test_nonfinite_streak_stops_and_keeps_last_checkpoint(tmp_path):
     loss, terms, stats = tiny.tiny_loss(outputs, batch, rng)
     return loss * jnp.nan, terms, stats
 
-  with pytest.raises(loop.NonFiniteError, match=r"max_nonfinite_steps=2.*last checkpoint \(4\)"):
+  with pytest.raises(loop.NonFiniteError, match=r"max_nonfinite_steps=2.*the latest checkpoint, step 4 under"):
     loop.train(c, str(tmp_path), components(c, loss_fn=always_nan))
   assert checkpointing.make_manager(str(tmp_path)).latest_step() == 4
 
@@ -428,7 +428,7 @@ def test_toy_model_loss_falls_on_toy_data(tmp_path, toy_data):
 def test_backbone_init_from_a_converted_npz_replaces_the_random_init(tmp_path):
   from dataseg_jax.models import checkpoint_io
   c = config(total=2)
-  c.optimizer.learning_rate = 0.0  # the state after any step is the initial state
+  c.optimizer.backbone_multiplier = 0.0  # the backbone after any step is its initial state
   fresh = loop.train(c, str(tmp_path / "fresh"), components(c))
   assert fresh["step"] == 2
   backbone = checkpoint_io.unflatten_params(

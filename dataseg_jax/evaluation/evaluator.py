@@ -14,6 +14,12 @@ the device shapes stay static] and accumulates metrics against the original grou
 - instance: pycocotools COCOeval (mask AP and box AP) against `val_instances`, or the val annotations of
   a coco_instances entry; ground-truth boxes from masks where absent.
 
+A val image or label that does not decode stops the evaluation with an error naming the file
+(`config.eval.on_bad_example='error'`, the default, which also makes bad input found while indexing the val split an
+error). With 'skip' such an image is logged, counted (`<dataset>/skipped_images` in the metrics) and scored as
+missed: its ground truth counts with no prediction (every labelled pixel unpredicted, every segment a false negative,
+its image id in COCOeval's images), as are the images of a COCO-format val JSON that indexing skipped.
+
 Files under WORKDIR/eval/<step>/<dataset>/: semantic/*.png, panoptic.json + panoptic/*.png,
 instance_results.json, overlays/*.png; the metrics in WORKDIR/eval/metrics.json (and per step; an evaluation of
 the same step with other datasets adds its metrics to those files).
@@ -35,6 +41,7 @@ from PIL import Image
 from scipy import ndimage
 
 from data_pipelines import mixture
+from data_pipelines import paths
 from data_pipelines import readers
 from data_pipelines import registry
 from dataseg_jax import config as config_lib
@@ -137,8 +144,7 @@ class _DatasetEval:
       os.makedirs(out_dir, exist_ok=True)
     self.gt_panoptic = None
     if e.format == "coco_panoptic":
-      with open(e.val_annotations) as f:
-        data = json.load(f)
+      data = readers.read_json(e.val_annotations)
       self.gt_panoptic = panoptic.index_annotations(data, e.val_annotations)
       self.category_ids = sorted(int(c["id"]) for c in data["categories"])
       self.categories = sorted(data["categories"], key=lambda c: c["id"])
@@ -158,7 +164,8 @@ class _DatasetEval:
     self.confusion = semantic.SemanticConfusion.empty(self.num_classes)
     self.pq = panoptic.PQStat({c["id"]: c for c in self.categories})
     self.instance_results = []
-    self.image_ids = []  # evaluated images, in order
+    self.image_ids = []  # evaluated images, in order (skipped ones included: scored as missed)
+    self.skipped = []  # messages of the val images that did not decode
     if "semantic" in tasks and writes:
       os.makedirs(os.path.join(out_dir, "semantic"), exist_ok=True)
     if "panoptic" in tasks and writes:
@@ -188,9 +195,10 @@ class _DatasetEval:
     approximation of the instances, which such labels do not hold)."""
     if self.gt_panoptic is not None:
       ann = self.gt_panoptic[image_id]
-      ids = panoptic.read_png_ids(os.path.join(self.entry.val_panoptic_dir, ann["file_name"]))
+      where = f"{self.entry.val_annotations} image_id {image_id}"
+      ids = panoptic.read_png_ids(paths.inside(self.entry.val_panoptic_dir, ann["file_name"], where))
       return ids, ann["segments_info"]
-    row = self.row_of_id[int(image_id)]
+    row = self.row_of_id.get(int(image_id))
     if self.index.panoptic_gt:
       gt = self.index.panoptic_gt[row]
       segs = [{"id": int(s["id"]), "category_id": self.category_ids[s["class"]], "iscrowd": int(s["iscrowd"])}
@@ -241,6 +249,36 @@ class _DatasetEval:
     if self.overlays < self.num_overlays:
       self._overlay(row, stem, sem, pan_ids, pan_classes, size)
 
+  def add_missed(self, image_id: int, message: str) -> None:
+    """Scores val image `image_id`, which did not decode (`message` names it), as missed: its ground truth counts
+    with no prediction (semantic: every labelled pixel unpredicted; panoptic: every segment a false negative;
+    instance: its id stays in COCOeval's images). A ground truth that does not decode either is not scored."""
+    row = self.row_of_id.get(int(image_id))
+    try:
+      gt_sem = self._gt_semantic(row, image_id) if "semantic" in self.tasks else None
+      gt_pan = self._gt_panoptic(image_id) if "panoptic" in self.tasks else None
+    except (OSError, ValueError) as e:
+      message += f"; its ground truth does not decode either ({e}), so it is not scored"
+      gt_sem = gt_pan = None
+    self.skipped.append(message)
+    self.image_ids.append(image_id)
+    if gt_sem is not None:
+      self.confusion = self.confusion.merge(semantic.SemanticConfusion.from_model_output(
+          np.full(gt_sem.shape, -1), gt_sem, self.num_classes, IGNORE))
+    if gt_pan is not None:
+      self.pq.add_image(gt_pan[0], gt_pan[1], np.zeros_like(gt_pan[0]), [], f"{self.name} image_id {image_id}")
+
+  def skipped_at_indexing(self) -> list:
+    """Image ids of the val ground truth (a COCO-format JSON) that indexing skipped as bad input (only with
+    config.eval.on_bad_example='skip'; 'error' stops there)."""
+    if self.gt_panoptic is not None:
+      listed = set(self.gt_panoptic)
+    elif "instance" in self.tasks:
+      listed = set(self.instance_gt.getImgIds())
+    else:
+      return []
+    return sorted(listed - {int(i) for i in self.index.image_ids})
+
   def _overlay(self, row, stem, sem, pan_ids, pan_classes, size) -> None:
     image = np.array(Image.open(self.index.image_paths[row]).convert("RGB"))
     if image.shape[:2] != size:
@@ -257,8 +295,13 @@ class _DatasetEval:
     self.overlays += 1
 
   def finish(self) -> dict:
-    """Writes the remaining files; returns {f'{name}/{task}/{metric}': value}."""
+    """Writes the remaining files; returns {f'{name}/{task}/{metric}': value} (and `<name>/skipped_images` when val
+    images were skipped)."""
     out = {}
+    if self.skipped:
+      out[f"{self.name}/skipped_images"] = float(len(self.skipped))
+      logging.warning("%s: %d val images were skipped and scored as missed: %s", self.name, len(self.skipped),
+                      "; ".join(self.skipped[:5]))
     if "semantic" in self.tasks:
       scores = semantic.metrics_from_confusion(self.confusion.matrix)
       iou = scores.pop("IoU")
@@ -324,7 +367,11 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
     infer = make_infer_fn(model, tasks, config.eval, gathered)
     seen, total = 0, min(len(state.index), max_examples) if max_examples else len(state.index)
     progress = progress_lib.Progress(name, total, logging.info, every_s=PROGRESS_EVERY_S)
-    for batch in mixture.eval_batches(config, vocab, name):
+    if not max_examples:
+      for image_id in state.skipped_at_indexing():
+        state.add_missed(image_id, f"{name} image_id {image_id}: skipped while indexing the val split (see the "
+                                   "warnings above)")
+    for batch in mixture.eval_batches(config, vocab, name, on_skip=state.add_missed):
       cm = vocab.class_mask[batch["dataset_id"]]
       images, valid, cm = (mesh_lib.global_array_from_whole(x, rows) for x in (batch["image"], batch["valid"], cm))
       res = jax.device_get(infer(variables, images, valid, embeddings, cm, state.local_classes, state.local_thing))

@@ -11,12 +11,15 @@ Then PQ_c = sum IoU / (TP + FP/2 + FN/2), SQ_c = sum IoU / TP, RQ_c = TP / (TP +
 over categories with TP + FP + FN > 0 (all, things only, stuff only), on the 0-100 scale. Where a
 group has no such category the average is 0 (panopticapi divides by zero).
 Ground-truth areas come from the JSON `area` field when present (as panopticapi does), else from the PNG.
+PNG names in the JSON files follow the one path rule (`data_pipelines.paths`): relative and inside their folder.
 """
 import json
 import os
 
 import numpy as np
 from PIL import Image
+
+from data_pipelines import paths
 
 OFFSET = 256 * 256 * 256
 VOID = 0
@@ -172,10 +175,14 @@ def _load_json(path, what):
 
 
 def read_png_ids(path) -> np.ndarray:
-  """Segment ids [H, W] of a COCO panoptic PNG, with an error naming a missing file."""
+  """Segment ids [H, W] of a COCO panoptic PNG, with an error naming a missing file or one that does not decode."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"panoptic PNG {path} not found")
-  return rgb2id(np.array(Image.open(path).convert("RGB")))
+  try:
+    with Image.open(path) as im:
+      return rgb2id(np.array(im.convert("RGB")))
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ValueError(f"{path}: the panoptic PNG does not decode ({e}); write it again as an RGB PNG") from None
 
 
 def index_annotations(data: dict, path: str) -> dict:
@@ -212,12 +219,12 @@ def pq_compute(gt_json: str, gt_dir: str, pred_json: str, pred_dir: str) -> dict
     if iid not in pred_anns:
       raise ValueError(f"{pred_json}: no prediction for image_id {iid} of the ground truth")
     p_ann = pred_anns[iid]
-    pred_png = os.path.join(pred_dir, p_ann["file_name"])
+    pred_png = paths.inside(pred_dir, p_ann["file_name"], f"{pred_json} image_id {iid}")
     where = f"{pred_json} image_id {iid} ({pred_png})"
     if not os.path.isfile(pred_png):
       raise FileNotFoundError(f"{where}: the prediction PNG is missing")
-    stat.add_image(read_png_ids(os.path.join(gt_dir, gt_ann["file_name"])), gt_ann["segments_info"],
-                   read_png_ids(pred_png), p_ann["segments_info"], where)
+    stat.add_image(read_png_ids(paths.inside(gt_dir, gt_ann["file_name"], f"{gt_json} image_id {iid}")),
+                   gt_ann["segments_info"], read_png_ids(pred_png), p_ann["segments_info"], where)
   out = stat.summary()
   denom = stat.tp + 0.5 * stat.fp + 0.5 * stat.fn
   out["per_category"] = {

@@ -5,9 +5,11 @@ An export directory holds:
                     class_mask, thing_mask) -> dict of outputs (see `dataseg_jax.export.exporter`);
   params.npz        the weights, one array per '/'-joined parameter path;
   embeddings.npy    float32 [C_max, D] class-name embeddings (rows past the vocabulary are zero);
-  names.txt         the vocabulary, one class name a line; things.txt its thing classes;
+  names.txt         the vocabulary, one class name a line; things.txt its thing classes (both read by the one names
+                    reader, `dataseg_jax.vocab.names`);
   config.json       image size, batch size, C_max, output kind, thresholds, text encoder and prompts.
-This file imports only the standard library, numpy and jax, so it can be copied next to a served model.
+This file imports only the standard library, numpy, jax and that pure-Python names reader (no flax, tf, optax, orbax
+or training code).
 """
 import json
 import os
@@ -15,6 +17,8 @@ import os
 import jax
 import numpy as np
 from jax import export as jax_export
+
+from dataseg_jax.vocab import names as names_lib
 
 
 def _unflatten(flat: dict) -> dict:
@@ -26,12 +30,6 @@ def _unflatten(flat: dict) -> dict:
       node = node.setdefault(p, {})
     node[leaf] = value
   return tree
-
-
-def read_names(path) -> list:
-  """One class name a line; blank lines and '#' comments skipped."""
-  with open(path) as f:
-    return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
 
 
 class ExportedModel:
@@ -51,9 +49,9 @@ class ExportedModel:
       self.exported = jax_export.deserialize(bytearray(f.read()))
     with np.load(os.path.join(path, "params.npz")) as z:
       self.params = jax.device_put(_unflatten({k: z[k] for k in z.files}))
-    names = read_names(os.path.join(path, "names.txt"))
+    names = names_lib.read_names(os.path.join(path, "names.txt"))
     things_path = os.path.join(path, "things.txt")
-    things = set(read_names(things_path)) if os.path.isfile(things_path) else set()
+    things = set(names_lib.read_names(things_path, allow_empty=True)) if os.path.isfile(things_path) else set()
     self._trained_names = names  # a learned class table classifies these only
     self.set_vocabulary(names, np.load(os.path.join(path, "embeddings.npy"))[:len(names)],
                         [n in things for n in names])

@@ -13,6 +13,15 @@
    save. SIGTERM (or a cluster preemption notice): save, then return. Too many non-finite steps in a row:
    stop with `NonFiniteError`, leaving the last checkpoint as it was.
 
+Checkpoints are only written from good states (`CheckpointGuard`): a save point writes its checkpoint only when
+every step since the previous save point had a finite loss and gradient norm, and so had the next step, whose loss is
+that of the saved weights (a finite but huge update poisons them: `learning_rate=1e6` did at the first step). So the
+checkpoint of a save point is written after the next step, from a copy of the state kept on the device for that one
+step; the last step, a preemption or an error end the run first, and are saved on their interval alone. Weights gone
+bad, and the non-finite streak that follows, never replace the last good checkpoint: after a `NonFiniteError` the
+latest checkpoint is the last good state, and a resumed run starts its streak count at 0. A last step that cannot be
+saved stops with `NonFiniteError` too.
+
 `config.eval_every_steps`: > 0 evaluates every K steps and at the end, 0 only at the end, < 0 never. A step that
 is evaluated is checkpointed after its evaluation, with the metrics; with `config.best_checkpoint_metric` every
 evaluated step is checkpointed, and the best of them is kept beside the last `keep_checkpoints` (checkpointing.py).
@@ -69,7 +78,8 @@ class Components:
 
 
 def build_components(config, workdir: str) -> Components:
-  """The real pieces: registry vocabulary, text embeddings (cached), DataSeg, the DaTaSeg criterion, mixture."""
+  """The real pieces: registry vocabulary, text embeddings (cached), DataSeg, the DaTaSeg criterion, mixture (which
+  names every skipped item in WORKDIR/skipped.tsv)."""
   from data_pipelines import mixture, registry
   from dataseg_jax.losses import criterion
   from dataseg_jax.models import dataseg
@@ -81,8 +91,9 @@ def build_components(config, workdir: str) -> Components:
       model=dataseg.DataSeg(config.model),
       loss_fn=lambda outputs, batch, rng: criterion.criterion(outputs, batch, config, rng),
       vocab=vocab, class_embeddings=np.asarray(class_embeddings, np.float32),
-      make_iterator=lambda index, count: mixture.TrainIterator(config, vocab, process_index=index,
-                                                               process_count=count))
+      make_iterator=lambda index, count: mixture.TrainIterator(
+          config, vocab, process_index=index, process_count=count,
+          skip_log=mixture.skip_log_path(workdir, index)))
 
 
 def check_workdir(workdir: str) -> epath.Path:
@@ -198,6 +209,65 @@ def pretrained_params(config, abstract_state):
   return pretrained
 
 
+class CheckpointGuard:
+  """Writes the checkpoint of a save point only from a good state (module docstring): `save_point` checks that every
+  step since the previous save point was finite (`TrainState.nonfinite_total` unchanged) and keeps a copy of the
+  state until `after_step` has seen the next step's loss, the loss of its weights; logs what it refuses."""
+
+  def __init__(self, manager, state):
+    self._manager = manager
+    self._total = int(jax.device_get(state.nonfinite_total))
+    self._pending = None  # (step, state copy, data iterator state, metrics) of a save point awaiting its next step
+    self.last_refused = False  # whether the latest save point was refused
+
+  def _interval_finite(self, state, step: int) -> bool:
+    total = int(jax.device_get(state.nonfinite_total))
+    bad, self._total = total - self._total, total
+    if bad:
+      logging.warning("step %d is not checkpointed: %d step(s) since the previous save point had a non-finite loss "
+                      "or gradient norm, so its weights may be bad; the latest checkpoint stays the last good state",
+                      step, bad)
+    return not bad
+
+  def save_point(self, step: int, state, data_state, metrics, now: bool) -> None:
+    """A save point at `step`: refused when a step since the previous one was not finite, else written `now` (the
+    run ends: nothing follows to confirm it) or kept until the next step (`after_step`)."""
+    self.last_refused = not self._interval_finite(state, step)
+    if self.last_refused:
+      return
+    if now:
+      checkpointing.save(self._manager, step, state, data_state, metrics=metrics, force=True)
+    else:  # the next step donates `state`
+      copy = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), state)
+      self._pending = (step, copy, data_state, metrics)
+
+  def after_step(self, step: int, metrics: dict) -> None:
+    """Writes the pending save point's checkpoint when `step`, the next one, had a finite loss and gradient norm;
+    drops it otherwise."""
+    if self._pending is None:
+      return
+    saved, state, data_state, scores = self._pending
+    self._pending = None
+    if bool(jax.device_get(metrics["finite"])):
+      checkpointing.save(self._manager, saved, state, data_state, metrics=scores, force=True)
+      return
+    logging.warning("step %d is not checkpointed: the loss of its weights (step %d) is not finite, so an update "
+                    "poisoned them; the latest checkpoint stays the last good state", saved, step)
+
+
+def nonfinite_advice(config, latest: int | None, checkpoints: str) -> str:
+  """What to change after non-finite steps: the key and a suggested value, and where a rerun resumes."""
+  lr = float(config.optimizer.learning_rate)
+  resume = (f"the latest checkpoint, step {latest} under {checkpoints}, is the last good state: rerunning the same "
+            "command resumes from it" if latest is not None else
+            f"no good checkpoint was written under {checkpoints}: rerunning the same command starts afresh")
+  clip = ("" if config.optimizer.clip_norm > 0 else
+          " or clip the gradients with --config.optimizer.clip_norm=0.01 (Mask2Former's value)")
+  return (f"{resume}, with a count of non-finite steps starting at 0. Lower the learning rate, e.g. "
+          f"--config.optimizer.learning_rate={lr / 10:g} (a tenth of {lr:g}; lower it again if the run stops "
+          f"again){clip}; if the loss is non-finite from the first step, check the data with scripts/check_dataset.py.")
+
+
 def longest_streak_exceeded(history: list[dict], limit: int) -> int:
   """The largest `nonfinite_streak` seen in the fetched per-step metrics when it reaches `limit`, else 0."""
   worst = max((int(m["nonfinite_streak"]) for m in history), default=0)
@@ -262,12 +332,14 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
     state = create(pretrained_params(config, abstract))
   else:
     state, data_state = checkpointing.restore(manager, latest, abstract, workdir)
+    state = state.replace(nonfinite_streak=state.nonfinite_streak * 0)  # a resumed run counts its own streak
     iterator.set_state(data_state)
     logging.info("resumed from %s/%d", checkpointing.checkpoint_dir(workdir), latest)
   if jax.process_index() == 0:  # after the checkpoint was found compatible: a refused resume leaves it as it was
     (path / "config.json").write_text(config.to_json_best_effort(indent=2))
   del create  # its compiled initialiser (0.2 GiB of host memory for R50) would otherwise live through training
   start = int(state.step)
+  guard = CheckpointGuard(manager, state)
 
   replicated = mesh_lib.replicated(mesh)
   embeddings = jax.device_put(jnp.asarray(components.class_embeddings), replicated)
@@ -307,6 +379,7 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
       with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
         state, metrics = compiled(state, batch, embeddings, class_mask)
       step += 1
+      guard.after_step(step, metrics)
       interval_steps += 1
       interval_flops = interval_flops + flops if flops and interval_flops is not None else None
       history.append(metrics)
@@ -322,9 +395,8 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
           manager.wait_until_finished()
           raise NonFiniteError(
               f"stopping at step {step}: {worst} consecutive steps had a non-finite loss or gradient norm "
-              f"(limit config.optimizer.max_nonfinite_steps={config.optimizer.max_nonfinite_steps}); the last "
-              f"checkpoint ({manager.latest_step()}) under {checkpointing.checkpoint_dir(workdir)} is left as it "
-              f"was. Lower config.optimizer.learning_rate or clip_norm, or check the data, then rerun to resume.")
+              f"(limit config.optimizer.max_nonfinite_steps={config.optimizer.max_nonfinite_steps}); "
+              + nonfinite_advice(config, manager.latest_step(), checkpointing.checkpoint_dir(workdir)))
       if step % config.log_every_steps == 0 or last:
         elapsed = time.perf_counter() - interval_start
         summary = summarize(history, components.vocab.datasets, global_batch)
@@ -335,19 +407,29 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
             summary["hfu"] = interval_flops / elapsed / peak
         writer.write_scalars(step, summary)
         history, interval_start, interval_steps, interval_flops = [], time.perf_counter(), 0, 0.0
-      scores = None
+      scores, failed = None, True
       try:
         if not preempted and evaluation_due(config, step):
           eval_start = time.perf_counter()
           scores = evaluate(config, components, state, workdir, step)
           interval_start += time.perf_counter() - eval_start  # evaluating is not stepping
+        failed = False
       finally:  # after the evaluation, so that the checkpoint holds its metrics; saved even if it failed
-        checkpointing.save(manager, step, state, data_state, metrics=scores,
-                           force=last or preempted or (scores is not None and bool(config.best_checkpoint_metric)))
+        forced = last or preempted or (scores is not None and bool(config.best_checkpoint_metric))
+        if forced or manager.should_save(step):
+          guard.save_point(step, state, data_state, scores, now=last or preempted or failed)
       if scores is not None:
         writer.write_scalars(step, scores)
+      if last and guard.last_refused:
+        manager.wait_until_finished()
+        raise NonFiniteError(
+            f"training reached its last step {step}, but steps since the previous save point had a non-finite loss "
+            f"or gradient norm, so its state is not saved; "
+            + nonfinite_advice(config, manager.latest_step(), checkpointing.checkpoint_dir(workdir)))
       if preempted:
-        logging.warning("preempted at step %d: checkpoint saved, exiting", step)
+        logging.warning("preempted at step %d: %s, exiting", step,
+                        f"not checkpointed, a rerun resumes from step {manager.latest_step()}"
+                        if guard.last_refused else "checkpoint saved")
         break
   finally:
     batches.close()

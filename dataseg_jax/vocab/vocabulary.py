@@ -8,7 +8,8 @@ registered globally: a `UnionVocab` is built from the config's dataset entries a
 
 Built-in vocabularies (`BUILTIN`) hold the published class lists of ADE20K-150 (from
 `objectInfo150.txt`/`.csv`), COCO panoptic 133 (`panoptic_coco_categories.json`) and Objects365 v2
-(365 classes); the dataset files' own lists take precedence when they have them.
+(365 classes); the dataset files' own lists take precedence when they have them. Names files are read by
+`dataseg_jax.vocab.names`.
 
 Pure Python and numpy (no tf, no jax), importable from data_pipelines and from the model side.
 """
@@ -66,22 +67,6 @@ def load_builtin(key: str) -> tuple:
   cats = json.loads((_HERE / BUILTIN[key]).read_text())["categories"]
   vocab = DatasetVocab(tuple(c["name"] for c in cats), tuple(bool(c["isthing"]) for c in cats))
   return vocab, tuple(int(c["id"]) for c in cats)
-
-
-def read_names_file(path) -> list:
-  """Names file -> list of names: one class per line, in label order; blank lines and '#' comments skipped.
-
-  Also reads ADE's `objectInfo150.txt` (tab-separated, header `Idx Ratio Train Val Name`).
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"names file {path} not found; expected a text file with one class name "
-                            "per line in label order (label 1 on the first line when reduce_zero_label)")
-  lines = [ln.rstrip("\n") for ln in path.read_text(encoding="utf-8-sig").splitlines()]  # -sig: drops a BOM
-  lines = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-  if lines and lines[0].split("\t")[0].strip() == "Idx":  # objectInfo150.txt
-    return [ln.split("\t")[-1].strip() for ln in lines[1:]]
-  return [ln.strip() for ln in lines]
 
 
 @dataclasses.dataclass

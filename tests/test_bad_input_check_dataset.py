@@ -1,5 +1,5 @@
-"""scripts/check_dataset.py: clean data passes; each kind of bad input (issue 5) is reported with its file and
-the fix; exit 1 on errors, 0 on warnings only."""
+"""scripts/check_dataset.py: clean data passes; each kind of bad input (issues 5 and 24) is reported with its file
+and the fix; exit 1 on errors, 0 on warnings only. One row of `BAD` per kind."""
 import json
 import pathlib
 import runpy
@@ -137,9 +137,51 @@ def missing_folder(d):
   return "toy_coco", "layout", "panoptic_train"
 
 
+def nan_box(d):
+  """Issue 24: passed as 'no problems' and trained as an image with no objects."""
+  path = d / "toy_o365/annotations/train.json"
+  _edit_json(path, lambda doc: doc["annotations"].append(dict(doc["annotations"][0], id=10**6,
+                                                              bbox=[float("nan"), 3, 5, 5])))
+  return "toy_o365", "nonfinite_box", "annotation 1000000 bbox [nan, 3, 5, 5] holds a NaN or infinite value"
+
+
+def image_without_height(d):
+  """Issue 24: a KeyError traceback."""
+  path = d / "toy_o365/annotations/train.json"
+  doc = json.loads(path.read_text())
+  del doc["images"][0]["height"]
+  path.write_text(json.dumps(doc))
+  return "toy_o365", "missing_image_size", f"image_id {doc['images'][0]['id']} ({doc['images'][0]['file_name']}) has no"
+
+
+def annotation_without_bbox(d):
+  path = d / "toy_o365/annotations/train.json"
+  _edit_json(path, lambda doc: doc["annotations"].append({"id": 10**6, "image_id": 1, "category_id": 1}))
+  return "toy_o365", "malformed_annotation", "train.json annotations["
+
+
+def file_name_outside_its_folder(d):
+  """Issue 24: read from outside data_dir without a warning."""
+  path = d / "toy_o365/annotations/train.json"
+  doc = json.loads(path.read_text())
+  outside = d / "outside.jpg"
+  shutil.copy(d / "toy_o365/train" / doc["images"][0]["file_name"], outside)
+  doc["images"][0]["file_name"] = "../../outside.jpg"
+  path.write_text(json.dumps(doc))
+  return "toy_o365", "path_outside_root", "file name '../../outside.jpg' leaves its folder"
+
+
+def undecodable_label_png(d):
+  """Issue 24: the message named the image, not its broken label PNG."""
+  png = _first(d / "toy_ade/annotations/training", "*.png")
+  png.write_bytes(png.read_bytes()[:60])
+  return "toy_ade", "undecodable_label", f"{png} (the label of"
+
+
 BAD = [truncated_image, corrupt_image, label_outside_names, label_other_size,
        missing_label, unknown_category, zero_size_box, negative_size_box, one_point_polygon, box_outside_image,
-       image_missing_from_folder, panoptic_png_other_size, missing_folder]
+       image_missing_from_folder, panoptic_png_other_size, missing_folder, nan_box, image_without_height,
+       annotation_without_bbox, file_name_outside_its_folder, undecodable_label_png]
 
 
 @pytest.mark.parametrize("corrupt", BAD, ids=[f.__name__ for f in BAD])
@@ -229,4 +271,17 @@ def test_names_that_clash_in_a_dataset_are_an_error(toy, tmp_path):
   names.write_text("\n".join(lines + [lines[0].upper()]) + "\n")  # a class more, named as the first
   out = []
   errors, _ = check_dataset.check(toy4(data), ["toy_ade"], str(tmp_path / "ov"), 0, echo=out.append)
-  assert errors >= 1 and any("ERROR vocabulary" in line and "normalise to the same name" in line for line in out), out
+  assert errors >= 1 and any("ERROR vocabulary" in line and f"names.txt: line {len(lines) + 1} {lines[0].upper()!r} "
+                             f"duplicates line 1 {lines[0]!r}" in line for line in out), out
+
+
+def test_an_annotation_file_that_is_not_json_is_named(toy, tmp_path):
+  """Issue 24: 'Expecting value: line 1 column 1' with no file name."""
+  data = tmp_path / "data"
+  shutil.copytree(toy, data)
+  (data / "toy_o365/annotations/train.json").write_text("<html>not found</html>")
+  out = []
+  errors, _ = check_dataset.check(toy4(data), ["toy_o365"], str(tmp_path / "ov"), 0, echo=out.append)
+  assert errors >= 1 and any(
+      "ERROR vocabulary" in line and f"{data}/toy_o365/annotations/train.json is not a valid JSON file (Expecting "
+      "value: line 1 column 1 (char 0)); re-export or re-download the annotation file" in line for line in out), out

@@ -1,5 +1,6 @@
-"""Bad input never passes silently: a clear error, or a counted and logged skip (config decides)."""
+"""Bad data input never passes silently: a clear error naming the file, or a counted and logged skip."""
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -220,3 +221,137 @@ def test_panoptic_unknown_category_and_empty_image(clean_dir, tmp_path):
   assert len(index) == 11
   with pytest.raises(ValueError, match="unknown_category.*category_id 12345"):
     registry.build_index(_single(root, "toy_coco", "error"), "toy_coco", "train")
+
+
+# ------------------------------------------------------------------ one row per bad JSON entry (issue 24)
+def _nan_box(doc, _):
+  doc["annotations"][0]["bbox"] = [float("nan"), 5, 10, 10]
+
+
+def _infinite_box(doc, _):
+  doc["annotations"][0]["bbox"] = [5, 5, float("inf"), 10]
+
+
+def _short_box(doc, _):
+  doc["annotations"][0]["bbox"] = [5, 5, 10]
+
+
+def _string_in_box(doc, _):
+  doc["annotations"][0]["bbox"] = ["5", 5, 10, 10]
+
+
+def _no_bbox(doc, _):
+  del doc["annotations"][0]["bbox"]
+
+
+def _no_height(doc, _):
+  del doc["images"][0]["height"]
+
+
+def _zero_width(doc, _):
+  doc["images"][0]["width"] = 0
+
+
+def _escaping_file_name(doc, folder):
+  shutil.copy(folder / doc["images"][0]["file_name"], folder.parent.parent / "outside.jpg")
+  doc["images"][0]["file_name"] = "../../outside.jpg"
+
+
+def _absolute_file_name(doc, folder):
+  outside = folder.parent.parent / "outside.jpg"
+  shutil.copy(folder / doc["images"][0]["file_name"], outside)
+  doc["images"][0]["file_name"] = str(outside)
+
+
+def _escaping_panoptic_png(doc, folder):
+  png = folder.parent / "annotations/panoptic_train" / doc["annotations"][0]["file_name"]
+  shutil.copy(png, folder.parent.parent / "outside.png")
+  doc["annotations"][0]["file_name"] = "../../../outside.png"
+
+
+def _segment_without_category(doc, _):
+  del doc["annotations"][0]["segments_info"][0]["category_id"]
+
+
+JSON_CASES = [  # (dataset, JSON, images folder, change, reason, message)
+    ("toy_o365", "train.json", "train", _nan_box, "nonfinite_box", r"bbox \[nan, 5, 10, 10\] holds a NaN or infinite"),
+    ("toy_o365", "train.json", "train", _infinite_box, "nonfinite_box", r"bbox \[5, 5, inf, 10\] holds a NaN"),
+    ("toy_o365", "train.json", "train", _short_box, "malformed_box", r"bbox \[5, 5, 10\] is not a list \[x, y, width"),
+    ("toy_o365", "train.json", "train", _string_in_box, "malformed_box", r"holds a value that is not a number"),
+    ("toy_o365", "train.json", "train", _no_bbox, "malformed_annotation",
+     r"train.json annotations\[0\] \(id \d+\) has no 'bbox'. Add the key"),
+    ("toy_o365", "train.json", "train", _no_height, "missing_image_size",
+     r"train.json image_id \d+ \(.*\) has no 'height'. Add the image's 'height' and 'width'"),
+    ("toy_o365", "train.json", "train", _zero_width, "missing_image_size", r"has width 0, not a positive number"),
+    ("toy_o365", "train.json", "train", _escaping_file_name, "path_outside_root",
+     r"train.json image_id \d+ \(../../outside.jpg\): file name '../../outside.jpg' leaves its folder. Fix the file"),
+    ("toy_o365", "train.json", "train", _absolute_file_name, "path_outside_root", r"outside.jpg' is an absolute path"),
+    ("toy_coco", "panoptic_train.json", "train", _escaping_panoptic_png, "path_outside_root",
+     r"panoptic_train.json image_id \d+: file name '../../../outside.png' leaves its folder"),
+    ("toy_coco", "panoptic_train.json", "train", _segment_without_category, "malformed_segment",
+     r"panoptic_train.json image_id \d+ segments_info\[0\] has no 'category_id'"),
+]
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+@pytest.mark.parametrize("dataset,json_name,folder,change,reason,message", JSON_CASES,
+                         ids=[c[3].__name__.strip("_") for c in JSON_CASES])
+def test_a_bad_json_entry_is_named_and_never_read(clean_dir, tmp_path, dataset, json_name, folder, change, reason,
+                                                  message, policy):
+  """Issue 24: a NaN box trained as an image with no objects, an image without 'height' was a KeyError, and a
+  file_name with '../' or an absolute path was read from outside data_dir without a word. Each is now an error naming
+  the JSON and the image or annotation id (on_bad_example='error') or a counted skip that reads no file outside."""
+  root = tmp_path / "toy"
+  shutil.copytree(clean_dir / dataset, root / dataset)
+  path = root / dataset / "annotations" / json_name
+  doc = json.loads(path.read_text())
+  change(doc, root / dataset / folder)
+  path.write_text(json.dumps(doc))
+  config = _single(root, dataset, policy)
+  if policy == "error":
+    with pytest.raises(ValueError, match=f"{dataset}/train: {reason}: .*{message}"):
+      registry.build_index(config, dataset, "train")
+    return
+  index = registry.build_index(config, dataset, "train")
+  assert index.skipped[reason] == 1, dict(index.skipped)
+  assert not any("outside" in p for p in index.image_paths + index.label_paths)
+  assert np.isfinite(index.boxes).all()
+  assert [m for r, m in index.skip_messages if r == reason]
+
+
+def test_an_annotation_file_that_is_not_json_is_named(clean_dir, tmp_path):
+  """Issue 24: 'Expecting value: line 1 column 1' with no file name."""
+  root = tmp_path / "toy"
+  shutil.copytree(clean_dir / "toy_o365", root / "toy_o365")
+  path = root / "toy_o365/annotations/train.json"
+  path.write_text('{"images": [], oops')
+  with pytest.raises(ValueError, match=f"^{path} is not a valid JSON file \\(Expecting property name enclosed in "
+                                       r"double quotes: line 1 column 16 \(char 15\)\); re-export or re-download"):
+    registry.build_vocab(_single(root, "toy_o365", "error"))
+
+
+def test_training_skips_are_named_in_the_skip_log(broken_ade, tmp_path):
+  """Issue 24: skips during training were counted but not named. WORKDIR/skipped.tsv names each skipped item with
+  its reason: items skipped while indexing (step 'index') and examples the input pipeline skipped (the step whose
+  batch they would have joined); a resumed run lists each skip once."""
+  (broken_ade / "toy_ade/annotations/training/ADE_train_00000007.png").unlink()  # skipped while indexing
+  config = _single(broken_ade, "toy_ade", "skip")
+  vocab = registry.build_vocab(config)
+  log = mixture.skip_log_path(str(tmp_path))
+  it = mixture.TrainIterator(config, vocab, skip_log=log)
+  states = []
+  while it.get_state()["consumed"]["toy_ade"] < 11:  # one epoch of the 11 indexed images
+    states.append(it.get_state())
+    next(it)
+  lines = pathlib.Path(log).read_text().splitlines()
+  assert lines[0] == "step\tdataset\treason\tmessage"
+  assert [tuple(line.split("\t")[:3]) for line in lines[1:]] == [
+      ("index", "toy_ade", "missing_annotation"), (lines[2].split("\t")[0], "toy_ade", "undecodable_or_invalid")]
+  assert "ADE_train_00000007.jpg has no" in lines[1] and "ADE_train_00000007.png. Add the label PNG" in lines[1]
+  assert lines[2].split("\t")[3].startswith(f"{broken_ade}/toy_ade/images/training/ADE_train_00000002.jpg: ")
+  step = int(lines[2].split("\t")[0])
+  it = mixture.TrainIterator(config, vocab, skip_log=log)  # resumed before the skip: it is listed once
+  it.set_state(states[step - 1])
+  while it.get_state()["consumed"]["toy_ade"] < 11:
+    next(it)
+  assert pathlib.Path(log).read_text().splitlines() == lines

@@ -1,0 +1,100 @@
+"""Bad config values stop at start with the key's name, what it must be and a value to pass instead.
+
+One row per key: `config.validate` checks every retention, schedule and size key once (dataseg_jax/config.py).
+"""
+import pathlib
+import re
+import runpy
+
+import pytest
+
+from dataseg_jax import config as config_lib
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def toy_config():
+  return runpy.run_path(str(CONFIGS / "toy.py"))["get_config"]()
+
+
+def set_key(config, key: str, value) -> None:
+  node = config
+  *path, leaf = key.split(".")
+  for p in path:
+    node = node[p]
+  node[leaf] = value
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("model.backbone.name", "swin", "config.model.backbone.name"),
+    ("model.num_queries", 0, "config.model.num_queries"),
+    ("data.max_segments", 500, "config.data.max_segments"),
+    ("model.dtype", "float16", "config.model.dtype"),
+    ("model.classifier", "mlp", "config.model.classifier"),
+    ("data.mixture_mode", "random", "config.data.mixture_mode"),
+    ("data.image_size", 100, "config.data.image_size"),
+    ("data.datasets.toy_ade.image_size", 48, "config.data.datasets.toy_ade.image_size"),
+    ("log_every_steps", 0, "config.log_every_steps"),
+    ("checkpoint_every_steps", -1, "config.checkpoint_every_steps"),
+    ("optimizer.schedule", "step", "config.optimizer.schedule"),
+    ("mesh.param_sharding", "zero3", "config.mesh.param_sharding"),
+    ("data.datasets.toy_ade.ratio", -1.0, "config.data.datasets.toy_ade.ratio"),
+    ("loss.oversample_ratio", 0.5, "config.loss.oversample_ratio"),
+    ("loss.importance_sample_ratio", 1.5, "config.loss.importance_sample_ratio"),
+    ("data.datasets.toy_heldout.eval_tasks", ("semantc",), "config.data.datasets.toy_heldout.eval_tasks"),
+    ("data.datasets.toy_o365.val_instances", "", "config.data.datasets.toy_o365: instance evaluation"),
+    # retention, schedule and size keys (issue 24)
+    ("keep_checkpoints", 0, "config.keep_checkpoints: must be >= 1 (the latest N checkpoints are kept; 0 would "
+     "delete every one), got 0; e.g. --config.keep_checkpoints=3 (the default)"),
+    ("total_steps", 0, "config.total_steps: must be >= 1, got 0"),
+    ("optimizer.learning_rate", -1e-3, "config.optimizer.learning_rate: must be a finite number > 0, got -0.001; "
+     "e.g. --config.optimizer.learning_rate=0.0001 (the default)"),
+    ("optimizer.learning_rate", 0.0, "config.optimizer.learning_rate: must be a finite number > 0, got 0.0"),
+    ("optimizer.learning_rate", float("nan"), "config.optimizer.learning_rate: must be a finite number > 0, got nan"),
+    ("optimizer.warmup_steps", -5, "config.optimizer.warmup_steps: must be >= 0 (0: no warm-up), got -5"),
+    ("optimizer.weight_decay", -0.05, "config.optimizer.weight_decay: must be >= 0, got -0.05"),
+    ("optimizer.backbone_multiplier", -0.1, "config.optimizer.backbone_multiplier: must be >= 0"),
+    ("optimizer.clip_norm", -1.0, "config.optimizer.clip_norm: must be >= 0 (0: no clipping), got -1.0"),
+    ("optimizer.ema_decay", 1.0, "config.optimizer.ema_decay: must be in [0, 1) (0: no EMA), got 1.0"),
+    ("optimizer.max_nonfinite_steps", 0, "config.optimizer.max_nonfinite_steps: must be >= 1, got 0"),
+    ("data.batch_size", 0, "config.data.batch_size: must be >= 1 (the global batch, split over the 'data' devices), "
+     "got 0"),
+    ("data.eval_batch_size", 0, "config.data.eval_batch_size: must be >= 1"),
+    ("data.image_size", 0, "config.data.image_size: must be a positive multiple of 32"),
+    ("data.eval_size", 100, "config.data.eval_size: must be a positive multiple of 32"),
+    ("data.label_stride", 0, "config.data.label_stride: must be >= 1, got 0"),
+    ("data.label_stride", 3, "config.data.label_stride: 3 does not divide data.image_size=128"),
+    ("data.min_scale", 0.0, "config.data.min_scale: must be > 0, got 0.0"),
+    ("data.max_scale", 0.05, "config.data.max_scale: must be >= data.min_scale=0.1, got 0.05"),
+    ("data.prefetch", -1, "config.data.prefetch: must be >= 0, got -1"),
+    ("data.on_bad_example", "ignore", "config.data.on_bad_example: must be one of ('error', 'skip'), got 'ignore'"),
+    ("eval.on_bad_example", "warn", "config.eval.on_bad_example: must be one of ('error', 'skip'), got 'warn'"),
+    ("eval.max_examples", -1, "config.eval.max_examples: must be >= 0 (0: the whole split), got -1"),
+    ("eval.instance_topk", 0, "config.eval.instance_topk: must be >= 1, got 0"),
+    ("eval.num_overlays", -1, "config.eval.num_overlays: must be >= 0, got -1"),
+    ("eval.object_mask_threshold", 1.5, "config.eval.object_mask_threshold: must be in [0, 1], got 1.5"),
+    ("loss.class_weight", -2.0, "config.loss.class_weight: must be >= 0, got -2.0"),
+    ("loss.num_points", 0, "config.loss.num_points: must be >= 1, got 0"),
+    ("matcher.num_points", 0, "config.matcher.num_points: must be >= 1, got 0"),
+    ("profile_at_step", -1, "config.profile_at_step: must be >= 0 (0: no profile), got -1"),
+])
+def test_bad_value_names_the_key(key, value, message):
+  c = toy_config()
+  set_key(c, key, value)
+  with pytest.raises(ValueError, match="^" + re.escape(message)):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("data.batch_size", 6, "config.data.batch_size: 6 does not split over config.mesh.shape[0]=4 'data' devices; "
+     "pick a multiple of 4"),
+    ("data.eval_batch_size", 2, "config.data.eval_batch_size: 2 does not split over config.mesh.shape[0]=4"),
+])
+def test_batch_sizes_must_split_over_the_configured_data_devices(key, value, message):
+  c = toy_config()
+  c.mesh.shape = (4, 1)
+  c.data.batch_size, c.data.eval_batch_size = 8, 8
+  config_lib.validate(c)
+  set_key(c, key, value)
+  with pytest.raises(ValueError, match="^" + re.escape(message)):
+    config_lib.validate(c)
