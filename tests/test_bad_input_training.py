@@ -47,8 +47,8 @@ class Poisoned:
 def poisoned_components(c, at):
   """The tiny components whose loss is non-finite on the batches of stream positions `at` (steps `at` + 1)."""
   def loss(outputs, batch, rng):
-    value, terms = tiny.tiny_loss(outputs, batch, rng)
-    return value + jnp.sum(batch["poison"]), terms
+    value, terms, stats = tiny.tiny_loss(outputs, batch, rng)
+    return value + jnp.sum(batch["poison"]), terms, stats
 
   comps = loop_tests.components(c, loss_fn=loss)
   make = comps.make_iterator
