@@ -2,9 +2,10 @@
 
   python scripts/make_toy_data.py --out data/toy [--control] [--size 128 --seed 0]
 
-The world (`WORLD`): a class is a texture (stuff) or a shape and a texture (things). Everything else varies per
-instance and carries no class: colour (any hue), scale, rotation, aspect, per-instance and per-image lighting,
-blur, noise, and unlabelled distractors (void in every annotation). Every dataset is drawn from this one world,
+The world (`WORLD`): a class is a texture (stuff) or a shape and a texture (things), with a typical hue. Everything
+else varies per instance: the colour (the class's hue jittered by about a tenth of the colour wheel, so that it
+narrows a class down to a few without naming it; any saturation and brightness), scale, rotation, aspect,
+per-instance and per-image lighting, blur, noise, and unlabelled distractors (void in every annotation). Every dataset is drawn from this one world,
 so a class learned from one dataset is the same class in another, which is what makes joint training able to
 help (docs/results.md measures whether it does). The datasets, by default sizes (training / validation images):
 
@@ -91,9 +92,21 @@ def is_thing(world_class: str) -> bool:
   return WORLD[world_class][1] is not None
 
 
-def random_colour(rng) -> np.ndarray:
-  """A colour of any hue: HSV with saturation 0.3-1 and value 0.45-1, as RGB float [3] in 0-255."""
-  h, s, v = rng.uniform(0, 1), rng.uniform(0.3, 1.0), rng.uniform(0.45, 1.0)
+HUE_JITTER = 0.06  # standard deviation of a class's hue per instance, as a fraction of the colour wheel
+
+
+def class_hue(world_class: str) -> float:
+  """The class's typical hue in [0, 1): the world's classes spread around the colour wheel in `WORLD` order, a
+  variant (`VARIANTS`) sharing its original's."""
+  names = [n for n in WORLD if n not in VARIANTS]
+  return (names.index(VARIANTS.get(world_class, world_class)) * 0.382) % 1.0  # golden-ratio spacing
+
+
+def random_colour(rng, hue: float | None = None) -> np.ndarray:
+  """A colour of hue `hue` jittered by HUE_JITTER (any hue when None), saturation 0.35-1 and value 0.5-1, as RGB
+  float [3] in 0-255."""
+  h = rng.uniform(0, 1) if hue is None else (hue + HUE_JITTER * rng.standard_normal()) % 1.0
+  s, v = rng.uniform(0.35, 1.0), rng.uniform(0.5, 1.0)
   k = (np.array([5.0, 3.0, 1.0]) + h * 6) % 6
   return 255 * v * (1 - s * np.clip(np.minimum(k, 4 - k), 0, 1))
 
@@ -145,14 +158,14 @@ def pattern(kind: str, yy: np.ndarray, xx: np.ndarray, rng, period: float) -> np
 
 def texture(world_class: str, h: int, w: int, rng, angle: float = 0.0, period_scale: float = 1.0,
             y0: int = 0, x0: int = 0) -> np.ndarray:
-  """[h, w, 3] float: the class's texture in a random colour, its pattern rotated by `angle`, on the window at
-  (y0, x0) of the image."""
+  """[h, w, 3] float: the class's texture in a colour of its hue (`random_colour`), its pattern rotated by `angle`,
+  on the window at (y0, x0) of the image."""
   yy, xx = np.mgrid[y0:y0 + h, x0:x0 + w].astype(np.float32)
   c, s = np.cos(angle), np.sin(angle)
   ry, rx = c * yy - s * xx, s * yy + c * xx
-  period = rng.uniform(4.0, 7.0) * period_scale
+  period = rng.uniform(5.0, 8.0) * period_scale
   m = pattern(WORLD[world_class][0], ry, rx, rng, period)
-  return random_colour(rng)[None, None] * m[..., None]
+  return random_colour(rng, class_hue(world_class))[None, None] * m[..., None]
 
 
 def shape_mask(shape: str, h: int, w: int, cy: float, cx: float, r: float, angle: float = 0.0,
@@ -257,11 +270,11 @@ def draw_scene(vocab: dict, h: int, w: int, rng, backgrounds=BACKGROUNDS):
     instances.append((cls, m))
   instances = [(c, m) for c, m in instances if m.sum() >= 12]
   ramp_y, ramp_x = rng.uniform(-1, 1, 2)
-  light = rng.uniform(0.7, 1.15) + 0.25 * (ramp_y * (yy / h - 0.5) + ramp_x * (xx[None] / w - 0.5))
+  light = rng.uniform(0.8, 1.15) + 0.2 * (ramp_y * (yy / h - 0.5) + ramp_x * (xx[None] / w - 0.5))
   img *= light[..., None]
-  if rng.random() < 0.5:
-    img = ndimage.gaussian_filter(img, sigma=(rng.uniform(0.3, 1.2),) * 2 + (0,))
-  img += rng.uniform(2, 8) * rng.standard_normal(img.shape, dtype=np.float32)
+  if rng.random() < 0.3:
+    img = ndimage.gaussian_filter(img, sigma=(rng.uniform(0.3, 0.8),) * 2 + (0,))
+  img += rng.uniform(2, 6) * rng.standard_normal(img.shape, dtype=np.float32)
   return np.clip(img, 0, 255).astype(np.uint8), label, instances
 
 
