@@ -131,3 +131,14 @@ def test_more_targets_than_queries_is_refused_at_config_time():
     config_lib.validate(c)
   with pytest.raises(ValueError, match="cannot be matched"):
     matching.hungarian_match(jnp.zeros((3, 4)))
+
+
+def test_the_solver_is_chosen_per_platform_scipy_on_the_host_for_cpu_and_gpu_the_device_solver_on_tpu():
+  """Lowered for the CPU the batched match is a host callback; for a TPU a while loop on the device, no callback.
+  (A GPU lowering needs a GPU backend: its choice is HOST_SOLVER_PLATFORMS, measured in docs/bench.)"""
+  fn = jax.jit(matching.hungarian_match_batch)
+  cpu = fn.trace(jnp.zeros((2, 5, 4))).lower(lowering_platforms=("cpu",)).as_text()
+  tpu = fn.trace(jnp.zeros((2, 5, 4))).lower(lowering_platforms=("tpu",)).as_text()
+  assert "callback" in cpu and "while" not in cpu
+  assert "while" in tpu and "callback" not in tpu
+  assert {"cpu", "cuda", "rocm"} <= set(matching.HOST_SOLVER_PLATFORMS) and "tpu" not in matching.HOST_SOLVER_PLATFORMS

@@ -1,12 +1,16 @@
-"""Hungarian matching on device: Mask2Former's costs, padding that never matches, no gradient.
+"""Hungarian matching inside the jitted step: Mask2Former's costs, padding that never matches, no gradient.
 
-On accelerators the assignment is `shortest_augmenting_paths` (exact, a `while_loop` of vector steps that jits
-and vmaps), run inside the jitted step instead of scipy on the host [default: DaTaSeg says "bipartite
-matching", Mask2Former's matcher.py uses scipy on the CPU]. When the step is compiled for the CPU, where device
-memory is host memory, the same call lowers to a `pure_callback` into scipy's `linear_sum_assignment`, which
-solves a batch's matrices on as many threads as the process has cores (scipy releases the GIL); the choice is
-made by `jax.lax.platform_dependent` at lowering, so one function serves every platform. Costs are built by
-`criterion.py` from the pairwise terms of `mask_losses.py` and `box_projection.py`.
+The solver is chosen per platform by `jax.lax.platform_dependent` at lowering, so one function serves every
+platform [default: DaTaSeg says "bipartite matching", Mask2Former's matcher.py uses scipy on the CPU]:
+- CPU and GPU (CUDA, ROCm): a `pure_callback` into scipy's `linear_sum_assignment` on the host, which solves a
+  batch's matrices on as many threads as the process has cores (scipy releases the GIL). On the CPU the costs are
+  already in host memory; on a GPU the L x B cost matrices of a step (10 x 16 x 100 x 100 float32: 6 MB) cross
+  PCIe in about a millisecond, against 57 ms for the on-device solver and 7 ms for scipy at B=16, Q=100, N=100
+  on an H200 (docs/bench/gpu_h200_step.json): a while_loop solver takes hundreds of sequential steps of a few
+  microseconds each, which scipy's C loop beats.
+- TPU (and any other platform): `shortest_augmenting_paths`, exact, a `while_loop` of vector steps that jits and
+  vmaps, on the device.
+Costs are built by `criterion.py` from the pairwise terms of `mask_losses.py` and `box_projection.py`.
 """
 import concurrent.futures
 import functools
@@ -32,6 +36,7 @@ def class_cost(log_probs: jax.Array, target_class: jax.Array) -> jax.Array:
   return -jnp.matmul(jnp.exp(log_probs.astype(jnp.float32)), onehot.T, precision=jax.lax.Precision.HIGHEST)
 
 
+HOST_SOLVER_PLATFORMS = ("cpu", "cuda", "rocm")  # scipy on the host (module docstring); elsewhere the device solver
 COST_LIMIT = 1e30  # |real cost| clip: float32 then holds (N + 2)(N + 1) times their range (2e30) for N up to ~1e4
 
 
@@ -91,7 +96,8 @@ def hungarian_match(cost: jax.Array) -> jax.Array:
   if n == 0:
     return jnp.zeros((0,), jnp.int32)
   cost = jax.lax.stop_gradient(cost)
-  match = jax.lax.platform_dependent(cost, cpu=_scipy_match, default=_device_match)
+  match = jax.lax.platform_dependent(cost, **{p: _scipy_match for p in HOST_SOLVER_PLATFORMS},
+                                     default=_device_match)
   return jax.lax.stop_gradient(match)
 
 
