@@ -434,3 +434,34 @@ def test_chance_iou_equals_uniform_random_labelling():
   assert chance[4] == 0 and simulated[4] == 0  # absent class: predicted all the same, never right
   assert np.isnan(semantic.chance_iou([0, 0])).all()
   np.testing.assert_allclose(semantic.chance_iou([1, 1]), [100 / 3, 100 / 3])  # (1/2) / (1 + 1 - 1/2)
+
+
+def test_mask_ap_takes_areas_from_masks_and_leaves_undefined_ranges_out():
+  """Two images, one small object each, found; a false positive (a small mask whose 'bbox' covers the image)
+  ranks above each hit. Scored by its mask area, the false positive counts in APs; pycocotools given the raw results
+  takes its area from the 'bbox' (large) and ignores it in APs. No object is large, so APl is undefined: left out,
+  not reported as -1."""
+  gt = {"images": [{"id": i, "height": 200, "width": 200} for i in (1, 2)],
+        "categories": [{"id": 1, "name": "thing"}], "annotations": []}
+  results = []
+  for i in (1, 2):
+    hit, false = np.zeros((200, 200), bool), np.zeros((200, 200), bool)
+    hit[20:40, 20:40] = True
+    false[150:170, 150:170] = True
+    gt["annotations"].append({"id": i, "image_id": i, "category_id": 1, "iscrowd": 0, "area": 400.0,
+                              "bbox": [20.0, 20.0, 20.0, 20.0],
+                              "segmentation": instance.encode_results(i, hit[None], [1.0], [1])[0]["segmentation"]})
+    results += instance.encode_results(i, np.stack([hit, false]), [0.5, 0.9], [1, 1])
+    results[-1]["bbox"] = [0.0, 0.0, 200.0, 200.0]
+  ours = instance.coco_evaluate(gt, results, "segm")
+  assert "APl" not in ours and {"AP", "AP50", "AP75", "APs"} <= set(ours)
+  assert ours["APs"] < 60.0
+  raw = coco_lib.COCO()
+  raw.dataset = gt
+  raw.createIndex()
+  ev = cocoeval.COCOeval(raw, raw.loadRes(results), "segm")
+  ev.evaluate()
+  ev.accumulate()
+  ev.summarize()
+  assert ev.stats[3] == pytest.approx(1.0) and ev.stats[5] == -1  # APs 100 and APl -1 when passed raw
+  assert ours["AP"] == pytest.approx(100 * ev.stats[0])
