@@ -182,8 +182,8 @@ def test_pq_equals_panopticapi_transcription(gt_set, mode):
   rng = np.random.default_rng(len(mode))
   preds = {i: _perturb(rng, ids, segs, mode) for i, (ids, segs) in images.items()}
   pred_json, pred_dir = _write_set(root, f"pred_{mode}", preds)
-  ours = evaluate_predictions.main(["--task", "panoptic", "--gt_json", gt_json, "--gt_dir", gt_dir,
-                                    "--pred_json", pred_json, "--pred_dir", pred_dir])
+  ours = evaluate_predictions.evaluate("panoptic", gt_json=gt_json, gt_dir=gt_dir, pred_json=pred_json,
+                                        pred_dir=pred_dir)
   ref = ref_pq_compute(gt_json, gt_dir, pred_json, pred_dir)
   for key, value in ref.items():
     assert ours[key] == pytest.approx(value, abs=1e-6), key
@@ -275,10 +275,10 @@ def _cocoeval_stats(gt_path, results, iou_type):
 def test_ap_matches_published_cocoeval_numbers(refdata, capsys):
   r = refdata / "coco_instances_fake100"
   gt = str(r / "instances_val2014_100.json")
-  segm = evaluate_predictions.main(["--task", "instance", "--gt_json", gt, "--pred_json",
-                                    str(r / "instances_val2014_fakesegm100_results.json")])
-  bbox = evaluate_predictions.main(["--task", "instance", "--gt_json", gt, "--pred_json",
-                                    str(r / "instances_val2014_fakebbox100_results.json"), "--iou_type", "bbox"])
+  segm = evaluate_predictions.evaluate("instance", gt_json=gt,
+                                        pred_json=str(r / "instances_val2014_fakesegm100_results.json"))
+  bbox = evaluate_predictions.evaluate("instance", gt_json=gt, iou_type="bbox",
+                                        pred_json=str(r / "instances_val2014_fakebbox100_results.json"))
   expected = {"segm": (0.320, 0.562, 0.299, 0.387, 0.310, 0.327), "bbox": (0.505, 0.697, 0.573, 0.586, 0.519, 0.501)}
   for ours, exp in ((segm, expected["segm"]), (bbox, expected["bbox"])):
     got = [ours[k] / 100 for k in instance.STAT_NAMES]
@@ -382,8 +382,8 @@ def test_miou_equals_numpy_confusion(tmp_path):
   for i, (p, g) in enumerate(zip(preds, labels)):
     Image.fromarray(g.astype(np.uint8)).save(tmp_path / "gt" / f"{i}.png")
     Image.fromarray(p.astype(np.uint8)).save(tmp_path / "pred" / f"{i}.png")
-  ours = evaluate_predictions.main(["--task", "semantic", "--gt_dir", str(tmp_path / "gt"), "--pred_dir",
-                                    str(tmp_path / "pred"), "--num_classes", str(k)])
+  ours = evaluate_predictions.evaluate("semantic", gt_dir=str(tmp_path / "gt"), pred_dir=str(tmp_path / "pred"),
+                                        num_classes=k)
   miou, acc, fwiou = _numpy_miou(preds, labels, k, 255)
   assert ours["mIoU"] == pytest.approx(miou, abs=1e-9)
   assert ours["pixel_acc"] == pytest.approx(acc, abs=1e-9)
@@ -396,8 +396,8 @@ def test_miou_equals_numpy_confusion(tmp_path):
 def test_miou_on_ade_sample(refdata, tmp_path):
   """ADE devkit sample: predictions identical to annotations give 100; shifted ones match numpy."""
   s = refdata / "ade20k_sample" / "sampleData"
-  perfect = evaluate_predictions.main(["--task", "semantic", "--gt_dir", str(s / "annotations"), "--pred_dir",
-                                       str(s / "predictions"), "--num_classes", "150", "--reduce_zero_label"])
+  perfect = evaluate_predictions.evaluate("semantic", gt_dir=str(s / "annotations"), pred_dir=str(s / "predictions"),
+                                           num_classes=150, reduce_zero_label=True)
   assert perfect["mIoU"] == pytest.approx(100.0) and perfect["pixel_acc"] == pytest.approx(100.0)
   preds, labels = [], []
   for f in sorted((s / "annotations").iterdir()):
@@ -407,8 +407,8 @@ def test_miou_on_ade_sample(refdata, tmp_path):
     Image.fromarray(p).save(tmp_path / f.name)
     labels.append(np.where(g == 0, 255, g - 1))
     preds.append(p.astype(np.int64) - 1)
-  ours = evaluate_predictions.main(["--task", "semantic", "--gt_dir", str(s / "annotations"), "--pred_dir",
-                                    str(tmp_path), "--num_classes", "150", "--reduce_zero_label"])
+  ours = evaluate_predictions.evaluate("semantic", gt_dir=str(s / "annotations"), pred_dir=str(tmp_path),
+                                        num_classes=150, reduce_zero_label=True)
   miou, acc, _ = _numpy_miou(preds, labels, 150, 255)
   assert ours["mIoU"] == pytest.approx(miou, abs=1e-9)
   assert ours["pixel_acc"] == pytest.approx(acc, abs=1e-9)

@@ -370,7 +370,7 @@ def test_eval_and_export_with_another_model_config_say_so_in_one_line(tmp_path, 
 @pytest.mark.parametrize("command", [
     ["scripts/eval.py", "--config", "configs/toy.py", "--workdir", "w", "--config.data.batchsize=2"],
     ["scripts/check_dataset.py", "--config", "configs/nope.py"],
-    ["-m", "data_pipelines.tfds_builders", "--config", "configs/toy.py", "--dataset", "toy_cty", "--out", "o"],
+    ["scripts/prepare_tfds.py", "--config", "configs/toy.py", "--dataset", "toy_cty", "--out", "o"],
 ])
 def test_scripts_report_config_mistakes_in_one_line(command, tmp_path):
   proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=REPO, timeout=120)
