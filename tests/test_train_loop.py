@@ -112,6 +112,22 @@ def test_tiny_loss_falls_and_every_term_is_logged_per_dataset_and_task(tmp_path)
   assert checkpointing.make_manager(str(tmp_path)).all_steps() == [16, 20, 24][-c.keep_checkpoints:]
 
 
+def test_compiling_is_announced_with_the_time_the_last_compile_took(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  c = config(total=2)
+  loop.train(c, str(tmp_path), components(c))
+  first = [r.getMessage() for r in caplog.records if "the train step" in r.getMessage()]
+  assert first[0].startswith("compiling the train step (no earlier compile recorded in"), first
+  took = float(first[1].removeprefix("compiled the train step in ").removesuffix(" s"))
+  recorded = json.loads((tmp_path / loop.COMPILE_RECORD).read_text())["train_step"]
+  assert abs(recorded - took) <= 0.5
+  caplog.clear()
+  c.total_steps = 4  # the same command again with more steps: resumes and compiles again
+  loop.train(c, str(tmp_path), components(c))
+  again = [r.getMessage() for r in caplog.records if "the train step" in r.getMessage()]
+  assert again[0] == f"compiling the train step (about {recorded:.0f} s on this machine, as the last time)...", again
+
+
 def test_a_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   c = config(total=2)

@@ -198,6 +198,25 @@ def pretrained_params(config, abstract_state):
   return pretrained
 
 
+COMPILE_RECORD = "compile_seconds.json"  # in the workdir: how long the last compile of the train step took
+
+
+def compile_notice(workdir: epath.Path) -> str:
+  """The line logged before the train step compiles: the time the last compile took in this workdir (recorded by
+  `record_compile_seconds`), or that none is recorded yet."""
+  try:
+    seconds = float(json.loads((workdir / COMPILE_RECORD).read_text())["train_step"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return (f"compiling the train step (no earlier compile recorded in {workdir}; the toy config took about 1 min "
+            "on 2 CPU cores, larger models take minutes)...")
+  return f"compiling the train step (about {seconds:.0f} s on this machine, as the last time)..."
+
+
+def record_compile_seconds(workdir: epath.Path, seconds: float) -> None:
+  """Keeps how long compiling the train step took, for the next run's `compile_notice`."""
+  (workdir / COMPILE_RECORD).write_text(json.dumps({"train_step": round(seconds, 1)}))
+
+
 def longest_streak_exceeded(history: list[dict], limit: int) -> int:
   """The largest `nonfinite_streak` seen in the fetched per-step metrics when it reaches `limit`, else 0."""
   worst = max((int(m["nonfinite_streak"]) for m in history), default=0)
@@ -290,8 +309,14 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
       batch, data_state = next(batches)
       shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
       if shapes not in executables:
+        logging.info("%s", compile_notice(path))
+        compile_start = time.perf_counter()
         executables[shapes] = (jitted.lower(state, batch, embeddings, class_mask).compile(),
                                step_flops(jitted, state, batch, embeddings, class_mask))
+        compile_seconds = time.perf_counter() - compile_start
+        logging.info("compiled the train step in %.0f s", compile_seconds)
+        if jax.process_index() == 0:
+          record_compile_seconds(path, compile_seconds)
         hardware.release_freed_host_memory()
         interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0  # compiling is not stepping
       compiled, flops = executables[shapes]
