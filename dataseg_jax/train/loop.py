@@ -227,22 +227,32 @@ def summarize(history: list[dict], dataset_names, global_batch: int) -> dict:
   """Scalars for the writers from the per-step metrics (numpy) of one logging interval.
 
   `loss`, `grad_norm`: means over finite steps; `lr`: the last; `<term>/<dataset>` and `<term>/task_<task>`:
-  the term's value on a batch made only of that dataset / task, sum_steps sum_b t_b / sum_steps n * B.
+  the term's value on a batch made only of that dataset / task, sum_steps sum_b t_b / sum_steps n * B. Left out: a
+  term that is 0 on every example of the group in the interval (one its task does not have: loss_proj of mask
+  data, the mask terms of box-only data), and a task whose examples all came from one dataset (its series would
+  repeat that dataset's).
   """
   finite = [m for m in history if bool(m["finite"])]
   out = {"lr": float(history[-1]["lr"]), "nonfinite_steps": float(len(history) - len(finite))}
   if finite:
     out["loss"] = float(np.mean([m["loss"] for m in finite]))
     out["grad_norm"] = float(np.mean([m["grad_norm"] for m in finite]))
+  terms = list(history[-1]["by_dataset"])
+  counts = {g: np.sum([m[f"count_{g}"] for m in history], axis=0) for g in ("dataset", "task")}
+  sums = {g: {t: np.sum([m[f"by_{g}"][t] for m in history], axis=0) for t in terms} for g in ("dataset", "task")}
+
+  def repeats_a_dataset(task: int) -> bool:
+    return any(counts["task"][task] == counts["dataset"][d] and
+               all(sums["task"][t][task] == sums["dataset"][t][d] for t in terms) for d in range(len(dataset_names)))
+
   task_names = [t.name.lower() for t in contract.Task]
-  for group, count_key, names, prefix in (("by_dataset", "count_dataset", dataset_names, ""),
-                                          ("by_task", "count_task", task_names, "task_")):
-    counts = np.sum([m[count_key] for m in history], axis=0)
-    for term in history[-1][group]:
-      sums = np.sum([m[group][term] for m in history], axis=0)
-      for i, name in enumerate(names):
-        if counts[i] > 0:
-          out[f"{term}/{prefix}{name}"] = float(sums[i] / counts[i] * global_batch)
+  for group, names, prefix in (("dataset", dataset_names, ""), ("task", task_names, "task_")):
+    for i, name in enumerate(names):
+      if counts[group][i] == 0 or (group == "task" and repeats_a_dataset(i)):
+        continue
+      for term in terms:
+        if sums[group][term][i] != 0:
+          out[f"{term}/{prefix}{name}"] = float(sums[group][term][i] / counts[group][i] * global_batch)
   return out
 
 
