@@ -226,14 +226,17 @@ def longest_streak_exceeded(history: list[dict], limit: int) -> int:
 def summarize(history: list[dict], dataset_names, global_batch: int) -> dict:
   """Scalars for the writers from the per-step metrics (numpy) of one logging interval.
 
-  `loss`, `grad_norm`: means over finite steps; `lr`: the last; `<term>/<dataset>` and `<term>/task_<task>`:
+  `loss`, `grad_norm`: means over finite steps; `lr`: the last; `nonfinite_steps`: the skipped steps, when there
+  are any; `<term>/<dataset>` and `<term>/task_<task>`:
   the term's value on a batch made only of that dataset / task, sum_steps sum_b t_b / sum_steps n * B. Left out: a
   term that is 0 on every example of the group in the interval (one its task does not have: loss_proj of mask
   data, the mask terms of box-only data), and a task whose examples all came from one dataset (its series would
   repeat that dataset's).
   """
   finite = [m for m in history if bool(m["finite"])]
-  out = {"lr": float(history[-1]["lr"]), "nonfinite_steps": float(len(history) - len(finite))}
+  out = {"lr": float(history[-1]["lr"])}
+  if len(finite) < len(history):  # logged when it happens, not as a series of zeros
+    out["nonfinite_steps"] = float(len(history) - len(finite))
   if finite:
     out["loss"] = float(np.mean([m["loss"] for m in finite]))
     out["grad_norm"] = float(np.mean([m["grad_norm"] for m in finite]))
