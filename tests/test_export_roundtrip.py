@@ -384,3 +384,35 @@ def test_predict_rate_and_eta_leave_out_the_first_batch(exported, tmp_path, caps
   lines = capsys.readouterr().err.splitlines()
   assert re.match(r"predict: 2/6 images \(33 %\) in \d+s \(start-up included", lines[0]), lines
   assert lines[1].startswith("predict: 4/6 images") and lines[1].endswith("ETA 0s"), lines
+
+
+def test_tflite_runs_the_raw_savedmodel_and_stops_at_the_scatter_of_the_postprocessed_one(tmp_path):
+  """What docs/contracts.md says of TFLite: the raw outputs (model only) convert with builtin ops and equal the JAX
+  export; the post-processed export converts, but the TFLite runtime refuses its stablehlo.scatter (the pixel
+  counts of `jnp.bincount` in postprocess.panoptic_inference)."""
+  import tensorflow as tf
+  c = _config()
+  model = StandIn()
+  rng = np.random.default_rng(5)
+  emb = rng.normal(size=(C, D)).astype(np.float32)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3), jnp.uint8), jnp.asarray(emb),
+                         jnp.ones((1, C), bool))
+  names = [f"class {k}" for k in range(C)]
+  images = rng.integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+  interpreters = {}
+  for outputs in ("raw", "postprocessed"):
+    path = savedmodel.export_savedmodel(c, variables, names, emb, THINGS, str(tmp_path / outputs), outputs=outputs,
+                                        model=model)
+    converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreters[outputs] = tf.lite.Interpreter(model_content=converter.convert())
+  exporter.export_model(c, variables, names, emb, THINGS, str(tmp_path / "jax_raw"), outputs="raw", model=model)
+  served = loader.ExportedModel(str(tmp_path / "jax_raw"))
+  want = served(images)
+  got = interpreters["raw"].get_signature_runner("serving_default")(
+      images=images, image_sizes=np.full((1, 2), SIZE, np.int32), class_embeddings=served.embeddings,
+      class_mask=served.class_mask, thing_mask=served.thing_mask)
+  for k in ("pred_logits", "pred_masks"):
+    np.testing.assert_allclose(got[k], want[k], atol=1e-4, rtol=1e-4, err_msg=k)
+  with pytest.raises(RuntimeError, match="STABLEHLO_SCATTER"):
+    interpreters["postprocessed"].allocate_tensors()

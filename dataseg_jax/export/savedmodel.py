@@ -14,8 +14,13 @@ swapped in at serving time). The directory also holds `embeddings.npy`, `names.t
 as the StableHLO export does; the loaded object carries the exported vocabulary as `class_embeddings`,
 `class_mask` and `thing_mask`.
 
-TFLite: the converter takes the SavedModel only as a TF graph, and the graph is one `XlaCallModule` op, which is
-neither a TFLite builtin nor a Select TF op, so the conversion fails on that op (docs/contracts.md, "Export").
+TFLite (`tf.lite.TFLiteConverter.from_saved_model`, TensorFlow 2.21, builtin ops): an `--outputs raw` export
+converts and runs, equal to the JAX export (the toy model: logits within 1e-5, mask logits within 5e-5); the
+post-processed one converts, but the TFLite runtime refuses its `stablehlo.scatter` ("Only update, Add, Multiply,
+Maximum and Minimum operations are currently supported for stablehlo.scatter. Node ... (STABLEHLO_SCATTER) failed
+to prepare"), the scatter-add of `jnp.bincount` that counts each segment's pixels in
+`postprocess.panoptic_inference`; an unbatched float32 scatter-add in its place fails the same way. On TFLite, run
+the raw export and post-process on the host.
 """
 import contextlib
 import os
