@@ -5,6 +5,7 @@ Checked with DataSeg (tiny config, fresh weights) when dataseg_jax.models.datase
 always with a small stand-in that has DataSeg's apply contract.
 """
 import json
+import logging
 import pathlib
 import re
 import subprocess
@@ -307,8 +308,10 @@ def _equal_outputs(got, want, logit_tol):
 
 def test_savedmodel_served_by_tensorflow_alone_equals_the_jax_export(exported, tmp_path):
   c, model, variables, emb, out = exported
+  absl_level = logging.getLogger("absl").level
   path = savedmodel.export_savedmodel(c, variables, [f"class {k}" for k in range(C)], emb, THINGS,
                                       str(tmp_path / "savedmodel"), batch_size=2, max_classes=C_MAX, model=model)
+  assert logging.getLogger("absl").level == absl_level  # TF's saving resets it to WARNING: put back
   rng = np.random.default_rng(4)
   images = rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
   sizes = np.array([[SIZE, 40], [24, SIZE]], np.int32)

@@ -23,6 +23,7 @@ to prepare"), the scatter-add of `jnp.bincount` that counts each segment's pixel
 the raw export and post-process on the host.
 """
 import contextlib
+import logging
 import os
 
 import flax
@@ -100,9 +101,14 @@ def export_savedmodel(config, variables, names, embeddings, things, out_dir: str
   module.serve = serve
   module.trained_vocabulary = trained_vocabulary
   os.makedirs(out_dir, exist_ok=True)
-  with stablehlo_tensorflow_reads():  # jax2tf exports when the signatures are traced, inside save
-    tf.saved_model.save(module, out_dir,
-                        signatures={"serving_default": serve, "trained_vocabulary": trained_vocabulary})
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  try:
+    with stablehlo_tensorflow_reads():  # jax2tf exports when the signatures are traced, inside save
+      tf.saved_model.save(module, out_dir,
+                          signatures={"serving_default": serve, "trained_vocabulary": trained_vocabulary})
+  finally:  # TF's autotrackable sets absl's verbosity while saving and leaves its logger at WARNING
+    absl_logger.setLevel(level)
   exporter.write_vocabulary_and_config(out_dir, config, names, embeddings, things, c_max=c_max,
                                        batch_size=batch_size, outputs=outputs, export_format="savedmodel")
   return out_dir
