@@ -1,6 +1,6 @@
 """TFDS builders (manual_dir) for the training formats: prepare records once from the native files.
 
-  python -m data_pipelines.tfds_builders --config configs/dataseg_r50.py --config.data_dir=/datasets \
+  python scripts/prepare_tfds.py --config configs/dataseg_r50.py --config.data_dir=/datasets \
       --dataset coco --out ~/tensorflow_datasets
 
 `config.data_dir` is the manual_dir: the builder reads the entry's native files through the same
@@ -19,19 +19,13 @@ and restore are keyed by row and position exactly as for native files, so the ba
 import collections
 import os
 import pathlib
-import sys
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
 from data_pipelines import pipeline
 from data_pipelines import readers
 from data_pipelines import registry
-from dataseg_jax import cli
 
 _SPLITS = {"train": "train", "validation": "val"}
 
@@ -99,7 +93,7 @@ def _prepared_dir(tfds_dir: str, dataset: str) -> str:
   versions = sorted(root.glob("*.*.*/dataset_info.json")) if root.is_dir() else []
   if not versions:
     raise ValueError(f"no prepared TFDS data for {dataset!r} under {root} (expected {root}/<version>/"
-                     "dataset_info.json); prepare it with python -m data_pipelines.tfds_builders "
+                     "dataset_info.json); prepare it with python scripts/prepare_tfds.py "
                      f"--config CONFIG --dataset {dataset} --out {tfds_dir}")
   return str(versions[-1].parent)
 
@@ -191,28 +185,3 @@ def _refuse_stale(config, dataset: str, out_dir: str) -> None:
       raise ValueError(f"{path} was prepared from other {split} images ({len(stored.get(split, []))} then, "
                        f"{len(now)} now); delete {os.path.dirname(path)} and prepare again")
 
-
-def define_flags() -> None:
-  """Command-line flags, as scripts/train.py's: --config FILE[:arg] and --config.KEY=VALUE overrides."""
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dataseg_r50.py[:arg]; "
-                                  "--config.data_dir=DIR names the native files (the manual_dir).")
-  flags.DEFINE_string("dataset", None, "Entry name in config.data.datasets.")
-  flags.DEFINE_string("out", None, "TFDS data_dir to write to.")
-  flags.mark_flags_as_required(["config", "dataset", "out"])
-
-
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  try:
-    print(build(f.config, f.dataset, os.path.expanduser(f.out)).info)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-
-
-if __name__ == "__main__":
-  # Run from the package's copy of this module: TFDS looks up a builder's package, and `__main__` is none.
-  from data_pipelines import tfds_builders  # pylint: disable=import-self
-  tfds_builders.define_flags()
-  flags.adopt_module_key_flags(tfds_builders)  # listed by --help
-  app.run(tfds_builders.main, flags_parser=cli.flags_parser(__doc__))

@@ -42,17 +42,18 @@ nothing is written outside `--out`.
 
 Pure Python, numpy and PIL (no tf, no flax).
 """
-import argparse
 import json
 import os
 import pathlib
 import shutil
 import sys
 
+from absl import flags
 import numpy as np
 from PIL import Image
 
 from data_pipelines import paths
+from dataseg_jax import cli
 from dataseg_jax.vocab import names as names_lib
 
 VOCAB_DIR = pathlib.Path(__file__).resolve().parents[1] / "dataseg_jax" / "vocab"
@@ -342,21 +343,27 @@ PREPARE = {
 BENCHMARKS = tuple(PREPARE) + ("coco_semantic",)
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--benchmark", required=True, choices=sorted(PREPARE))
-  p.add_argument("--src", required=True, help="the benchmark's native root (see the table in the module docstring)")
-  p.add_argument("--out", required=True, help="folder to write (images are symlinked)")
-  p.add_argument("--split", default="val", choices=sorted(SPLIT_DIRS))
-  args = p.parse_args(argv)
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a script, so importing the module defines none."""
+  flags.DEFINE_enum("benchmark", None, sorted(PREPARE), "The benchmark to convert (the table in the module "
+                    "docstring; coco_semantic needs no conversion).")
+  flags.DEFINE_string("src", None, "The benchmark's native root (see the table in the module docstring).")
+  flags.DEFINE_string("out", None, "Folder to write (images are symlinked).")
+  flags.DEFINE_enum("split", "val", sorted(SPLIT_DIRS), "Which split to convert.")
+  flags.mark_flags_as_required(["benchmark", "src", "out"])
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
   try:
-    n = PREPARE[args.benchmark](args.src, args.out, args.split)
+    n = PREPARE[f.benchmark](f.src, f.out, f.split)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
-  print(f"{args.benchmark}: {n} {args.split} images -> {args.out}; evaluate with "
-        f"dataset_entry(**transfer.entry_kwargs({args.benchmark!r}, {args.out!r}))")
-  return 0
+  print(f"{f.benchmark}: {n} {f.split} images -> {f.out}; evaluate with "
+        f"dataset_entry(**transfer.entry_kwargs({f.benchmark!r}, {f.out!r}))")
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags()
+  cli.run(main, __doc__)

@@ -1,8 +1,20 @@
-"""Command-line plumbing shared by the scripts: absl flag parsing whose mistakes read as one line."""
+"""The one command-line convention of the user commands, and absl flag parsing whose mistakes read as one line.
+
+Every user command (scripts/train.py, eval.py, export.py, predict.py, evaluate_predictions.py, check_dataset.py,
+embed_vocab.py, convert_weights.py, prepare_tfds.py and `python -m data_pipelines.transfer`)
+starts through `run(main, __doc__)`:
+- absl flags, each with a help string: a command with an undocumented flag does not start (`undocumented`);
+- `--help` (also -h, -?, --helpshort, --helpfull) prints the command's docstring and flags and exits 0 before
+  anything heavy is imported: commands import JAX, TensorFlow and the library inside `main`, after the flags;
+- a bad flag, a `--config.<key>` typo or a config file that does not load ends in one line `error: ...` and exit
+  status 1 (`flags_parser`).
+"""
 import sys
 from typing import Callable
 
-from absl import flags
+from absl import app, flags
+
+HELP_ARGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 
 # Exit status of a run that stopped early with a checkpoint to resume from (SIGTERM, a preemption notice): sysexits.h
 # EX_TEMPFAIL, "a temporary failure ... the user is invited to retry later"; rerunning the same command resumes.
@@ -34,6 +46,43 @@ def flags_parser(doc: str) -> Callable:
       sys.exit(f"error: {message}\nUsage: {usage}")
 
   return parse
+
+
+def command_flags(module_name: str) -> list:
+  """The flags a command declares (absl's key flags of its module: its own and those it adopted)."""
+  return flags.FLAGS.get_key_flags_for_module(module_name)
+
+
+NO_HELP = "(no help available)"  # what absl puts in place of an empty help string
+
+
+def undocumented(module_name: str) -> list:
+  """Names of the command's flags defined without a help string."""
+  return sorted(f.name for f in command_flags(module_name) if not (f.help or "").strip() or NO_HELP in f.help)
+
+
+def usage(doc: str, module_name: str, full: bool = False) -> str:
+  """The docstring, then every flag of the command with its help and default (`full`: absl's flags too)."""
+  listing = flags.FLAGS.get_help() if full else flags.FLAGS.module_help(module_name)
+  return f"{doc.strip()}\n\nflags:\n{listing}\n"
+
+
+def run(main: Callable, doc: str, huge_pages: bool = False) -> None:
+  """Starts a user command the one way (module docstring): refuses undocumented flags, answers `--help` at once
+  with exit status 0, else (after `hardware.use_huge_pages_for_host_buffers` when `huge_pages`) parses the flags
+  with `flags_parser` and calls `main(argv)` through absl's `app.run`."""
+  module_name = sys.argv[0]  # absl files the flags of `__main__` under the script's path
+  missing = undocumented(module_name)
+  if missing:
+    raise SystemExit(f"error: {module_name} declares flags without a help string: {missing}; give each one")
+  asked = [a for a in sys.argv[1:] if a in HELP_ARGS]
+  if asked:
+    print(usage(doc, module_name, full="--helpfull" in asked), end="")
+    sys.exit(0)
+  if huge_pages:
+    from dataseg_jax import hardware  # pylint: disable=g-import-not-at-top
+    hardware.use_huge_pages_for_host_buffers()
+  app.run(main, flags_parser=flags_parser(doc))
 
 
 def checkpoint_mismatch(workdir: str, error: Exception) -> str:

@@ -170,7 +170,7 @@ def dataset_entry(**kw) -> ml_collections.ConfigDict:
   e.ratio = 1.0
   e.image_size = 0          # 0 -> data.image_size
   e.eval_tasks = ()         # tasks evaluated on the val split
-  e.tfds_dir = ""           # '' -> native files; else the --out of data_pipelines.tfds_builders
+  e.tfds_dir = ""           # '' -> native files; else the --out of scripts/prepare_tfds.py
   e.update(kw)
   return e
 

@@ -20,7 +20,7 @@ import collections
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image, ImageDraw
@@ -173,4 +173,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=cli.flags_parser(__doc__))
+  cli.run(main, __doc__)

@@ -34,19 +34,18 @@ model's top-level subtrees (`pixel_decoder/...`, `transformer_decoder/...`, `bac
 into a model's params with `checkpoint_io.merge_into(variables['params'], loaded)` (or `[...]['backbone']` for a
 backbone). torch is needed only to read `.pth` files.
 """
-import argparse
 import importlib.util
 import json
 import pathlib
 import sys
 
-from dataseg_jax.models import checkpoint_io
-from dataseg_jax.models import convert_mask2former
-from dataseg_jax.models import resnet
-from dataseg_jax.models import vit
+from absl import flags
 
-RESNETS = ["torchvision_resnet"] + [f"torchvision_resnet{d}" for d in sorted(resnet.STAGES) if d >= 18]
-VITS = {"hf_vitdet": vit.convert_hf_vitdet, "mae": vit.convert_mae}
+from dataseg_jax import cli
+
+RESNET_DEPTHS = (18, 34, 50, 101)
+RESNETS = ["torchvision_resnet"] + [f"torchvision_resnet{d}" for d in RESNET_DEPTHS]
+VITS = ("hf_vitdet", "mae")
 SOURCES = RESNETS + list(VITS) + ["hf_mask2former"]
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIGS = {"hf_mask2former": CONFIGS / "dataseg_r50.py", **{v: CONFIGS / "dataseg_vitdet_b.py" for v in VITS}}
@@ -91,14 +90,14 @@ def convert_vit(source: str, state_dict: dict, config, image_size: int):
   import flax
   import jax
   import jax.numpy as jnp
-  from dataseg_jax.models import dataseg
+  from dataseg_jax.models import checkpoint_io, dataseg, vit
 
   b = config.model.backbone
   grid = (image_size // b.patch_size, image_size // b.patch_size)
   if source == "hf_vitdet":
     trunk = vit.convert_hf_vitdet(state_dict, grid, b.window_size, tuple(b.global_blocks))
   else:
-    trunk = VITS[source](state_dict, grid)
+    trunk = vit.convert_mae(state_dict, grid)
   model = dataseg.build_backbone(config.model, jnp.float32)
   init = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros((1, image_size, image_size, 3)))
   init = jax.device_get(flax.core.meta.unbox(init["params"]))
@@ -122,6 +121,7 @@ def hf_config_json(path: pathlib.Path | None, weights: pathlib.Path) -> dict | N
 
 def convert_m2f(state_dict: dict, config, hf_config: dict | None):
   """(params {'pixel_decoder', 'transformer_decoder'[, 'backbone']} fitted to `config.model`, notes to print)."""
+  from dataseg_jax.models import convert_mask2former
   params, notes = convert_mask2former.convert_hf_mask2former(state_dict, config.model, hf_config)
   convert_mask2former.check_against_model(params, config.model, config.data.image_size)
   return params, notes
@@ -137,51 +137,73 @@ def summarize_keys(keys) -> str:
   return "; ".join(parts)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--from", dest="source", required=True, choices=SOURCES,
-                 help="torchvision_resnet with --depth, or the depth in the name (torchvision_resnet50); "
-                      "mae (MAE / timm ViT) or hf_vitdet with --config; hf_mask2former (transformers) with --config")
-  p.add_argument("--depth", type=int, default=None, choices=sorted(resnet.STAGES), help="ResNet; default 50")
-  p.add_argument("--config", default=None,
-                 help="ViT, hf_mask2former: the training config file[:arg] whose model (and data.image_size) the "
-                      "output fits; default configs/dataseg_vitdet_b.py (ViT), configs/dataseg_r50.py (hf_mask2former)")
-  p.add_argument("--hf_config", type=pathlib.Path, default=None,
-                 help="hf_mask2former: the checkpoint's config.json; default the one beside --input, if any")
-  p.add_argument("--image_size", type=int, default=None, help="ViT: default the config's data.image_size")
-  p.add_argument("--input", required=True, type=pathlib.Path)
-  p.add_argument("--output", required=True, type=pathlib.Path)
-  a = p.parse_args(argv)
-  a.config = a.config or str(DEFAULT_CONFIGS.get(a.source, ""))
+def convert(source: str, input_path, output, depth=None, config=None, hf_config=None, image_size=None) -> str:
+  """Converts `input_path` from `source` (SOURCES) and writes `output`; returns what was written. ValueError when the
+  weights do not fit the config or the flags disagree."""
+  from dataseg_jax.models import checkpoint_io, resnet
+
+  if source not in SOURCES:
+    raise ValueError(f"--from {source}: expected one of {', '.join(SOURCES)}")
+  if depth is not None and depth not in resnet.STAGES:
+    raise ValueError(f"--depth {depth}: expected one of {sorted(resnet.STAGES)}")
+  input_path, output = pathlib.Path(input_path), pathlib.Path(output)
+  config_path = config or str(DEFAULT_CONFIGS.get(source, ""))
+  if source == "hf_mask2former":
+    cfg = load_config(config_path)
+    params, notes = convert_m2f(load_state_dict(input_path), cfg,
+                                hf_config_json(pathlib.Path(hf_config) if hf_config else None, input_path))
+    what = f"Mask2Former {', '.join(sorted(params))} for {pathlib.Path(config_path).name}"
+    for note in notes:
+      print(note)
+  elif source in VITS:
+    cfg = load_config(config_path)
+    if cfg.model.backbone.name != "vit":
+      raise ValueError(f"--from {source} needs a ViT config; {config_path} has backbone {cfg.model.backbone.name!r}")
+    size = image_size or cfg.data.image_size
+    params, from_init = convert_vit(source, load_state_dict(input_path), cfg, size)
+    what = f"ViT backbone for {pathlib.Path(config_path).name} at {size} px"
+    if from_init:
+      print(f"not in the checkpoint, from the model's initialisation: {summarize_keys(from_init)}")
+  else:
+    named = int(source.removeprefix("torchvision_resnet") or 0) or None
+    if named and depth and named != depth:
+      raise ValueError(f"--from {source} names depth {named} but --depth is {depth}")
+    depth = named or depth or 50
+    params = resnet.convert_torchvision_resnet(load_state_dict(input_path), depth)
+    what = f"ResNet-{depth} backbone"
+  checkpoint_io.save_params_npz(output, params)
+  n = sum(v.size for v in checkpoint_io.flatten_params(params).values())
+  return f"{what}, {n / 1e6:.2f} M parameters"
+
+
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a script, so tests can import `convert` without them."""
+  flags.DEFINE_enum("from", None, SOURCES, "torchvision_resnet with --depth, or the depth in the name "
+                    "(torchvision_resnet50); mae (MAE / timm ViT) or hf_vitdet with --config; hf_mask2former "
+                    "(transformers) with --config.")
+  flags.DEFINE_integer("depth", None, "ResNet depth (18, 34, 50, 101) for --from torchvision_resnet; default 50.")
+  flags.DEFINE_string("config", None, "ViT, hf_mask2former: the training config file[:arg] whose model (and "
+                      "data.image_size) the output fits; default configs/dataseg_vitdet_b.py (ViT), "
+                      "configs/dataseg_r50.py (hf_mask2former).")
+  flags.DEFINE_string("hf_config", None, "hf_mask2former: the checkpoint's config.json; default the one beside "
+                      "--input, if any.")
+  flags.DEFINE_integer("image_size", None, "ViT: the image size the output fits; default the config's "
+                       "data.image_size.")
+  flags.DEFINE_string("input", None, "The state dict to convert: a .pth or .safetensors file.")
+  flags.DEFINE_string("output", None, "The .npz to write.")
+  flags.mark_flags_as_required(["from", "input", "output"])
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
   try:
-    if a.source == "hf_mask2former":
-      config = load_config(a.config)
-      params, notes = convert_m2f(load_state_dict(a.input), config, hf_config_json(a.hf_config, a.input))
-      what = f"Mask2Former {', '.join(sorted(params))} for {pathlib.Path(a.config).name}"
-      for note in notes:
-        print(note)
-    elif a.source in VITS:
-      config = load_config(a.config)
-      if config.model.backbone.name != "vit":
-        p.error(f"--from {a.source} needs a ViT config; {a.config} has backbone {config.model.backbone.name!r}")
-      size = a.image_size or config.data.image_size
-      params, from_init = convert_vit(a.source, load_state_dict(a.input), config, size)
-      what = f"ViT backbone for {pathlib.Path(a.config).name} at {size} px"
-      if from_init:
-        print(f"not in the checkpoint, from the model's initialisation: {summarize_keys(from_init)}")
-    else:
-      named = int(a.source.removeprefix("torchvision_resnet") or 0) or None
-      if named and a.depth and named != a.depth:
-        p.error(f"--from {a.source} names depth {named} but --depth is {a.depth}")
-      depth = named or a.depth or 50
-      params = resnet.convert_torchvision_resnet(load_state_dict(a.input), depth)
-      what = f"ResNet-{depth} backbone"
+    what = convert(f["from"].value, f.input, f.output, f.depth, f.config, f.hf_config, f.image_size)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  checkpoint_io.save_params_npz(a.output, params)
-  n = sum(v.size for v in checkpoint_io.flatten_params(params).values())
-  print(f"wrote {a.output}: {what}, {n / 1e6:.2f} M parameters")
+  print(f"wrote {f.output}: {what}")
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  cli.run(main, __doc__)

@@ -13,14 +13,10 @@ import logging
 import os
 import sys
 
-import flax
-import jax
-from absl import app, flags
-from clu import metric_writers
+from absl import flags
 from ml_collections import config_flags
 
-from dataseg_jax import cli, hardware
-from dataseg_jax import config as config_lib
+from dataseg_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].",
                                           lock_config=True)
@@ -32,7 +28,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(config, workdir: str, step=None) -> dict:
   """Restores variables, embeds the vocabulary, evaluates; returns the flat metrics dict."""
+  import jax
+  from clu import metric_writers
+
   from data_pipelines import registry
+  from dataseg_jax import config as config_lib
+  from dataseg_jax import hardware
   from dataseg_jax.evaluation import evaluator
   from dataseg_jax.train import checkpointing
   from dataseg_jax.train import mesh as mesh_lib
@@ -54,6 +55,8 @@ def run(config, workdir: str, step=None) -> dict:
 
 def main(argv):
   del argv
+  import flax  # pylint: disable=g-import-not-at-top  # after the flags: --help stays fast
+
   logging.getLogger().setLevel(logging.INFO)
   try:
     metrics = run(_CONFIG.value, _WORKDIR.value, _STEP.value)
@@ -65,5 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hardware.use_huge_pages_for_host_buffers()
-  app.run(main, flags_parser=cli.flags_parser(__doc__))
+  cli.run(main, __doc__, huge_pages=True)

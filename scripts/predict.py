@@ -1,45 +1,60 @@
-"""Predictions and overlays for a folder of images with an exported model (no training code needed).
+"""Predictions and overlays for image files or folders with an exported model (no training code needed).
 
-  python scripts/predict.py --model exported/toy --images DIR --out DIR [--vocab names.txt] [--things things.txt]
-      [--clip_weights PATH]
+  python scripts/predict.py --model exported/toy --images DIR_OR_FILE[,DIR_OR_FILE...] --out DIR
+      [--vocab names.txt] [--things things.txt] [--clip_weights PATH]
 
 Each image is resized (longer side to the export's size; bilinear without antialiasing, as the input pipeline),
 padded, run, and its outputs cropped and resized back (nearest); an image that does not decode is skipped with a
 warning. Writes OUT/semantic/<stem>.png (class index into the vocabulary), OUT/panoptic/<stem>.png with
-OUT/panoptic.json (COCO panoptic; category_id = class index + 1), OUT/overlays/<stem>.png, and OUT/names.txt. --vocab swaps in another vocabulary, embedded with the export's text encoder and prompts
-(needs dataseg_jax.vocab; names are embedded in the normalised form training uses, e.g. 'building, edifice' as
-'building'); --things names its thing classes (default: the --vocab classes whose normalised name is a thing class
-of the exported vocabulary); --clip_weights the CLIP text weights when the export was trained with encoder 'clip'
-(default: the path recorded at export).
+OUT/panoptic.json (COCO panoptic; category_id = class index + 1), OUT/overlays/<stem>.png, and OUT/names.txt.
+Progress goes to stderr; the rate and ETA count from the end of the first batch, whose time is mostly compiling.
+
+--vocab swaps in another vocabulary, embedded with the export's text encoder and prompts (needs dataseg_jax.vocab;
+names are embedded in the normalised form training uses, e.g. 'building, edifice' as 'building'). An export takes at
+most C_max names, its `max_classes` (config.json; `scripts/export.py --max_classes N`, default the size of the
+trained vocabulary), so a longer --vocab needs a re-export. --things names its thing classes; without it a --vocab
+class is a thing when the exported vocabulary has it as a thing, and a name the export does not know becomes stuff
+(one segment per class, no instances), with a warning that lists them. --clip_weights: the CLIP text weights when
+the export was trained with encoder 'clip' (default: the path recorded at export).
 """
-import argparse
 import os
 import sys
 import time
 
+from absl import flags
 import numpy as np
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from dataseg_jax import hardware  # noqa: E402
-from dataseg_jax.evaluation import writers  # noqa: E402
-from dataseg_jax.export import loader  # noqa: E402
+from dataseg_jax import cli  # noqa: E402
 from dataseg_jax.vocab import names as names_lib  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def progress(i: int, n: int, start: float) -> None:
-  """One-line progress bar on stderr: count, bar, images/s, ETA."""
-  done = int(30 * i / max(n, 1))
-  rate = i / max(time.time() - start, 1e-9)
-  eta = (n - i) / rate if rate > 0 else 0.0
-  sys.stderr.write(f"\r{i}/{n} [{'#' * done}{'.' * (30 - done)}] {rate:.2f} img/s, ETA {eta:.0f}s")
-  if i == n:
-    sys.stderr.write("\n")
-  sys.stderr.flush()
+
+def image_files(inputs) -> list:
+  """Paths of the images named by `inputs`: files as given, folders' image files sorted; FileNotFoundError for a
+  path that does not exist or a folder without images."""
+  paths = []
+  for item in inputs:
+    if os.path.isdir(item):
+      found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTS))
+      if not found:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) in {item}")
+      paths += found
+    elif os.path.isfile(item):
+      paths.append(item)
+    else:
+      raise FileNotFoundError(f"--images {item}: no such file or folder")
+  stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+  shared = sorted(p for p, s in zip(paths, stems) if stems.count(s) > 1)
+  if shared:
+    raise ValueError(f"{shared} share a name, so their outputs (<name>.png) would overwrite each other; rename or "
+                     "leave out one of each")
+  return paths
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple:
@@ -63,20 +78,24 @@ def restore_size(label: np.ndarray, valid: tuple, size: tuple) -> np.ndarray:
   return np.asarray(Image.fromarray(crop.astype(np.int32)).resize((size[1], size[0]), Image.NEAREST)).astype(np.int64)
 
 
-def swap_vocabulary(model: loader.ExportedModel, vocab_path: str, things_path: str = None,
-                    clip_weights: str = None) -> None:
+def swap_vocabulary(model, vocab_path: str, things_path: str = None, clip_weights: str = None) -> list:
   """Embeds the names of `vocab_path` as training does (normalised names, the export's encoder and prompts) and
-  swaps them in; thing classes from `things_path`, else those whose normalised name the export calls a thing."""
+  swaps them into `model` (a `loader.ExportedModel`); thing classes from `things_path`, else those whose normalised
+  name the export calls a thing. Returns the names that became stuff only because the export does not know them
+  (none with `things_path`)."""
   from dataseg_jax.vocab import embeddings, vocabulary  # pylint: disable=g-import-not-at-top
   names = names_lib.read_names(vocab_path)  # one class a line; a name twice (after normalising) is an error
   canonical = [vocabulary.normalise_name(n) for n in names]
+  known = {vocabulary.normalise_name(n) for n in model.names}
   if things_path:
     things = {vocabulary.normalise_name(n) for n in names_lib.read_names(things_path, allow_empty=True)}
     unknown = sorted(things - set(canonical))
     if unknown:
       raise ValueError(f"{things_path}: {unknown} are not classes of {vocab_path}")
+    fallback = []
   else:
     things = {vocabulary.normalise_name(n) for n, t in zip(model.names, model.thing_mask) if t}
+    fallback = [n for n, c in zip(names, canonical) if c not in known]
   v = model.config["vocab"]
   clip_weights = clip_weights or v.get("clip_weights") or None
   if v["encoder"] == "clip" and not clip_weights:
@@ -84,38 +103,34 @@ def swap_vocabulary(model: loader.ExportedModel, vocab_path: str, things_path: s
   emb = embeddings.embed_names(canonical, encoder=v["encoder"], prompts=tuple(v["prompts"]),
                                clip_weights=clip_weights, dim=model.config["embed_dim"])
   model.set_vocabulary(names, np.asarray(emb, np.float32), [n in things for n in canonical])
+  return fallback
 
 
-def predict_folder(model: loader.ExportedModel, images_dir: str, out_dir: str) -> int:
-  """Writes the outputs of every image of `images_dir`; returns the number of images."""
+def predict_images(model, paths: list, out_dir: str, every_s: float = 10.0) -> int:
+  """Writes the outputs of every image of `paths` with `model` (a `loader.ExportedModel`) and reports progress on
+  stderr every `every_s` seconds (rate and ETA from the end of the first batch); returns the number of images."""
+  from dataseg_jax import progress as progress_lib  # pylint: disable=g-import-not-at-top
+  from dataseg_jax.evaluation import writers  # pylint: disable=g-import-not-at-top
+
   if model.config["outputs"] != "postprocessed":
     raise ValueError("this export returns raw outputs; re-export with --outputs postprocessed to predict")
-  if not os.path.isdir(images_dir):
-    raise FileNotFoundError(f"--images {images_dir}: not a folder")
-  files = sorted(f for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_EXTS))
-  if not files:
-    raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) in {images_dir}")
-  stems = [os.path.splitext(f)[0] for f in files]
-  shared = sorted(f for f, s in zip(files, stems) if stems.count(s) > 1)
-  if shared:
-    raise ValueError(f"{images_dir}: {shared} share a name, so their outputs (<name>.png) would overwrite each "
-                     "other; rename or move one of each")
   for sub in ("semantic", "overlays"):
     os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
   cats = [{"id": k + 1, "name": n, "isthing": int(t)} for k, (n, t) in enumerate(zip(model.names, model.thing_mask))]
   pan = writers.PanopticWriter(os.path.join(out_dir, "panoptic.json"), os.path.join(out_dir, "panoptic"), cats)
-  start = time.time()
+  progress = progress_lib.Progress("predict", len(paths), lambda line: print(line, file=sys.stderr, flush=True),
+                                   every_s=every_s)
   bs = model.batch_size
   done = 0
-  for chunk in _batches(_readable(images_dir, files), bs):
+  for chunk in _batches(_readable(paths), bs):
     boxed = [letterbox(p, model.image_size) for _, p in chunk]
     batch = np.zeros((bs, model.image_size, model.image_size, 3), np.uint8)
     sizes = np.full((bs, 2), model.image_size, np.int32)
     for j, (img, valid) in enumerate(boxed):
       batch[j], sizes[j] = img, valid
     out = model(batch, sizes)
-    for j, (f, pic) in enumerate(chunk):
-      stem, size, valid = os.path.splitext(f)[0], pic.shape[:2], boxed[j][1]
+    for j, (path, pic) in enumerate(chunk):
+      stem, size, valid = os.path.splitext(os.path.basename(path))[0], pic.shape[:2], boxed[j][1]
       sem = restore_size(out["semantic"][j], valid, size)
       writers.write_semantic_png(os.path.join(out_dir, "semantic", stem + ".png"), sem)
       ids = restore_size(out["panoptic_seg"][j], valid, size)
@@ -128,23 +143,23 @@ def predict_folder(model: loader.ExportedModel, images_dir: str, out_dir: str) -
       done += 1
       classes = {s["id"]: s["category_id"] - 1 for s in segs}
       writers.overlay(pic, ids, classes, model.names).save(os.path.join(out_dir, "overlays", stem + ".png"))
-    progress(done, len(files), start)
+    progress.update(done)
   pan.close()
   with open(os.path.join(out_dir, "names.txt"), "w") as fh:
     fh.write("".join(n + "\n" for n in model.names))
-  if done < len(files):
-    sys.stderr.write(f"\n{len(files) - done} of {len(files)} images could not be read and were skipped\n")
+  if done < len(paths):
+    print(f"{len(paths) - done} of {len(paths)} images could not be read and were skipped", file=sys.stderr)
   return done
 
 
-def _readable(images_dir: str, files: list):
-  """(file name, RGB uint8 [H, W, 3]) of each file that decodes; a warning on stderr for each that does not."""
-  for f in files:
+def _readable(paths: list):
+  """(path, RGB uint8 [H, W, 3]) of each file that decodes; a warning on stderr for each that does not."""
+  for path in paths:
     try:
-      with Image.open(os.path.join(images_dir, f)) as im:
-        yield f, np.asarray(im.convert("RGB"))
+      with Image.open(path) as im:
+        yield path, np.asarray(im.convert("RGB"))
     except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-      sys.stderr.write(f"\nskipping {f}: {e}\n")
+      print(f"skipping {path}: {e}", file=sys.stderr)
 
 
 def _batches(items, size: int):
@@ -159,29 +174,53 @@ def _batches(items, size: int):
     yield chunk
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--model", required=True, help="export directory written by scripts/export.py")
-  p.add_argument("--images", required=True, help="folder of images")
-  p.add_argument("--out", required=True, help="output folder")
-  p.add_argument("--vocab", help="names file (one class a line) to swap in")
-  p.add_argument("--things", help="names file of the thing classes of --vocab")
-  p.add_argument("--clip_weights", help="CLIP text weights for --vocab when the export's encoder is 'clip'")
-  args = p.parse_args(argv)
-  if args.things and not args.vocab:
-    p.error("--things names the thing classes of --vocab; pass --vocab too")
-  if os.path.exists(args.out) and not os.path.isdir(args.out):
-    raise ValueError(f"--out {args.out} is a file; pass a folder (it is created when missing)")
-  model = loader.ExportedModel(args.model)
-  if args.vocab:
-    swap_vocabulary(model, args.vocab, args.things, args.clip_weights)
-  return predict_folder(model, args.images, args.out)
+def run(model_dir: str, images, out_dir: str, vocab: str = None, things: str = None, clip_weights: str = None,
+        every_s: float = 10.0) -> int:
+  """Loads the export, swaps in `vocab` when given (warning on stderr about names that became stuff because the
+  export does not know them), predicts the images of `images` (files and folders); returns the number of images."""
+  from dataseg_jax.export import loader  # pylint: disable=g-import-not-at-top  # imports jax
+
+  if things and not vocab:
+    raise ValueError("--things names the thing classes of --vocab; pass --vocab too")
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ValueError(f"--out {out_dir} is a file; pass a folder (it is created when missing)")
+  paths = image_files(images)
+  model = loader.ExportedModel(model_dir)
+  if vocab:
+    fallback = swap_vocabulary(model, vocab, things, clip_weights)
+    if fallback:
+      print(f"warning: {vocab}: {fallback} are no class of the export, so they are predicted as stuff (one segment "
+            f"per class, no instances); list the thing classes with --things", file=sys.stderr)
+  return predict_images(model, paths, out_dir, every_s)
+
+
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a script, so tests can import the functions without them."""
+  flags.DEFINE_string("model", None, "Export directory written by scripts/export.py (--format stablehlo).")
+  flags.DEFINE_list("images", None, "Image files and/or folders of images, comma-separated; a folder gives its files "
+                    f"ending in {', '.join(IMAGE_EXTS)} (not its subfolders).")
+  flags.DEFINE_string("out", None, "Output folder.")
+  flags.DEFINE_string("vocab", None, "Names file (one class a line) to swap in; at most the export's C_max names "
+                      "(config.json max_classes, set by scripts/export.py --max_classes; default the trained "
+                      "vocabulary's size).")
+  flags.DEFINE_string("things", None, "Names file of the thing classes of --vocab (default: those the export has as "
+                      "things; names the export does not know become stuff, with a warning).")
+  flags.DEFINE_string("clip_weights", None, "CLIP text weights for --vocab when the export's encoder is 'clip' "
+                      "(default: the path recorded at export).")
+  flags.mark_flags_as_required(["model", "images", "out"])
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  start = time.time()
+  try:
+    n = run(f.model, f.images, f.out, f.vocab, f.things, f.clip_weights)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(f"wrote predictions of {n} images to {f.out} in {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":
-  hardware.use_huge_pages_for_host_buffers()
-  try:
-    n = main()
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-  print(f"wrote predictions of {n} images")
+  define_flags()
+  cli.run(main, __doc__, huge_pages=True)

@@ -13,11 +13,10 @@ with a checkpoint to resume from (rerun the same command), 1 failed (the message
 import logging
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from dataseg_jax import cli, hardware
-from dataseg_jax.train import loop
+from dataseg_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy.py[:arg].",
                                           lock_config=True)
@@ -27,6 +26,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  from dataseg_jax.train import loop  # pylint: disable=g-import-not-at-top  # after the flags: --help stays fast
+
   logging.getLogger().setLevel(logging.INFO)
   try:
     result = loop.train(_CONFIG.value, _WORKDIR.value)
@@ -41,5 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hardware.use_huge_pages_for_host_buffers()
-  app.run(main, flags_parser=cli.flags_parser(__doc__))
+  cli.run(main, __doc__, huge_pages=True)

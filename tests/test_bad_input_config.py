@@ -65,7 +65,7 @@ def set_key(config, key: str, value) -> None:
     ("data.label_stride", 0, "config.data.label_stride: must be >= 1, got 0"),
     ("data.label_stride", 3, "config.data.label_stride: 3 does not divide data.image_size=128"),
     ("data.min_scale", 0.0, "config.data.min_scale: must be > 0, got 0.0"),
-    ("data.max_scale", 0.05, "config.data.max_scale: must be >= data.min_scale=0.1, got 0.05"),
+    ("data.max_scale", 0.05, "config.data.max_scale: must be >= data.min_scale=0.6, got 0.05"),
     ("data.prefetch", -1, "config.data.prefetch: must be >= 0, got -1"),
     ("data.on_bad_example", "ignore", "config.data.on_bad_example: must be one of ('error', 'skip'), got 'ignore'"),
     ("eval.on_bad_example", "warn", "config.eval.on_bad_example: must be one of ('error', 'skip'), got 'warn'"),

@@ -90,5 +90,4 @@ def test_predict_out_that_is_a_file_is_an_error_before_loading_the_model(tmp_pat
   """Issue 24: `predict.py --out FILE` failed with NotADirectoryError after loading the model."""
   (tmp_path / "out.png").write_bytes(b"")
   with pytest.raises(ValueError, match=f"^--out {tmp_path}/out.png is a file; pass a folder"):
-    predict.main(["--model", str(tmp_path / "no_export"), "--images", str(tmp_path), "--out",
-                  str(tmp_path / "out.png")])
+    predict.run(str(tmp_path / "no_export"), [str(tmp_path)], str(tmp_path / "out.png"))

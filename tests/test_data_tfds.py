@@ -110,15 +110,15 @@ def test_coco_instances_trains_from_prepared_data_only_as_boxes(tmp_path):
 
 
 def test_command_line_takes_config_arguments_and_overrides(tmp_path):
-  """`python -m data_pipelines.tfds_builders --config FILE[:arg] --config.data_dir=DIR ...` (the README's command)
-  prepares the entry from DIR, wherever it is run from."""
+  """`python scripts/prepare_tfds.py --config FILE[:arg] --config.data_dir=DIR ...` (the README's command) prepares
+  the entry from DIR, wherever it is run from."""
   import pathlib
   import subprocess
   import sys
   repo = pathlib.Path(__file__).resolve().parents[1]
   data_dir = common.write_toy(tmp_path / "toy", train=2, val=2, size=32)
   proc = subprocess.run(
-      [sys.executable, "-m", "data_pipelines.tfds_builders", f"--config={repo / 'configs/toy.py'}",
+      [sys.executable, str(repo / "scripts/prepare_tfds.py"), f"--config={repo / 'configs/toy.py'}",
        f"--config.data_dir={data_dir}", "--dataset", "toy_o365", "--out", str(tmp_path / "tfds")],
       cwd=tmp_path, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -28,6 +29,7 @@ import evaluate_predictions  # noqa: E402
 from configs import toy  # noqa: E402
 from dataseg_jax import config as config_lib  # noqa: E402
 from dataseg_jax.evaluation import evaluator  # noqa: E402
+from dataseg_jax.evaluation import writers  # noqa: E402
 from dataseg_jax.evaluation import instance  # noqa: E402
 from dataseg_jax.evaluation import panoptic  # noqa: E402
 from dataseg_jax.evaluation import semantic  # noqa: E402
@@ -130,7 +132,26 @@ def test_reports_every_dataset_and_task(evaluated):
     assert key in metrics and np.isfinite(metrics[key]), key
   saved = json.loads((workdir / "eval" / "metrics.json").read_text())
   assert saved["step"] == 7 and saved["metrics"] == pytest.approx(metrics)
-  assert len(list((workdir / "eval" / "7" / "toy_coco" / "overlays").glob("*.png"))) == 2
+
+
+def test_every_dataset_and_task_gets_overlays_with_a_ground_truth_panel(evaluated):
+  """eval.num_overlays = 2 images per dataset, one picture per task: image | ground truth | prediction. toy_o365 is
+  trained from boxes only; its instance overlays show the masks it predicts beside the held-out true masks."""
+  workdir = evaluated[2]
+  expected = {"toy_ade": ["panoptic", "semantic"], "toy_coco": ["panoptic"], "toy_o365": ["instance"],
+              "toy_heldout": ["semantic"]}
+  for name, tasks in expected.items():
+    folder = workdir / "eval" / "7" / name / "overlays"
+    assert sorted(p.name for p in folder.iterdir()) == tasks, name
+    for task in tasks:
+      pictures = sorted((folder / task).glob("*.png"))
+      assert len(pictures) == 2, (name, task)
+      pic = np.array(Image.open(pictures[0]))
+      panel = pic.shape[1] // 3
+      assert pic.shape[1] == 3 * panel, pic.shape
+      truth = pic[:, panel:2 * panel].astype(int)
+      drawn = (np.abs(truth - pic[:, :panel]).sum(-1) > 30).mean()
+      assert drawn > 0.02, (name, task, drawn)  # the ground truth is drawn on the image
 
 
 def test_config_eval_metrics_lists_every_metric_the_evaluator_reports(evaluated):
@@ -433,3 +454,23 @@ def test_a_process_other_than_the_first_scores_but_writes_no_files(evaluated, tm
   metrics = _evaluate_alone(evaluated[0], "toy_coco", tmp_path, 7)
   assert "toy_coco/panoptic/PQ" in metrics
   assert list(tmp_path.rglob("*")) == []
+
+
+def test_a_label_sits_inside_its_segment_even_when_the_centroid_does_not():
+  """A ring around another segment: its centroid is on the inner segment; its label anchor is on the ring, and the
+  overlay writes the ring's name there (dark box, white text), not on the inner segment."""
+  ids = np.zeros((96, 96), np.int64)
+  yy, xx = np.mgrid[:96, :96]
+  r = np.hypot(yy - 48, xx - 48)
+  ids[(r > 24) & (r < 44)] = 1  # the ring
+  ids[r <= 14] = 2  # the segment inside it
+  y, x = writers.label_anchor(ids == 1)
+  assert ids[y, x] == 1 and ids[48, 48] == 2
+  pic = np.array(writers.overlay(np.full((96, 96, 3), 128, np.uint8), ids, {1: 0, 2: 1}, ["ring", "core"],
+                                 min_side=96, ground_truth=(ids, {1: 0, 2: 1})))
+  assert pic.shape == (96, 3 * 96, 3)
+  prediction = pic[:, 2 * 96:]
+  boxes, _ = ndimage.label(prediction.sum(-1) == 0)  # the dark label boxes
+  ring_label = set(np.unique(boxes[y - 4:y + 5, x - 4:x + 5])) - {0}
+  core_label = set(np.unique(boxes[44:53, 44:53])) - {0}
+  assert ring_label and core_label and not ring_label & core_label

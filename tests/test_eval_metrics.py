@@ -182,8 +182,8 @@ def test_pq_equals_panopticapi_transcription(gt_set, mode):
   rng = np.random.default_rng(len(mode))
   preds = {i: _perturb(rng, ids, segs, mode) for i, (ids, segs) in images.items()}
   pred_json, pred_dir = _write_set(root, f"pred_{mode}", preds)
-  ours = evaluate_predictions.main(["--task", "panoptic", "--gt_json", gt_json, "--gt_dir", gt_dir,
-                                    "--pred_json", pred_json, "--pred_dir", pred_dir])
+  ours = evaluate_predictions.evaluate("panoptic", gt_json=gt_json, gt_dir=gt_dir, pred_json=pred_json,
+                                        pred_dir=pred_dir)
   ref = ref_pq_compute(gt_json, gt_dir, pred_json, pred_dir)
   for key, value in ref.items():
     assert ours[key] == pytest.approx(value, abs=1e-6), key
@@ -275,10 +275,10 @@ def _cocoeval_stats(gt_path, results, iou_type):
 def test_ap_matches_published_cocoeval_numbers(refdata, capsys):
   r = refdata / "coco_instances_fake100"
   gt = str(r / "instances_val2014_100.json")
-  segm = evaluate_predictions.main(["--task", "instance", "--gt_json", gt, "--pred_json",
-                                    str(r / "instances_val2014_fakesegm100_results.json")])
-  bbox = evaluate_predictions.main(["--task", "instance", "--gt_json", gt, "--pred_json",
-                                    str(r / "instances_val2014_fakebbox100_results.json"), "--iou_type", "bbox"])
+  segm = evaluate_predictions.evaluate("instance", gt_json=gt,
+                                        pred_json=str(r / "instances_val2014_fakesegm100_results.json"))
+  bbox = evaluate_predictions.evaluate("instance", gt_json=gt, iou_type="bbox",
+                                        pred_json=str(r / "instances_val2014_fakebbox100_results.json"))
   expected = {"segm": (0.320, 0.562, 0.299, 0.387, 0.310, 0.327), "bbox": (0.505, 0.697, 0.573, 0.586, 0.519, 0.501)}
   for ours, exp in ((segm, expected["segm"]), (bbox, expected["bbox"])):
     got = [ours[k] / 100 for k in instance.STAT_NAMES]
@@ -382,8 +382,8 @@ def test_miou_equals_numpy_confusion(tmp_path):
   for i, (p, g) in enumerate(zip(preds, labels)):
     Image.fromarray(g.astype(np.uint8)).save(tmp_path / "gt" / f"{i}.png")
     Image.fromarray(p.astype(np.uint8)).save(tmp_path / "pred" / f"{i}.png")
-  ours = evaluate_predictions.main(["--task", "semantic", "--gt_dir", str(tmp_path / "gt"), "--pred_dir",
-                                    str(tmp_path / "pred"), "--num_classes", str(k)])
+  ours = evaluate_predictions.evaluate("semantic", gt_dir=str(tmp_path / "gt"), pred_dir=str(tmp_path / "pred"),
+                                        num_classes=k)
   miou, acc, fwiou = _numpy_miou(preds, labels, k, 255)
   assert ours["mIoU"] == pytest.approx(miou, abs=1e-9)
   assert ours["pixel_acc"] == pytest.approx(acc, abs=1e-9)
@@ -396,8 +396,8 @@ def test_miou_equals_numpy_confusion(tmp_path):
 def test_miou_on_ade_sample(refdata, tmp_path):
   """ADE devkit sample: predictions identical to annotations give 100; shifted ones match numpy."""
   s = refdata / "ade20k_sample" / "sampleData"
-  perfect = evaluate_predictions.main(["--task", "semantic", "--gt_dir", str(s / "annotations"), "--pred_dir",
-                                       str(s / "predictions"), "--num_classes", "150", "--reduce_zero_label"])
+  perfect = evaluate_predictions.evaluate("semantic", gt_dir=str(s / "annotations"), pred_dir=str(s / "predictions"),
+                                           num_classes=150, reduce_zero_label=True)
   assert perfect["mIoU"] == pytest.approx(100.0) and perfect["pixel_acc"] == pytest.approx(100.0)
   preds, labels = [], []
   for f in sorted((s / "annotations").iterdir()):
@@ -407,8 +407,8 @@ def test_miou_on_ade_sample(refdata, tmp_path):
     Image.fromarray(p).save(tmp_path / f.name)
     labels.append(np.where(g == 0, 255, g - 1))
     preds.append(p.astype(np.int64) - 1)
-  ours = evaluate_predictions.main(["--task", "semantic", "--gt_dir", str(s / "annotations"), "--pred_dir",
-                                    str(tmp_path), "--num_classes", "150", "--reduce_zero_label"])
+  ours = evaluate_predictions.evaluate("semantic", gt_dir=str(s / "annotations"), pred_dir=str(tmp_path),
+                                        num_classes=150, reduce_zero_label=True)
   miou, acc, _ = _numpy_miou(preds, labels, 150, 255)
   assert ours["mIoU"] == pytest.approx(miou, abs=1e-9)
   assert ours["pixel_acc"] == pytest.approx(acc, abs=1e-9)
@@ -434,3 +434,34 @@ def test_chance_iou_equals_uniform_random_labelling():
   assert chance[4] == 0 and simulated[4] == 0  # absent class: predicted all the same, never right
   assert np.isnan(semantic.chance_iou([0, 0])).all()
   np.testing.assert_allclose(semantic.chance_iou([1, 1]), [100 / 3, 100 / 3])  # (1/2) / (1 + 1 - 1/2)
+
+
+def test_mask_ap_takes_areas_from_masks_and_leaves_undefined_ranges_out():
+  """Two images, one small object each, found; a false positive (a small mask whose 'bbox' covers the image)
+  ranks above each hit. Scored by its mask area, the false positive counts in APs; pycocotools given the raw results
+  takes its area from the 'bbox' (large) and ignores it in APs. No object is large, so APl is undefined: left out,
+  not reported as -1."""
+  gt = {"images": [{"id": i, "height": 200, "width": 200} for i in (1, 2)],
+        "categories": [{"id": 1, "name": "thing"}], "annotations": []}
+  results = []
+  for i in (1, 2):
+    hit, false = np.zeros((200, 200), bool), np.zeros((200, 200), bool)
+    hit[20:40, 20:40] = True
+    false[150:170, 150:170] = True
+    gt["annotations"].append({"id": i, "image_id": i, "category_id": 1, "iscrowd": 0, "area": 400.0,
+                              "bbox": [20.0, 20.0, 20.0, 20.0],
+                              "segmentation": instance.encode_results(i, hit[None], [1.0], [1])[0]["segmentation"]})
+    results += instance.encode_results(i, np.stack([hit, false]), [0.5, 0.9], [1, 1])
+    results[-1]["bbox"] = [0.0, 0.0, 200.0, 200.0]
+  ours = instance.coco_evaluate(gt, results, "segm")
+  assert "APl" not in ours and {"AP", "AP50", "AP75", "APs"} <= set(ours)
+  assert ours["APs"] < 60.0
+  raw = coco_lib.COCO()
+  raw.dataset = gt
+  raw.createIndex()
+  ev = cocoeval.COCOeval(raw, raw.loadRes(results), "segm")
+  ev.evaluate()
+  ev.accumulate()
+  ev.summarize()
+  assert ev.stats[3] == pytest.approx(1.0) and ev.stats[5] == -1  # APs 100 and APl -1 when passed raw
+  assert ours["AP"] == pytest.approx(100 * ev.stats[0])

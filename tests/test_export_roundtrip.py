@@ -1,13 +1,16 @@
 """The exported StableHLO function equals the in-framework model; the loader needs only jax, numpy and the names
-reader.
+reader; the SavedModel serves with TensorFlow alone and equals the StableHLO export.
 
 Checked with DataSeg (tiny config, fresh weights) when dataseg_jax.models.dataseg is importable, and
 always with a small stand-in that has DataSeg's apply contract.
 """
 import json
+import logging
 import pathlib
+import re
 import subprocess
 import sys
+import time
 
 import flax
 import jax
@@ -25,6 +28,7 @@ from configs import toy  # noqa: E402
 from dataseg_jax.evaluation import postprocess  # noqa: E402
 from dataseg_jax.export import exporter  # noqa: E402
 from dataseg_jax.export import loader  # noqa: E402
+from dataseg_jax.export import savedmodel  # noqa: E402
 from test_eval_evaluator import StandIn  # noqa: E402
 
 SIZE, C, C_MAX, D = 64, 5, 7, 8
@@ -164,7 +168,7 @@ def test_predict_writes_files_for_a_folder(exported, tmp_path):
   (tmp_path / "images").mkdir()
   for k, (h, w) in enumerate([(40, 50), (64, 30), (20, 20)]):
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "images" / f"im{k}.png")
-  n = predict.main(["--model", str(out), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "pred")])
+  n = predict.run(str(out), [str(tmp_path / "images")], str(tmp_path / "pred"))
   assert n == 3
   assert np.array(Image.open(tmp_path / "pred" / "semantic" / "im1.png")).shape == (64, 30)
   assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 3
@@ -215,13 +219,13 @@ def test_predict_vocab_embeds_normalised_names_and_keeps_their_thing_classes(exp
                       np.ones((len(names), D), np.float32))
   vocab = tmp_path / "vocab.txt"
   vocab.write_text("\ufeffCar, automobile\nsky-other-merged\nTree\n")
-  predict.swap_vocabulary(served, str(vocab))
+  assert predict.swap_vocabulary(served, str(vocab)) == ["Tree"]  # unknown to the export: stuff, and said so
   assert embedded == [["car", "sky", "tree"]]
   assert served.names[:3] == ["Car, automobile", "sky-other-merged", "Tree"]
   assert served.thing_mask[:3].tolist() == [True, False, False]
   things = tmp_path / "things.txt"
   things.write_text("tree\n")
-  predict.swap_vocabulary(served, str(vocab), str(things))
+  assert predict.swap_vocabulary(served, str(vocab), str(things)) == []
   assert served.thing_mask[:3].tolist() == [False, False, True]
   things.write_text("trees\n")
   with pytest.raises(ValueError, match=r"\['trees'\] are not classes of"):
@@ -238,11 +242,10 @@ def test_predict_refuses_images_that_would_overwrite_each_other_and_things_witho
   (tmp_path / "images").mkdir()
   for name in ("a.png", "a.jpg", "b.png"):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / name)
-  with pytest.raises(ValueError, match=r"\['a.jpg', 'a.png'\] share a name"):
-    predict.main(["--model", str(out), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "pred")])
-  with pytest.raises(SystemExit):
-    predict.main(["--model", str(out), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "pred"),
-                  "--things", "t.txt"])
+  with pytest.raises(ValueError, match=r"a.jpg', '.*a.png'\] share a name"):
+    predict.run(str(out), [str(tmp_path / "images")], str(tmp_path / "pred"))
+  with pytest.raises(ValueError, match="pass --vocab too"):
+    predict.run(str(out), [str(tmp_path / "images" / "b.png")], str(tmp_path / "pred"), things="t.txt")
 
 
 def test_predict_skips_an_unreadable_image_and_still_writes_the_rest(exported, tmp_path, capsys):
@@ -252,16 +255,15 @@ def test_predict_skips_an_unreadable_image_and_still_writes_the_rest(exported, t
   for name in ("a.png", "c.png", "d.png"):
     Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "images" / name)
   (tmp_path / "images" / "b.jpg").write_bytes(b"not an image")
-  assert predict.main(["--model", str(out), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "p")]) == 3
-  assert "skipping b.jpg" in capsys.readouterr().err
+  assert predict.run(str(out), [str(tmp_path / "images")], str(tmp_path / "p")) == 3
+  assert "b.jpg: cannot identify image file" in capsys.readouterr().err
   pan = json.loads((tmp_path / "p" / "panoptic.json").read_text())
   assert [a["file_name"] for a in pan["annotations"]] == ["a.png", "c.png", "d.png"]
   assert (tmp_path / "p" / "names.txt").is_file()
   vocab = tmp_path / "vocab.txt"
   vocab.write_text("cat\ndog\nCat\n")
   with pytest.raises(ValueError, match=r"vocab.txt: line 3 'Cat' duplicates line 1 'cat'"):
-    predict.main(["--model", str(out), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "p"),
-                  "--vocab", str(vocab)])
+    predict.run(str(out), [str(tmp_path / "images")], str(tmp_path / "p"), vocab=str(vocab))
 
 
 def test_the_loader_refuses_pixels_that_are_not_uint8(exported):
@@ -269,3 +271,152 @@ def test_the_loader_refuses_pixels_that_are_not_uint8(exported):
   served = loader.ExportedModel(str(out))
   with pytest.raises(ValueError, match="float32; this export takes uint8"):
     served(np.zeros((2, SIZE, SIZE, 3), np.float32))
+
+
+# Runs in a process where jax, jaxlib, flax and this repository cannot be imported (TensorFlow's own optional
+# `from jax import jit` then fails as it would on a machine without JAX): loads the SavedModel, runs both signatures
+# on the inputs of argv[2] and saves the outputs to argv[3].
+SERVE_WITH_TENSORFLOW_ALONE = """
+import importlib.abc, sys
+BLOCKED = ("jax", "jaxlib", "flax", "dataseg_jax", "data_pipelines")
+class Absent(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in BLOCKED:
+      raise ModuleNotFoundError(f"{name} is blocked: the SavedModel must be served by TensorFlow alone")
+sys.meta_path.insert(0, Absent())
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+inputs = {k: tf.constant(v) for k, v in np.load(sys.argv[2]).items()}
+swapped = model.signatures["serving_default"](**inputs)
+trained = model.signatures["trained_vocabulary"](images=inputs["images"], image_sizes=inputs["image_sizes"])
+np.savez(sys.argv[3], **{"swapped/" + k: v.numpy() for k, v in swapped.items()},
+         **{"trained/" + k: v.numpy() for k, v in trained.items()})
+print(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
+"""
+
+
+def _equal_outputs(got, want, logit_tol):
+  """Float outputs within tolerance (another XLA build compiles the SavedModel), the rest exactly."""
+  assert sorted(got) == sorted(want)
+  for k in want:
+    if want[k].dtype.kind == "f":
+      np.testing.assert_allclose(got[k], want[k], atol=logit_tol if k == "pred_logits" else 1e-5, rtol=1e-5,
+                                 err_msg=k)
+    else:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_savedmodel_served_by_tensorflow_alone_equals_the_jax_export(exported, tmp_path):
+  c, model, variables, emb, out = exported
+  absl_level = logging.getLogger("absl").level
+  path = savedmodel.export_savedmodel(c, variables, [f"class {k}" for k in range(C)], emb, THINGS,
+                                      str(tmp_path / "savedmodel"), batch_size=2, max_classes=C_MAX, model=model)
+  assert logging.getLogger("absl").level == absl_level  # TF's saving resets it to WARNING: put back
+  rng = np.random.default_rng(4)
+  images = rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+  sizes = np.array([[SIZE, 40], [24, SIZE]], np.int32)
+  new_emb = rng.normal(size=(C_MAX, D)).astype(np.float32)
+  new_things = rng.random(C_MAX) < 0.5
+  np.savez(tmp_path / "inputs.npz", images=images, image_sizes=sizes, class_embeddings=new_emb,
+           class_mask=np.ones(C_MAX, bool), thing_mask=new_things)
+  proc = subprocess.run([sys.executable, "-c", SERVE_WITH_TENSORFLOW_ALONE, path, str(tmp_path / "inputs.npz"),
+                         str(tmp_path / "served.npz")], capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip().splitlines()[-1] == "[]"  # nothing of JAX, flax or this repository was loaded
+  with np.load(tmp_path / "served.npz") as z:
+    served = {k: z[k] for k in z.files}
+  jax_export = loader.ExportedModel(str(out))
+  tol = 1e-5 * _logit_scale(variables, c)
+  _equal_outputs({k[len("trained/"):]: v for k, v in served.items() if k.startswith("trained/")},
+                 jax_export(images, sizes), tol)
+  jax_export.set_vocabulary([f"new {k}" for k in range(C_MAX)], new_emb, new_things)
+  _equal_outputs({k[len("swapped/"):]: v for k, v in served.items() if k.startswith("swapped/")},
+                 jax_export(images, sizes), tol)
+  assert (pathlib.Path(path) / "names.txt").read_text().splitlines() == [f"class {k}" for k in range(C)]
+
+
+def test_predict_takes_image_files_and_folders_and_warns_of_names_that_become_stuff(exported, tmp_path, monkeypatch,
+                                                                                     capsys):
+  import predict
+  from dataseg_jax.vocab import embeddings
+  *_, out = exported
+  (tmp_path / "folder").mkdir()
+  for path in (tmp_path / "folder" / "a.png", tmp_path / "folder" / "b.jpg", tmp_path / "c.png"):
+    Image.fromarray(np.full((16, 24, 3), 90, np.uint8)).save(path)
+  (tmp_path / "folder" / "notes.txt").write_text("not an image")
+  monkeypatch.setattr(embeddings, "embed_names", lambda names, **kw: np.ones((len(names), D), np.float32))
+  vocab = tmp_path / "vocab.txt"
+  vocab.write_text("class 0\nkitten\n")
+  n = predict.run(str(out), [str(tmp_path / "folder"), str(tmp_path / "c.png")], str(tmp_path / "p"), vocab=str(vocab))
+  assert n == 3
+  assert sorted(p.name for p in (tmp_path / "p" / "semantic").iterdir()) == ["a.png", "b.png", "c.png"]
+  assert "['kitten'] are no class of the export, so they are predicted as stuff" in capsys.readouterr().err
+  with pytest.raises(FileNotFoundError, match="nope.png: no such file or folder"):
+    predict.run(str(out), [str(tmp_path / "nope.png")], str(tmp_path / "p"))
+
+
+class _SlowFirstCall:
+  """An export whose first call takes `first_s` longer, as compiling does."""
+
+  def __init__(self, model, first_s):
+    self.model, self.first_s, self.calls = model, first_s, 0
+
+  def __getattr__(self, name):
+    return getattr(self.model, name)
+
+  def __call__(self, *args):
+    self.calls += 1
+    if self.calls == 1:
+      time.sleep(self.first_s)
+    return self.model(*args)
+
+
+def test_predict_rate_and_eta_leave_out_the_first_batch(exported, tmp_path, capsys):
+  """Six images in batches of two, the first batch 3 s slower (compiling): the ETA after the second batch counts
+  only the time since the first (about 0 s), not 3 s of compiling spread over the images (2 s)."""
+  import predict
+  *_, out = exported
+  paths = []
+  for k in range(6):
+    paths.append(str(tmp_path / f"im{k}.png"))
+    Image.fromarray(np.full((16, 16, 3), 30 * k, np.uint8)).save(paths[-1])
+  model = _SlowFirstCall(loader.ExportedModel(str(out)), first_s=3.0)
+  model(np.zeros((2, SIZE, SIZE, 3), np.uint8))  # compiled, so that the later batches are fast
+  model.calls = 0
+  assert predict.predict_images(model, paths, str(tmp_path / "p"), every_s=0.0) == 6
+  lines = capsys.readouterr().err.splitlines()
+  assert re.match(r"predict: 2/6 images \(33 %\) in \d+s \(start-up included", lines[0]), lines
+  assert lines[1].startswith("predict: 4/6 images") and lines[1].endswith("ETA 0s"), lines
+
+
+def test_tflite_runs_the_raw_savedmodel_and_stops_at_the_scatter_of_the_postprocessed_one(tmp_path):
+  """What docs/contracts.md says of TFLite: the raw outputs (model only) convert with builtin ops and equal the JAX
+  export; the post-processed export converts, but the TFLite runtime refuses its stablehlo.scatter (the pixel
+  counts of `jnp.bincount` in postprocess.panoptic_inference)."""
+  import tensorflow as tf
+  c = _config()
+  model = StandIn()
+  rng = np.random.default_rng(5)
+  emb = rng.normal(size=(C, D)).astype(np.float32)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3), jnp.uint8), jnp.asarray(emb),
+                         jnp.ones((1, C), bool))
+  names = [f"class {k}" for k in range(C)]
+  images = rng.integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+  interpreters = {}
+  for outputs in ("raw", "postprocessed"):
+    path = savedmodel.export_savedmodel(c, variables, names, emb, THINGS, str(tmp_path / outputs), outputs=outputs,
+                                        model=model)
+    converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreters[outputs] = tf.lite.Interpreter(model_content=converter.convert())
+  exporter.export_model(c, variables, names, emb, THINGS, str(tmp_path / "jax_raw"), outputs="raw", model=model)
+  served = loader.ExportedModel(str(tmp_path / "jax_raw"))
+  want = served(images)
+  got = interpreters["raw"].get_signature_runner("serving_default")(
+      images=images, image_sizes=np.full((1, 2), SIZE, np.int32), class_embeddings=served.embeddings,
+      class_mask=served.class_mask, thing_mask=served.thing_mask)
+  for k in ("pred_logits", "pred_masks"):
+    np.testing.assert_allclose(got[k], want[k], atol=1e-4, rtol=1e-4, err_msg=k)
+  with pytest.raises(RuntimeError, match="STABLEHLO_SCATTER"):
+    interpreters["postprocessed"].allocate_tensors()

@@ -198,9 +198,8 @@ def test_script_npz_fits_a_dataseg_through_model_init_from(tmp_path, capsys):
   save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, tmp_path / "model.safetensors")
   model.config.to_json_file(tmp_path / "config.json")
   (tmp_path / "tiny.py").write_text(TINY_CONFIG)
-  main = runpy.run_path(str(SCRIPT))["main"]
-  main(["--from", "hf_mask2former", "--config", str(tmp_path / "tiny.py"), "--input",
-        str(tmp_path / "model.safetensors"), "--output", str(tmp_path / "m2f.npz")])
+  convert = runpy.run_path(str(SCRIPT))["convert"]
+  convert("hf_mask2former", tmp_path / "model.safetensors", tmp_path / "m2f.npz", config=str(tmp_path / "tiny.py"))
   printed = capsys.readouterr().out
   assert "dropped: class_predictor" in printed and "no config.json" not in printed
   config = tiny_config()
@@ -217,10 +216,9 @@ def test_script_npz_fits_a_dataseg_through_model_init_from(tmp_path, capsys):
     np.testing.assert_array_equal(checkpoint_io.flatten_params(loaded)[k], v, err_msg=k)
 
   (tmp_path / "other.json").write_text(json.dumps({**model.config.to_dict(), "num_attention_heads": 4}))
-  with pytest.raises(SystemExit, match=r"error: config.model.decoder.num_heads=2, .*num_attention_heads is 4"):
-    main(["--from", "hf_mask2former", "--config", str(tmp_path / "tiny.py"), "--input",
-          str(tmp_path / "model.safetensors"), "--hf_config", str(tmp_path / "other.json"), "--output",
-          str(tmp_path / "bad.npz")])
+  with pytest.raises(ValueError, match=r"config.model.decoder.num_heads=2, .*num_attention_heads is 4"):
+    convert("hf_mask2former", tmp_path / "model.safetensors", tmp_path / "bad.npz", config=str(tmp_path / "tiny.py"),
+            hf_config=str(tmp_path / "other.json"))
 
 
 def first_params(c) -> dict:

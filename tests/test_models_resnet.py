@@ -127,17 +127,15 @@ def test_convert_script_npz_roundtrip_and_merge(tmp_path):
   sd = torch_resnet(50, WIDTH).state_dict()
   torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "r50.pth")
   script = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "scripts" / "convert_weights.py"))
-  script["main"](["--from", "torchvision_resnet", "--depth", "50", "--input", str(tmp_path / "r50.pth"),
-                  "--output", str(tmp_path / "backbone.npz")])
+  assert script["RESNET_DEPTHS"] == tuple(d for d in sorted(resnet.STAGES) if d >= 18)  # --help lists them unimported
+  script["convert"]("torchvision_resnet", tmp_path / "r50.pth", tmp_path / "backbone.npz", depth=50)
   loaded = checkpoint_io.load_params_npz(tmp_path / "backbone.npz")
   direct = resnet.convert_torchvision_resnet(sd, 50)
   jax.tree.map(np.testing.assert_array_equal, loaded, direct)
-  script["main"](["--from", "torchvision_resnet50", "--input", str(tmp_path / "r50.pth"),
-                  "--output", str(tmp_path / "named.npz")])
+  script["convert"]("torchvision_resnet50", tmp_path / "r50.pth", tmp_path / "named.npz")
   jax.tree.map(np.testing.assert_array_equal, checkpoint_io.load_params_npz(tmp_path / "named.npz"), direct)
-  with pytest.raises(SystemExit):  # the name and --depth disagree
-    script["main"](["--from", "torchvision_resnet50", "--depth", "101", "--input", str(tmp_path / "r50.pth"),
-                    "--output", str(tmp_path / "bad.npz")])
+  with pytest.raises(ValueError, match="names depth 50 but --depth is 101"):
+    script["convert"]("torchvision_resnet50", tmp_path / "r50.pth", tmp_path / "bad.npz", depth=101)
 
   init = flax.core.meta.unbox(jax.eval_shape(resnet.ResNet(50, WIDTH).init, jax.random.key(0),
                                              jnp.zeros((1, 64, 64, 3)))["params"])

@@ -173,7 +173,7 @@ def test_script_npz_initialises_a_vit_dataseg_backbone(tmp_path, capsys):
   save_file(hf, tmp_path / "model.safetensors")  # a 14 x 14 + cls position embedding, as pretrained at 224 px
   mae = timm_layout(hf_vitdet(64, 224, 2, rel_pos=False, layers=2).state_dict())
   torch.save({"model": {k: torch.from_numpy(v) for k, v in mae.items()}}, tmp_path / "mae.pth")
-  main = runpy.run_path(str(SCRIPT))["main"]
+  convert = runpy.run_path(str(SCRIPT))["convert"]
 
   images = jnp.zeros((1, 64, 64, 3), jnp.uint8)
   abstract = jax.eval_shape(dataseg.DataSeg(config.model).init, jax.random.key(0), images,
@@ -183,8 +183,7 @@ def test_script_npz_initialises_a_vit_dataseg_backbone(tmp_path, capsys):
       ("hf_vitdet", "model.safetensors", vit.convert_hf_vitdet(hf, (4, 4), 2, (1,)), "sfp_4_up1"),
       ("mae", "mae.pth", vit.convert_mae(mae, (4, 4)), "rel_pos_h/w of blocks [0, 1]")):
     out = tmp_path / f"{source}.npz"
-    main(["--from", source, "--config", str(tmp_path / "tiny_vit.py"), "--input", str(tmp_path / path),
-          "--output", str(out)])
+    convert(source, tmp_path / path, out, config=str(tmp_path / "tiny_vit.py"))
     assert from_init in capsys.readouterr().out
     with config.unlocked():
       config.model.backbone.init_from = str(out)
@@ -196,9 +195,7 @@ def test_script_npz_initialises_a_vit_dataseg_backbone(tmp_path, capsys):
     assert np.abs(backbone["res2_output/kernel"]).max() > 0
   assert not np.abs(backbone["block_0/attn/rel_pos_h"]).any()  # MAE: ViTDet's zero-initialised tables
 
-  with pytest.raises(SystemExit, match=r"error: .*'patch_embed.proj.weight'"):
-    main(["--from", "mae", "--config", str(tmp_path / "tiny_vit.py"), "--input", str(tmp_path / "model.safetensors"),
-          "--output", str(tmp_path / "bad.npz")])
-  with pytest.raises(SystemExit, match=r"error: the checkpoint has no \['block_2"):
-    main(["--from", "hf_vitdet", "--config", str(tmp_path / "tiny_vit.py:3"), "--input",
-          str(tmp_path / "model.safetensors"), "--output", str(tmp_path / "bad.npz")])
+  with pytest.raises(ValueError, match=r"'patch_embed.proj.weight'"):
+    convert("mae", tmp_path / "model.safetensors", tmp_path / "bad.npz", config=str(tmp_path / "tiny_vit.py"))
+  with pytest.raises(ValueError, match=r"the checkpoint has no \['block_2"):
+    convert("hf_vitdet", tmp_path / "model.safetensors", tmp_path / "bad.npz", config=str(tmp_path / "tiny_vit.py:3"))

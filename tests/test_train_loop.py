@@ -1,4 +1,5 @@
 """The training loop end to end on CPU: loss falls, exact resume after SIGTERM, clear errors at start."""
+import json
 import logging
 import os
 import pathlib
@@ -99,16 +100,33 @@ def logged_scalars(workdir, tag):
   return sorted(out)
 
 
-def test_tiny_loss_falls_and_every_term_is_logged_per_dataset_and_task(tmp_path):
+def test_tiny_loss_falls_and_every_term_is_logged_per_dataset(tmp_path):
   c = config(total=24)
   result = loop.train(c, str(tmp_path), components(c))
   assert result["step"] == 24 and not result["preempted"]
   losses = [v for _, v in logged_scalars(tmp_path, "loss")]
   assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
-  for key in ("loss_ce/toy_ade", "loss_mask/toy_o365", "loss_ce/task_panoptic", "lr", "grad_norm",
-              "images_per_s", "step_time_s", "tflops_per_s_per_device"):
+  for key in ("loss_ce/toy_ade", "loss_mask/toy_o365", "lr", "grad_norm", "images_per_s", "step_time_s",
+              "tflops_per_s_per_device"):
     assert key in result, key
+  assert not [k for k in result if "/task_" in k]  # each task is one dataset's: its series would repeat it
   assert checkpointing.make_manager(str(tmp_path)).all_steps() == [16, 20, 24][-c.keep_checkpoints:]
+
+
+def test_compiling_is_announced_with_the_time_the_last_compile_took(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  c = config(total=2)
+  loop.train(c, str(tmp_path), components(c))
+  first = [r.getMessage() for r in caplog.records if "the train step" in r.getMessage()]
+  assert first[0].startswith("compiling the train step (no earlier compile recorded in"), first
+  took = float(first[1].removeprefix("compiled the train step in ").removesuffix(" s"))
+  recorded = json.loads((tmp_path / loop.COMPILE_RECORD).read_text())["train_step"]
+  assert abs(recorded - took) <= 0.5
+  caplog.clear()
+  c.total_steps = 4  # the same command again with more steps: resumes and compiles again
+  loop.train(c, str(tmp_path), components(c))
+  again = [r.getMessage() for r in caplog.records if "the train step" in r.getMessage()]
+  assert again[0] == f"compiling the train step (about {recorded:.0f} s on this machine, as the last time)...", again
 
 
 def test_a_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
@@ -369,7 +387,7 @@ def test_eval_and_export_with_another_model_config_say_so_in_one_line(tmp_path, 
 @pytest.mark.parametrize("command", [
     ["scripts/eval.py", "--config", "configs/toy.py", "--workdir", "w", "--config.data.batchsize=2"],
     ["scripts/check_dataset.py", "--config", "configs/nope.py"],
-    ["-m", "data_pipelines.tfds_builders", "--config", "configs/toy.py", "--dataset", "toy_cty", "--out", "o"],
+    ["scripts/prepare_tfds.py", "--config", "configs/toy.py", "--dataset", "toy_cty", "--out", "o"],
 ])
 def test_scripts_report_config_mistakes_in_one_line(command, tmp_path):
   proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -452,3 +470,55 @@ def test_backbone_init_from_a_converted_npz_replaces_the_random_init(tmp_path):
     c.model.backbone.init_from = str(tmp_path / "missing.npz")
   with pytest.raises(FileNotFoundError, match="init_from"):
     loop.train(c, str(tmp_path / "bad"), components(c))
+
+
+def _train_toy_script(data_dir, workdir, prefetch: int, env: dict) -> subprocess.Popen:
+  """scripts/train.py on the tiny toy data (64 px, 'hash' text encoder), 12 steps logged one by one, then the
+  evaluation of every dataset."""
+  overrides = {"data_dir": data_dir, "total_steps": 12, "log_every_steps": 1, "checkpoint_every_steps": 12,
+               "eval_every_steps": 0, "data.image_size": 64, "data.eval_size": 64, "data.batch_size": 4,
+               "data.prefetch": prefetch, "loss.num_points": 256, "matcher.num_points": 256, "vocab.encoder": "hash"}
+  command = [sys.executable, str(REPO / "scripts/train.py"), "--config", str(REPO / "configs/toy.py"),
+             "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in overrides.items())]
+  return subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _training_scalars(workdir) -> dict:
+  """{(tag, step): value} of every logged scalar except the timings, which are not results."""
+  import tensorflow as tf
+  timings = ("step_time_s", "images_per_s", "tflops_per_s_per_device", "hfu", "steps_per_sec", "uptime")
+  out = {}
+  for f in sorted(pathlib.Path(workdir).glob("events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(str(f)):
+      for v in event.summary.value:
+        value = tf.make_ndarray(v.tensor)
+        if v.tag not in timings and value.ndim == 0 and value.dtype.kind == "f":
+          out[(v.tag, event.step)] = float(value)
+  return out
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_identical_losses_and_metrics_under_other_threads_prefetch_and_load(tmp_path, toy_data):
+  """Data order, augmentation and point sampling are keyed by the step, not by thread timing: a run with one
+  TensorFlow thread and prefetch 1 and a run with TensorFlow's default threads and prefetch 4, started together
+  beside a process that keeps a core busy, log the same losses bit for bit at every step and score the same
+  metrics. (XLA's own thread count is the one thing kept: it changes float summation order, see the README.)"""
+  load = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+  try:
+    runs = [_train_toy_script(toy_data, tmp_path / "one_thread", 1,
+                              {"TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"}),
+            _train_toy_script(toy_data, tmp_path / "default_threads", 4, {})]
+    logs = [run.communicate(timeout=900)[0] for run in runs]
+  finally:
+    load.kill()
+    load.wait()
+  for run, log in zip(runs, logs):
+    assert run.returncode == 0, log[-3000:]
+  one, default = (_training_scalars(tmp_path / name) for name in ("one_thread", "default_threads"))
+  assert len([k for k in one if k[0] == "loss"]) == 12
+  assert one == default
+  metrics = [json.loads((tmp_path / name / "eval" / "metrics.json").read_text()) for name in ("one_thread",
+                                                                                               "default_threads")]
+  assert metrics[0]["step"] == 12 and len(metrics[0]["metrics"]) > 10
+  assert metrics[0] == metrics[1]

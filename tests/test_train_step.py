@@ -130,7 +130,27 @@ def test_summary_reports_term_per_dataset_as_a_whole_batch_of_it():
               "by_task": {"loss_ce": np.array([1.0, 0.0, 0.0, 0.5])}, "count_task": np.array([2.0, 0, 0, 2.0])}]
   s = loop.summarize(history, DATASETS, global_batch=4)
   assert s["loss_ce/toy_ade"] == 2.0 and s["loss_ce/toy_o365"] == 1.0 and "loss_ce/toy_coco" not in s
-  assert s["loss_ce/task_semantic"] == 2.0 and s["loss_ce/task_box"] == 1.0
+
+
+def test_summary_leaves_out_terms_a_group_never_has_and_task_series_that_repeat_a_dataset():
+  """Each task from one dataset: no per-task series (they would repeat the per-dataset ones), no loss_proj for
+  the mask dataset (always 0), and no count of skipped steps when none was skipped. Two datasets labelled semantic: the semantic series is their mix, and is kept."""
+  one_each = {"finite": True, "loss": 3.0, "grad_norm": 1.0, "lr": 0.1, "nonfinite_streak": 0,
+              "by_dataset": {"loss_ce": np.array([1.0, 0.0, 0.5]), "loss_proj": np.array([0.0, 0.0, 0.25])},
+              "count_dataset": np.array([2.0, 0.0, 2.0]),
+              "by_task": {"loss_ce": np.array([1.0, 0.0, 0.0, 0.5]), "loss_proj": np.array([0.0, 0.0, 0.0, 0.25])},
+              "count_task": np.array([2.0, 0.0, 0.0, 2.0])}
+  s = loop.summarize([one_each], DATASETS, global_batch=4)
+  assert sorted(k for k in s if "/" in k) == ["loss_ce/toy_ade", "loss_ce/toy_o365", "loss_proj/toy_o365"]
+  assert "nonfinite_steps" not in s  # no step skipped: nothing to log
+  assert loop.summarize([one_each, dict(one_each, finite=False)], DATASETS, global_batch=4)["nonfinite_steps"] == 1
+  shared = dict(one_each, by_dataset={"loss_ce": np.array([1.0, 3.0, 0.0]), "loss_proj": np.zeros(3)},
+                count_dataset=np.array([2.0, 2.0, 0.0]), by_task={"loss_ce": np.array([4.0, 0, 0, 0]),
+                                                                  "loss_proj": np.zeros(4)},
+                count_task=np.array([4.0, 0, 0, 0]))
+  s = loop.summarize([shared], DATASETS, global_batch=4)
+  assert sorted(k for k in s if "/" in k) == ["loss_ce/task_semantic", "loss_ce/toy_ade", "loss_ce/toy_coco"]
+  assert s["loss_ce/task_semantic"] == 4.0
 
 
 def test_summary_reports_merge_statistics_per_layer_over_the_steps_that_define_them():

@@ -125,15 +125,14 @@ def test_embed_vocab_script_writes_loadable_npz(tmp_path):
   names_file = tmp_path / "names.txt"
   names_file.write_text("cat\ntraffic light\nsky\n")
   out = tmp_path / "vocab.npz"
-  assert embed_vocab.main(["--names", str(names_file), "--encoder", "hash", "--dim", "8", "--out", str(out),
-                           "--prompts", "a {}", "{}"]) == 0
+  embed_vocab.run(str(names_file), str(out), encoder="hash", prompts=["a {}", "{}"], dim=8)
   loaded = embeddings.load_embeddings(out)
   assert loaded.names == ["cat", "traffic light", "sky"] and loaded.encoder == "hash"
   assert loaded.prompts == ("a {}", "{}") and loaded.weights_id == "hash:sha256-gaussian:8"
   np.testing.assert_array_equal(loaded.embeddings, embeddings.embed_names(loaded.names, "hash", ("a {}", "{}"), dim=8))
   names_file.write_text("cat\n\nsky\n")
-  with pytest.raises(SystemExit, match="line 2 is empty"):
-    embed_vocab.main(["--names", str(names_file), "--encoder", "hash", "--out", str(out)])
+  with pytest.raises(ValueError, match="line 2 is empty"):
+    embed_vocab.run(str(names_file), str(out), encoder="hash")
   with pytest.raises(FileNotFoundError, match="embed_vocab.py"):
     embeddings.load_embeddings(tmp_path / "absent.npz")
   (tmp_path / "bad.npz").write_bytes(b"garbage")
@@ -148,7 +147,7 @@ def test_load_vocabulary_reads_names_files_and_embed_vocab_npz(tmp_path):
   assert vocab.names == ["zebra", "street lamp"] and vocab.embeddings.shape == (2, 8)
   np.testing.assert_array_equal(vocab.embeddings, embeddings.embed_names(vocab.names, "hash", ("{}",), dim=8))
   out = tmp_path / "user.npz"
-  embed_vocab.main(["--names", str(names_file), "--encoder", "hash", "--dim", "8", "--out", str(out)])
+  embed_vocab.run(str(names_file), str(out), encoder="hash", dim=8)
   loaded = embeddings.load_vocabulary(out, encoder="hash")
   assert loaded.names == vocab.names and loaded.prompts == embeddings.DEFAULT_PROMPTS
   with pytest.raises(ValueError, match="embedded with encoder 'hash' but the model uses 'minilm'"):

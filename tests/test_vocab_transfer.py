@@ -1,6 +1,8 @@
 """Transfer benchmarks: converted labels read back through the real readers, and their names files."""
 import json
 import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -14,6 +16,8 @@ from data_pipelines import transfer
 from dataseg_jax import config as config_lib
 from dataseg_jax.vocab import names as names_lib
 from dataseg_jax.vocab import vocabulary
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 tf = pytest.importorskip("tensorflow")
 
@@ -287,5 +291,6 @@ def test_transfer_missing_inputs_say_what_layout_is_expected(tmp_path):
     transfer.prepare_ade847(tmp_path, tmp_path / "out")
   with pytest.raises(ValueError, match="unknown transfer benchmark 'mapillary'"):
     transfer.entry_kwargs("mapillary")
-  with pytest.raises(SystemExit, match="error: image list"):
-    transfer.main(["--benchmark", "voc21", "--src", str(tmp_path), "--out", str(tmp_path / "o")])
+  proc = subprocess.run([sys.executable, "-m", "data_pipelines.transfer", "--benchmark", "voc21", "--src",
+                         str(tmp_path), "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 1 and proc.stderr.startswith("error: image list"), proc.stderr

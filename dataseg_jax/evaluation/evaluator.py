@@ -21,7 +21,8 @@ missed: its ground truth counts with no prediction (every labelled pixel unpredi
 its image id in COCOeval's images), as are the images of a COCO-format val JSON that indexing skipped.
 
 Files under WORKDIR/eval/<step>/<dataset>/: semantic/*.png, panoptic.json + panoptic/*.png,
-instance_results.json, overlays/*.png; the metrics in WORKDIR/eval/metrics.json (and per step; an evaluation of
+instance_results.json, and for the first `eval.num_overlays` images overlays/<task>/*.png (image, ground truth and
+prediction side by side; instances scored at least OVERLAY_MIN_SCORE); the metrics in WORKDIR/eval/metrics.json (and per step; an evaluation of
 the same step with other datasets adds its metrics to those files).
 Progress (images done, images/s, ETA) is logged every `PROGRESS_EVERY_S` seconds of a dataset's pass.
 
@@ -38,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from data_pipelines import mixture
@@ -55,6 +57,7 @@ from dataseg_jax.train import mesh as mesh_lib
 
 IGNORE = -1  # void ground truth: outside every class id (benchmarks with > 255 classes use 255)
 PROGRESS_EVERY_S = 30.0
+OVERLAY_MIN_SCORE = 0.5  # instances drawn in an overlay [default: detectron2's demo threshold]
 
 
 def make_infer_fn(model, tasks: tuple, eval_config, out_shardings=None):
@@ -116,6 +119,30 @@ def encode_instances(image_id, masks_t, scores, category_ids, extent, size) -> l
   if tuple(extent) != tuple(size):
     masks_t = resize_nearest(masks_t, (size[1], size[0]))
   return instance.encode_results(image_id, masks_t, scores, category_ids, transposed=True)
+
+
+def _class_ids(labels: np.ndarray) -> dict:
+  """{class + 1: class} of the classes in a label map [H, W] (-1 void), the segment ids of `labels + 1`."""
+  return {int(k) + 1: int(k) for k in np.unique(labels) if k >= 0}
+
+
+def instance_map(masks: list, classes: list, size) -> tuple:
+  """Instance masks (bool [H, W] each) and their classes -> (segment ids int64 [H, W], {id: class}), painted
+  largest first so that a smaller instance on top of a larger one stays visible; ids 1..K, 0 where none."""
+  ids = np.zeros(size, np.int64)
+  for k in sorted(range(len(masks)), key=lambda k: -int(masks[k].sum())):
+    ids[masks[k]] = k + 1
+  return ids, {k + 1: int(c) for k, c in enumerate(classes)}
+
+
+def _annotation_mask(coco, ann: dict, size) -> np.ndarray:
+  """bool [H, W] of a ground-truth annotation: its mask, or its box where it has none (box-only annotations)."""
+  if ann.get("segmentation"):
+    return coco.annToMask(ann).astype(bool)
+  x, y, w, h = (int(round(v)) for v in ann["bbox"])
+  out = np.zeros(size, bool)
+  out[y:y + h, x:x + w] = True
+  return out
 
 
 def _valid_extent(valid: np.ndarray) -> tuple:
@@ -223,10 +250,11 @@ class _DatasetEval:
     stem = self._stem(row)
     hv, wv = _valid_extent(batch["valid"][b])
     size = tuple(int(v) for v in batch["orig_size"][b])
-    sem = pan_ids = pan_classes = None
+    layers = {}  # task -> (predicted ids, {id: class}, ground-truth ids, {id: class}) for the overlays
     if "semantic" in self.tasks:
       sem = crop_resize_labels(res["semantic"][b], (hv, wv), size)
       gt = self._gt_semantic(row, image_id)
+      layers["semantic"] = (sem + 1, _class_ids(sem), gt + 1, _class_ids(gt))
       self.confusion = self.confusion.merge(
           semantic.SemanticConfusion.from_model_output(sem, gt, self.num_classes, IGNORE))
       offset = 1 if self.entry.format == "semantic_png" and self.entry.reduce_zero_label else 0
@@ -240,14 +268,19 @@ class _DatasetEval:
         self.pan_writer.add(json_id, stem + ".png", pan_ids, segs)  # ids of the ground-truth JSON when one exists
       gt_ids, gt_segs = self._gt_panoptic(image_id)
       self.pq.add_image(gt_ids, gt_segs, pan_ids, segs, f"{self.name} image_id {image_id}")
+      layers["panoptic"] = (pan_ids, pan_classes, gt_ids,
+                            {s["id"]: self.category_ids.index(int(s["category_id"])) for s in gt_segs})
     if "instance" in self.tasks:
       r = {k: v[b] for k, v in res["instance"].items()}
       if not r["valid"].all():  # fewer (query, thing class) pairs than instance_topk
         r = {k: v[r["valid"]] for k, v in r.items()}
       cats = [self.category_ids[c] for c in r["classes"]]
-      self.instance_results += encode_instances(image_id, r["masks"], r["scores"], cats, (hv, wv), size)
+      found = encode_instances(image_id, r["masks"], r["scores"], cats, (hv, wv), size)
+      self.instance_results += found
+      if self.overlays < self.num_overlays:
+        layers["instance"] = self._instance_layers(image_id, found, size)
     if self.overlays < self.num_overlays:
-      self._overlay(row, stem, sem, pan_ids, pan_classes, size)
+      self._overlay(row, stem, layers, size)
 
   def add_missed(self, image_id: int, message: str) -> None:
     """Scores val image `image_id`, which did not decode (`message` names it), as missed: its ground truth counts
@@ -279,19 +312,25 @@ class _DatasetEval:
       return []
     return sorted(listed - {int(i) for i in self.index.image_ids})
 
-  def _overlay(self, row, stem, sem, pan_ids, pan_classes, size) -> None:
+  def _instance_layers(self, image_id, found: list, size) -> tuple:
+    """(predicted ids, {id: class}, ground-truth ids, {id: class}) of one image's instances: the COCO results
+    `found` scored at least OVERLAY_MIN_SCORE, and the ground-truth annotations (masks, or boxes where none)."""
+    shown = [x for x in found if x["score"] >= OVERLAY_MIN_SCORE]
+    anns = self.instance_gt.loadAnns(self.instance_gt.getAnnIds(imgIds=[image_id]))
+    return (*instance_map([mask_utils.decode(x["segmentation"]).astype(bool) for x in shown],
+                          [self.category_ids.index(x["category_id"]) for x in shown], size),
+            *instance_map([_annotation_mask(self.instance_gt, a, size) for a in anns],
+                          [self.category_ids.index(a["category_id"]) for a in anns], size))
+
+  def _overlay(self, row, stem, layers: dict, size) -> None:
+    """Writes overlays/<task>/<stem>.png for each task: image, ground truth and prediction side by side."""
     image = np.array(Image.open(self.index.image_paths[row]).convert("RGB"))
     if image.shape[:2] != size:
       return
-    if pan_ids is not None:
-      ids, classes = pan_ids, pan_classes
-    elif sem is not None:
-      ids = sem + 1
-      classes = {int(k) + 1: int(k) for k in np.unique(sem) if k >= 0}
-    else:
-      return
-    os.makedirs(os.path.join(self.out_dir, "overlays"), exist_ok=True)
-    writers.overlay(image, ids, classes, self.local_names).save(os.path.join(self.out_dir, "overlays", stem + ".png"))
+    for task, (ids, classes, gt_ids, gt_classes) in layers.items():
+      os.makedirs(os.path.join(self.out_dir, "overlays", task), exist_ok=True)
+      writers.overlay(image, ids, classes, self.local_names, ground_truth=(gt_ids, gt_classes)).save(
+          os.path.join(self.out_dir, "overlays", task, stem + ".png"))
     self.overlays += 1
 
   def finish(self) -> dict:

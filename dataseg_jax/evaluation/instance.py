@@ -186,8 +186,13 @@ def coco_evaluate(gt, results, iou_type: str = "segm", where: str = "results", i
   images `image_ids` (default: every image of `gt`; an evaluation of part of a split passes the images it
   predicted, as detectron2's COCOEvaluator does, so that the others do not count as missed).
 
-  Returns {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl'} on the 0-100 scale (-1 where COCOeval has no
-  ground truth for an entry).
+  Returns {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl'} on the 0-100 scale, without the entries COCOeval leaves
+  undefined (its -1: no ground truth in that area range, e.g. APl of a split without large objects), so that no
+  writer logs -1 as a score.
+
+  A result with a 'segmentation' is scored by its mask alone, its 'bbox' dropped (as detectron2 does): pycocotools'
+  `loadRes` takes the area of a result that has a 'bbox' from the box (w * h), not from the mask, and the area
+  decides whether a detection counts in APs, APm or APl; AP, AP50 and AP75 are the same either way.
   """
   if iou_type not in ("segm", "bbox"):
     raise ValueError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
@@ -219,4 +224,4 @@ def coco_evaluate(gt, results, iou_type: str = "segm", where: str = "results", i
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-  return {name: float(v) * 100.0 if v >= 0 else -1.0 for name, v in zip(STAT_NAMES, ev.stats[:6])}
+  return {name: float(v) * 100.0 for name, v in zip(STAT_NAMES, ev.stats[:6]) if v >= 0}

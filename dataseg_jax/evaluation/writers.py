@@ -3,7 +3,8 @@
 - COCO panoptic: one RGB PNG per image (id = R + 256 G + 256^2 B) and one JSON with `segments_info`;
 - semantic: one single-channel PNG of class ids per image;
 - COCO results JSON: a list of {image_id, category_id, segmentation (RLE), bbox, score};
-- overlays: the image blended with a colour per class, segment outlines, optional class labels (PIL).
+- overlays: the image, the ground truth and the prediction side by side, each segment in its class's colour,
+  outlined, with its class name inside it (PIL).
 """
 import colorsys
 import json
@@ -12,6 +13,8 @@ import os
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
+from PIL import ImageFont
+from scipy import ndimage
 
 from dataseg_jax.evaluation import panoptic
 
@@ -70,39 +73,82 @@ def _outlines(ids: np.ndarray) -> np.ndarray:
   return edge
 
 
-def overlay(image: np.ndarray, segment_ids: np.ndarray, segment_classes: dict, names=None, alpha: float = 0.5,
-            colours: np.ndarray = None, min_side: int = 384) -> Image.Image:
-  """The image [H, W, 3] uint8 beside a copy blended with one colour per class, white segment outlines and
-  optional labels; images with a side under `min_side` are enlarged (integer factor) so a person can read them.
+def label_anchor(mask: np.ndarray) -> tuple:
+  """(y, x) of the pixel of bool `mask` [H, W] farthest from the segment's edge: inside the segment whatever its
+  shape (a centroid of a ring or of two parts lies on another segment)."""
+  depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+  y, x = np.unravel_index(int(np.argmax(depth)), mask.shape)
+  return int(y), int(x)
 
-  Args:
-    segment_ids: int [H, W] (0 void, left as is); for semantic maps pass class id + 1.
-    segment_classes: {segment id: class index}.
-    names: optional class names; when given each segment is labelled at its centroid.
-  """
-  image = np.asarray(image, np.uint8)
-  ids = np.asarray(segment_ids)
-  if image.shape[:2] != ids.shape:
-    raise ValueError(f"overlay: image is {image.shape[:2]} but the segment map is {ids.shape}")
-  factor = max(1, -(-min_side // min(image.shape[:2])))
-  if factor > 1:
-    image = np.repeat(np.repeat(image, factor, 0), factor, 1)
-    ids = np.repeat(np.repeat(ids, factor, 0), factor, 1)
-  n = max(segment_classes.values(), default=0) + 1
-  colours = class_colours(max(n, len(names or ()))) if colours is None else colours
+
+def _font(height: int):
+  """PIL's default font at about 1/28 of the panel height (at least 12 px)."""
+  return ImageFont.load_default(size=max(12, height // 28))
+
+
+def _text_box(draw, text: str, centre: tuple, font, size: tuple) -> tuple:
+  """(x0, y0, x1, y1) of `text` centred on `centre` (y, x), moved inside the panel of `size` (h, w)."""
+  left, top, right, bottom = draw.textbbox((0, 0), text, font=font, anchor="lt")
+  w, h = right - left + 4, bottom - top + 4
+  x0 = min(max(centre[1] - w // 2, 0), max(size[1] - w, 0))
+  y0 = min(max(centre[0] - h // 2, 0), max(size[0] - h, 0))
+  return x0, y0, x0 + w, y0 + h
+
+
+def _panel(image: np.ndarray, ids: np.ndarray, classes: dict, names, colours, alpha: float, title: str):
+  """The image blended with one colour per class, white outlines, each segment's class name on a dark box at its
+  `label_anchor`, and `title` at the top left."""
   out = image.astype(np.float32)
-  for sid, cls in segment_classes.items():
+  for sid, cls in classes.items():
     m = ids == sid
     out[m] = (1 - alpha) * out[m] + alpha * colours[cls]
   out[_outlines(ids)] = 255
   pic = Image.fromarray(out.astype(np.uint8))
+  draw = ImageDraw.Draw(pic)
+  font = _font(pic.height)
   if names is not None:
-    draw = ImageDraw.Draw(pic)
-    for sid, cls in segment_classes.items():
-      ys, xs = np.nonzero(ids == sid)
-      if len(ys):
-        draw.text((float(xs.mean()), float(ys.mean())), str(names[cls]), fill=(255, 255, 255))
-  both = Image.new("RGB", (2 * pic.width, pic.height))
-  both.paste(Image.fromarray(image), (0, 0))
-  both.paste(pic, (pic.width, 0))
+    for sid, cls in classes.items():
+      m = ids == sid
+      if m.any():
+        box = _text_box(draw, str(names[cls]), label_anchor(m), font, ids.shape)
+        draw.rectangle(box, fill=(0, 0, 0))
+        draw.text((box[0] + 2, box[1] + 2), str(names[cls]), fill=(255, 255, 255), font=font, anchor="lt")
+  box = _text_box(draw, title, (0, 0), font, ids.shape)
+  draw.rectangle(box, fill=(255, 255, 255))
+  draw.text((box[0] + 2, box[1] + 2), title, fill=(0, 0, 0), font=font, anchor="lt")
+  return pic
+
+
+def overlay(image: np.ndarray, segment_ids: np.ndarray, segment_classes: dict, names=None, alpha: float = 0.5,
+            colours: np.ndarray = None, min_side: int = 384, ground_truth: tuple = None) -> Image.Image:
+  """Panels side by side: the image, the ground truth when given, the prediction; each segment blended with its
+  class's colour, outlined in white and labelled with its class name inside it (`label_anchor`). Images with a side
+  under `min_side` are enlarged (integer factor) so a person can read them.
+
+  Args:
+    segment_ids: int [H, W] (0 void, left as is); for semantic maps pass class id + 1.
+    segment_classes: {segment id: class index}.
+    names: optional class names; when given each segment is labelled.
+    ground_truth: optional (segment ids [H, W], {segment id: class index}) in the same form, for the middle panel.
+  """
+  image = np.asarray(image, np.uint8)
+  layers = [(np.asarray(segment_ids), segment_classes, "prediction")]
+  if ground_truth is not None:
+    layers.insert(0, (np.asarray(ground_truth[0]), ground_truth[1], "ground truth"))
+  for ids, _, title in layers:
+    if image.shape[:2] != ids.shape:
+      raise ValueError(f"overlay: image is {image.shape[:2]} but the {title} segment map is {ids.shape}")
+  factor = max(1, -(-min_side // min(image.shape[:2])))
+
+  def grow(a):
+    return np.repeat(np.repeat(a, factor, 0), factor, 1)
+
+  image = grow(image)
+  n = max([c for _, classes, _ in layers for c in classes.values()], default=0) + 1
+  colours = class_colours(max(n, len(names or ()))) if colours is None else colours
+  panels = [Image.fromarray(image)] + [_panel(image, grow(ids), classes, names, colours, alpha, title)
+                                       for ids, classes, title in layers]
+  both = Image.new("RGB", (sum(p.width for p in panels), image.shape[0]))
+  for k, panel in enumerate(panels):
+    both.paste(panel, (k * image.shape[1], 0))
   return both

@@ -268,6 +268,25 @@ def nonfinite_advice(config, latest: int | None, checkpoints: str) -> str:
           f"again){clip}; if the loss is non-finite from the first step, check the data with scripts/check_dataset.py.")
 
 
+COMPILE_RECORD = "compile_seconds.json"  # in the workdir: how long the last compile of the train step took
+
+
+def compile_notice(workdir: epath.Path) -> str:
+  """The line logged before the train step compiles: the time the last compile took in this workdir (recorded by
+  `record_compile_seconds`), or that none is recorded yet."""
+  try:
+    seconds = float(json.loads((workdir / COMPILE_RECORD).read_text())["train_step"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return (f"compiling the train step (no earlier compile recorded in {workdir}; the toy config took about 1 min "
+            "on 2 CPU cores, larger models take minutes)...")
+  return f"compiling the train step (about {seconds:.0f} s on this machine, as the last time)..."
+
+
+def record_compile_seconds(workdir: epath.Path, seconds: float) -> None:
+  """Keeps how long compiling the train step took, for the next run's `compile_notice`."""
+  (workdir / COMPILE_RECORD).write_text(json.dumps({"train_step": round(seconds, 1)}))
+
+
 def longest_streak_exceeded(history: list[dict], limit: int) -> int:
   """The largest `nonfinite_streak` seen in the fetched per-step metrics when it reaches `limit`, else 0."""
   worst = max((int(m["nonfinite_streak"]) for m in history), default=0)
@@ -277,14 +296,19 @@ def longest_streak_exceeded(history: list[dict], limit: int) -> int:
 def summarize(history: list[dict], dataset_names, global_batch: int) -> dict:
   """Scalars for the writers from the per-step metrics (numpy) of one logging interval.
 
-  `loss`, `grad_norm`: means over finite steps; `lr`: the last; `<term>/<dataset>` and `<term>/task_<task>`:
-  the term's value on a batch made only of that dataset / task, sum_steps sum_b t_b / sum_steps n * B;
-  `merge/<stat>/layer_<l>`: the criterion's MERGE instrument of decoder layer l (criterion.MERGE_STATS), its
-  mean over the finite steps where it is defined (`merge_group_size_max`: the largest); left out when undefined
-  at every step (no batch of a merging task).
+  `loss`, `grad_norm`: means over finite steps; `lr`: the last; `nonfinite_steps`: the skipped steps, when there
+  are any; `<term>/<dataset>` and `<term>/task_<task>`:
+  the term's value on a batch made only of that dataset / task, sum_steps sum_b t_b / sum_steps n * B. Left out: a
+  term that is 0 on every example of the group in the interval (one its task does not have: loss_proj of mask
+  data, the mask terms of box-only data), and a task whose examples all came from one dataset (its series would
+  repeat that dataset's). `merge/<stat>/layer_<l>`: the criterion's MERGE instrument of decoder layer l
+  (criterion.MERGE_STATS), its mean over the finite steps where it is defined (`merge_group_size_max`: the
+  largest); left out when undefined at every step (no batch of a merging task).
   """
   finite = [m for m in history if bool(m["finite"])]
-  out = {"lr": float(history[-1]["lr"]), "nonfinite_steps": float(len(history) - len(finite))}
+  out = {"lr": float(history[-1]["lr"])}
+  if len(finite) < len(history):  # logged when it happens, not as a series of zeros
+    out["nonfinite_steps"] = float(len(history) - len(finite))
   if finite:
     out["loss"] = float(np.mean([m["loss"] for m in finite]))
     out["grad_norm"] = float(np.mean([m["grad_norm"] for m in finite]))
@@ -294,15 +318,22 @@ def summarize(history: list[dict], dataset_names, global_batch: int) -> dict:
       reduce = np.nanmax if name.endswith("_max") else np.nanmean
       out.update({f"merge/{name.removeprefix('merge_')}/layer_{l}": float(reduce(per_layer[:, l]))
                   for l in np.flatnonzero(defined)})
+  terms = list(history[-1]["by_dataset"])
+  counts = {g: np.sum([m[f"count_{g}"] for m in history], axis=0) for g in ("dataset", "task")}
+  sums = {g: {t: np.sum([m[f"by_{g}"][t] for m in history], axis=0) for t in terms} for g in ("dataset", "task")}
+
+  def repeats_a_dataset(task: int) -> bool:
+    return any(counts["task"][task] == counts["dataset"][d] and
+               all(sums["task"][t][task] == sums["dataset"][t][d] for t in terms) for d in range(len(dataset_names)))
+
   task_names = [t.name.lower() for t in contract.Task]
-  for group, count_key, names, prefix in (("by_dataset", "count_dataset", dataset_names, ""),
-                                          ("by_task", "count_task", task_names, "task_")):
-    counts = np.sum([m[count_key] for m in history], axis=0)
-    for term in history[-1][group]:
-      sums = np.sum([m[group][term] for m in history], axis=0)
-      for i, name in enumerate(names):
-        if counts[i] > 0:
-          out[f"{term}/{prefix}{name}"] = float(sums[i] / counts[i] * global_batch)
+  for group, names, prefix in (("dataset", dataset_names, ""), ("task", task_names, "task_")):
+    for i, name in enumerate(names):
+      if counts[group][i] == 0 or (group == "task" and repeats_a_dataset(i)):
+        continue
+      for term in terms:
+        if sums[group][term][i] != 0:
+          out[f"{term}/{prefix}{name}"] = float(sums[group][term][i] / counts[group][i] * global_batch)
   return out
 
 
@@ -371,8 +402,14 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
       batch, data_state = next(batches)
       shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
       if shapes not in executables:
+        logging.info("%s", compile_notice(path))
+        compile_start = time.perf_counter()
         executables[shapes] = (jitted.lower(state, batch, embeddings, class_mask).compile(),
                                step_flops(jitted, state, batch, embeddings, class_mask))
+        compile_seconds = time.perf_counter() - compile_start
+        logging.info("compiled the train step in %.0f s", compile_seconds)
+        if jax.process_index() == 0:
+          record_compile_seconds(path, compile_seconds)
         hardware.release_freed_host_memory()
         interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0  # compiling is not stepping
       compiled, flops = executables[shapes]
