@@ -4,6 +4,7 @@ relative and stay inside their folder; nothing is read from, or written to, outs
 The readers' rows (a JSON file_name with '../' or an absolute path) are in tests/test_bad_input_data.py."""
 import json
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -14,7 +15,8 @@ from data_pipelines import paths
 from data_pipelines import transfer
 from dataseg_jax.evaluation import panoptic
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
 import predict  # noqa: E402
 
 
@@ -55,10 +57,13 @@ def test_a_converter_never_writes_outside_out(tmp_path):
   victim = tmp_path / "out/victim/X.png"  # where its label would be written: outside --out
   victim.parent.mkdir(parents=True)
   victim.write_bytes(b"precious")
-  with pytest.raises(SystemExit, match=(
-      f"^error: {src}/ImageSets/Segmentation/val.txt: line 2 \\(id '../../../victim/X'\\): file name "
-      f"'../../../victim/X.jpg' leaves its folder; name files relative to {src}/JPEGImages")):
-    transfer.main(["--benchmark", "voc21", "--src", str(src), "--out", str(out)])
+  done = subprocess.run([sys.executable, "-m", "data_pipelines.transfer", "--benchmark", "voc21", "--src", str(src),
+                         "--out", str(out)], capture_output=True, text=True, check=False, cwd=REPO)
+  assert done.returncode == 1, done.stderr
+  assert done.stderr.strip() == (
+      f"error: {src}/ImageSets/Segmentation/val.txt: line 2 (id '../../../victim/X'): file name "
+      f"'../../../victim/X.jpg' leaves its folder; name files relative to {src}/JPEGImages (no leading '/', no '..' "
+      f"that leaves it)")
   assert victim.read_bytes() == b"precious" and not (tmp_path / "out/victim/X.jpg").exists()
   assert transfer.prepare_voc(_voc(tmp_path / "clean", ["2007_000032"]), tmp_path / "out/clean") == 1
 
