@@ -36,7 +36,7 @@ def run(quick: bool = True, data_dir: str = "") -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     if not data_dir:
       data_dir = tmp
-      make_toy_data.main(["--out", tmp, "--train", "32" if quick else "200", "--val", "4"])
+      make_toy_data.write(tmp, train=32 if quick else 200, val=4)
     out = {}
     for size in (128, 512):
       config = toy.get_config()

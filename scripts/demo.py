@@ -2,11 +2,11 @@
 
   python scripts/demo.py --data_dir data/toy --workdir workdirs/toy_demo [--steps N]
 
-Each stage is skipped when its output is already there (the toy data, a finished training run, the
-evaluation of the final checkpoint, the export), so a second `make demo` reuses what it built; an
-interrupted training run resumes from its last checkpoint.
+A stage whose output is already there is skipped (the toy data, a finished training run, the evaluation of the
+final checkpoint, which training itself writes at its last step), so a second `make demo` reuses what it built
+and rewrites only the export and the predictions; an interrupted training run resumes from its last checkpoint. The last lines
+say where everything is: metrics, overlays, prediction files, checkpoints, the export, TensorBoard.
 """
-import argparse
 import json
 import pathlib
 import runpy
@@ -14,7 +14,9 @@ import subprocess
 import sys
 import time
 
-from dataseg_jax import hardware
+from absl import flags
+
+from dataseg_jax import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -71,16 +73,46 @@ def dataset_sizes(config_path: str, data_dir: str) -> dict:
   return {name: len(ids) for name, ids in zip(vocab.datasets, vocab.local_to_union)}
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--data_dir", default="data/toy")
-  p.add_argument("--workdir", default="workdirs/toy_demo")
-  p.add_argument("--config", default="configs/toy.py")
-  p.add_argument("--steps", type=int, default=0, help="override config.total_steps (0: the config's)")
-  a = p.parse_args()
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a script, so importing the module defines none."""
+  flags.DEFINE_string("data_dir", "data/toy", "Where the toy data is, or is written when missing.")
+  flags.DEFINE_string("workdir", "workdirs/toy_demo", "The run's folder: checkpoints, eval, export, predictions.")
+  flags.DEFINE_string("config", "configs/toy.py", "The config file to train.")
+  flags.DEFINE_integer("steps", 0, "Override config.total_steps (0: the config's).")
+
+
+def final_step(workdir: pathlib.Path) -> int:
+  """The step of the latest checkpoint under `workdir` (0 when there is none)."""
+  steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+  return max(steps, default=0)
+
+
+def evaluated_step(metrics_file: pathlib.Path) -> int:
+  """The step that WORKDIR/eval/metrics.json holds the metrics of (-1 when it is missing)."""
+  return json.loads(metrics_file.read_text())["step"] if metrics_file.exists() else -1
+
+
+def where(workdir: pathlib.Path, step: int) -> str:
+  """The closing lines: where each output of the demo is."""
+  eval_dir = workdir / "eval" / str(step)
+  overlays = sorted(str(p) for p in eval_dir.glob("*/overlays/*") if p.is_dir())
+  return "\n".join([
+      f"metrics:          {workdir / 'eval' / 'metrics.json'}",
+      "overlays (image | ground truth | prediction):", *[f"  {o}" for o in overlays],
+      f"prediction files: {eval_dir}/<dataset>/ (semantic/*.png, panoptic.json + panoptic/, instance_results.json)",
+      f"                  {workdir / 'predictions'} (scripts/predict.py on toy_coco's val images)",
+      f"checkpoints:      {workdir / 'checkpoints'}",
+      f"export:           {workdir / 'export'} (scripts/predict.py --model)",
+      f"TensorBoard:      {sys.executable} -m tensorboard.main --logdir {workdir}",
+  ])
+
+
+def main(argv):
+  del argv
+  a = flags.FLAGS
   t0, n = time.time(), 5
   overrides = [f"--config.data_dir={a.data_dir}"] + ([f"--config.total_steps={a.steps}"] if a.steps else [])
-  workdir = pathlib.Path(a.workdir)
+  workdir = REPO / a.workdir
 
   stage(1, n, f"toy benchmark in {a.data_dir}", t0)
   if (REPO / a.data_dir / "heldout_names.txt").exists():
@@ -92,9 +124,12 @@ def main():
   run("scripts/train.py", f"--config={a.config}", f"--workdir={workdir}", *overrides)
 
   stage(3, n, "evaluate every dataset and task (incl. weak transfer and held-out classes)", t0)
-  metrics_file = workdir / "eval" / "metrics.json"
-  run("scripts/eval.py", f"--config={a.config}", f"--workdir={workdir}", *overrides)
-  metrics = json.loads((REPO / metrics_file).read_text())["metrics"]
+  metrics_file, step = workdir / "eval" / "metrics.json", final_step(workdir)
+  if evaluated_step(metrics_file) == step:
+    print(f"training evaluated its last step ({step}) already: {metrics_file}")
+  else:
+    run("scripts/eval.py", f"--config={a.config}", f"--workdir={workdir}", *overrides)
+  metrics = json.loads(metrics_file.read_text())["metrics"]
 
   stage(4, n, "export the model and predict a folder of images", t0)
   export_dir = workdir / "export"
@@ -105,11 +140,11 @@ def main():
 
   stage(5, n, "results", t0)
   print(results_table(metrics, dataset_sizes(a.config, a.data_dir)))
-  print(f"\nprediction files and overlays: {workdir / 'eval'} and {workdir / 'predictions'}")
-  print(f"TensorBoard: {sys.executable} -m tensorboard.main --logdir {workdir}")
+  print()
+  print(where(workdir, evaluated_step(metrics_file)))
   print(f"demo finished in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":
-  hardware.use_huge_pages_for_host_buffers()
-  main()
+  define_flags()
+  cli.run(main, __doc__, huge_pages=True)

@@ -30,17 +30,20 @@ help (docs/results.md measures whether it does). The datasets, by default sizes 
 `--train N` / `--val N` set every dataset's split to N images (tests use a few); `--ade_train N` sets only
 toy_ade's training split (docs/results.md calibrates the world with 60 against 600); `--only` writes a subset.
 """
-import argparse
 import functools
 import json
 import multiprocessing
 import os
 import pathlib
+import sys
 
+from absl import flags
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import ndimage
+
+from dataseg_jax import cli
 
 # name -> (texture, shape); shape None = stuff. Colour is not part of a class.
 WORLD = {
@@ -475,38 +478,55 @@ def write_dataset(out: pathlib.Path, name: str, train: int, val: int, size: int,
     write_detection(out, name, splits, size, seed, pool)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--out", default="data/toy", help="folder to write the datasets into")
-  p.add_argument("--train", type=int, default=None, help="training images of every dataset (default: its own)")
-  p.add_argument("--val", type=int, default=None, help="validation images of every dataset (default: its own)")
-  p.add_argument("--ade_train", type=int, default=None, help="training images of toy_ade (after --train)")
-  p.add_argument("--size", type=int, default=128, help="image height; widths vary 0.8-1.25x")
-  p.add_argument("--seed", type=int, default=0, help="the world's seed: the same seed writes the same files")
-  p.add_argument("--control", action="store_true", help="also write the control datasets (module docstring)")
-  p.add_argument("--only", default="", help="comma-separated datasets to write (default: all but the control's)")
-  p.add_argument("--processes", type=int, default=os.cpu_count(), help="worker processes (1: none)")
-  args = p.parse_args(argv)
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  names = [n for n in args.only.split(",") if n] or [n for n in DATASETS if n not in CONTROL or args.control]
+def write(out: str, train: int = None, val: int = None, ade_train: int = None, size: int = 128, seed: int = 0,
+          control: bool = False, only=(), processes: int = os.cpu_count()) -> list:
+  """Writes the datasets `only` (default: all but the control's, with them when `control`) under `out`; `train` /
+  `val`: images of every dataset's split instead of its default, `ade_train`: toy_ade's training images. Returns
+  the names written."""
+  out = pathlib.Path(out)
+  names = list(only) or [n for n in DATASETS if n not in CONTROL or control]
   unknown = sorted(set(names) - set(DATASETS))
   if unknown:
-    p.error(f"--only: unknown datasets {unknown}; expected some of {list(DATASETS)}")
-  pool = multiprocessing.get_context("fork").Pool(args.processes) if args.processes > 1 else None
+    raise ValueError(f"unknown datasets {unknown}; expected some of {list(DATASETS)}")
+  out.mkdir(parents=True, exist_ok=True)
+  pool = multiprocessing.get_context("fork").Pool(processes) if processes > 1 else None
   try:
     for name in names:
-      _, train, val = DATASETS[name]
-      train = train if args.train is None or not train else args.train
-      train = args.ade_train if name == "toy_ade" and args.ade_train is not None else train
-      write_dataset(out, name, train, val if args.val is None else args.val, args.size, args.seed, pool)
+      _, n_train, n_val = DATASETS[name]
+      n_train = n_train if train is None or not n_train else train
+      n_train = ade_train if name == "toy_ade" and ade_train is not None else n_train
+      write_dataset(out, name, n_train, n_val if val is None else val, size, seed, pool)
   finally:
     if pool is not None:
       pool.close()
       pool.join()
   (out / "heldout_names.txt").write_text("\n".join(HELDOUT) + "\n")
-  print(f"wrote {', '.join(names)} to {os.path.abspath(out)}")
+  return names
+
+
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a script, so importing the module defines none."""
+  flags.DEFINE_string("out", "data/toy", "Folder to write the datasets into.")
+  flags.DEFINE_integer("train", None, "Training images of every dataset (default: its own).")
+  flags.DEFINE_integer("val", None, "Validation images of every dataset (default: its own).")
+  flags.DEFINE_integer("ade_train", None, "Training images of toy_ade (applied after --train).")
+  flags.DEFINE_integer("size", 128, "Image height; widths vary 0.8-1.25x.")
+  flags.DEFINE_integer("seed", 0, "The world's seed: the same seed writes the same files.")
+  flags.DEFINE_bool("control", False, "Also write the control datasets (module docstring).")
+  flags.DEFINE_list("only", [], "Datasets to write, comma-separated (default: all but the control's).")
+  flags.DEFINE_integer("processes", os.cpu_count(), "Worker processes (1: none).")
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  try:
+    names = write(f.out, f.train, f.val, f.ade_train, f.size, f.seed, f.control, f.only, f.processes)
+  except ValueError as e:
+    sys.exit(f"error: --only: {e}")
+  print(f"wrote {', '.join(names)} to {os.path.abspath(f.out)}")
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  cli.run(main, __doc__)

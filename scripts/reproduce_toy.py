@@ -27,7 +27,6 @@ WORKDIR/results.json. Finished runs are reused. Results: WORKDIR/results.json an
 (docs/results.md is those tables plus commentary): mean and standard deviation over seeds of each metric,
 toy_ade's mIoU on the classes it shares with toy_coco and on its own apart, and every run's numbers.
 """
-import argparse
 import json
 import pathlib
 import statistics
@@ -35,7 +34,9 @@ import subprocess
 import sys
 import time
 
-from dataseg_jax import hardware
+from absl import flags
+
+from dataseg_jax import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOY_ADE = ("sky", "grass", "water", "road", "wall", "curtain", "car", "person", "dog", "chair", "bottle", "lamp")
@@ -195,26 +196,29 @@ def per_seed_table(runs: dict) -> str:
   return "\n".join(rows)
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--data_dir", default="data/toy", help="the toy world, written with --control")
-  p.add_argument("--workdir", default="workdirs/reproduce", help="one folder per run, results.json")
-  p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated training seeds")
-  p.add_argument("--steps", type=int, default=500, help="S: steps of a single-dataset run (module docstring)")
-  p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated, from VARIANTS")
-  a = p.parse_args()
-  variants = [v for v in a.variants.split(",") if v]
-  unknown = [v for v in variants if v not in VARIANTS and v not in RENAMED_OF]
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a script, so importing the module defines none."""
+  flags.DEFINE_string("data_dir", "data/toy", "The toy world, written with --control (and written when missing).")
+  flags.DEFINE_string("workdir", "workdirs/reproduce", "One folder per run, and results.json.")
+  flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Training seeds, comma-separated.")
+  flags.DEFINE_integer("steps", 500, "S: steps of a single-dataset run (module docstring).")
+  flags.DEFINE_list("variants", list(DEFAULT_VARIANTS), "Variants to run, comma-separated (module docstring).")
+
+
+def main(argv):
+  del argv
+  a = flags.FLAGS
+  unknown = [v for v in a.variants if v not in VARIANTS and v not in RENAMED_OF]
   if unknown:
-    p.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS) + list(RENAMED_OF)}")
+    sys.exit(f"error: --variants: unknown {unknown}; expected some of {list(VARIANTS) + list(RENAMED_OF)}")
   root = REPO / a.workdir
   root.mkdir(parents=True, exist_ok=True)
-  ensure_data(a.data_dir, variants)
-  seeds = [int(s) for s in a.seeds.split(",")]
-  t0, total, done = time.time(), len(seeds) * len(variants), 0
-  runs = {v: {} for v in variants}
+  ensure_data(a.data_dir, a.variants)
+  seeds = [int(s) for s in a.seeds]
+  t0, total, done = time.time(), len(seeds) * len(a.variants), 0
+  runs = {v: {} for v in a.variants}
   for seed in seeds:  # seed-major: a run cut short still has every variant at the first seeds
-    for variant in variants:
+    for variant in a.variants:
       runs[variant][seed] = run_one(variant, seed, a.steps, a.data_dir, root)
       done += 1
       eta = (time.time() - t0) / done * (total - done)
@@ -227,5 +231,5 @@ def main():
 
 
 if __name__ == "__main__":
-  hardware.use_huge_pages_for_host_buffers()
-  main()
+  define_flags()
+  cli.run(main, __doc__, huge_pages=True)

@@ -25,7 +25,7 @@ from scripts import make_toy_data  # noqa: E402
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
   root = tmp_path_factory.mktemp("toy")
-  make_toy_data.main(["--out", str(root), "--train", "2", "--val", "4", "--size", "64", "--seed", "0"])
+  make_toy_data.write(str(root), train=2, val=4, size=64, seed=0)
   return root
 
 

@@ -10,8 +10,7 @@ from scripts import make_toy_data  # noqa: E402
 
 
 def write_toy(out, train=24, val=8, size=64, seed=0):
-  make_toy_data.main(["--out", str(out), "--train", str(train), "--val", str(val), "--size", str(size),
-                      "--seed", str(seed)])
+  make_toy_data.write(str(out), train=train, val=val, size=size, seed=seed)
   return pathlib.Path(out)
 
 

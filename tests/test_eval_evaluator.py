@@ -81,7 +81,7 @@ def _config(root):
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
   root = tmp_path_factory.mktemp("toy")
-  make_toy_data.main(["--out", str(root), "--train", "2", "--val", "5", "--size", "64", "--seed", "0"])
+  make_toy_data.write(str(root), train=2, val=5, size=64, seed=0)
   c = _config(root)
   _number_categories_from_zero(root / c.data.datasets.toy_ade.val_panoptic_annotations)
   vocab, emb, model, variables = _stand_in(c)
