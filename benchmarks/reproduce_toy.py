@@ -1,7 +1,7 @@
 """The paper's multi-dataset claims on the toy world: trains and evaluates the comparisons of docs/results.md.
 
   python scripts/make_toy_data.py --out data/toy --control
-  python scripts/reproduce_toy.py --data_dir data/toy --workdir workdirs/reproduce --seeds 0,1,2,3,4 --steps 500
+  python benchmarks/reproduce_toy.py --data_dir data/toy --workdir workdirs/reproduce --seeds 0,1,2,3,4 --steps 500
 
 `--steps` S is the exposure unit: a run that trains on k datasets with equal ratios trains k * S steps, so that
 each of its datasets is drawn for about S batches, as many as the same dataset trained alone for S steps ("equal
