@@ -17,7 +17,7 @@ exposure"); `joint_equal_steps` is the joint model at S steps ("equal total step
   control            toy_ade + toy_coco_disjoint + toy_o365_disjoint (no class in common with toy_ade), 3 S steps
   learned            joint with a learned classifier instead of the text embeddings
   merge_<formula>    joint with config.loss.merge_mask=<formula> (the MERGE A/B; joint is the default's arm)
-  merge_first_guess  joint with the project brief's first MERGE: clipped sum, background proposals in their class's
+  merge_first_guess  joint with the simplest MERGE (FIRST_GUESS): clipped sum, background proposals in their class's
                      group, left-over segments without a loss
   <variant>_dense    the variant with the dense criterion (config.loss.sampling='dense'): the points/dense A/B
   renamed            the joint model evaluated with toy_ade's classes renamed to synonyms (no training)

@@ -52,7 +52,7 @@ def assignment_cost(cost: jax.Array, row_active: jax.Array, col_valid: jax.Array
   plus a penalty B larger than any difference the real entries can make (N + 1 times their range, plus one),
   so a real target takes one only when there are fewer active predictions than real targets, and then the one
   that fits it best [ours: every segment gets a loss]; without it, inactive predictions are unusable and such a
-  target gets no loss (the project brief's first guess). Unusable entries (those, and NaN or inf, as
+  target gets no loss (`config.loss.match_leftover=False`). Unusable entries (those, and NaN or inf, as
   Mask2Former's matcher does with `nan_to_num` [default]) cost more than any usable assignment: N + 2 times B
   above the largest real cost.
 
