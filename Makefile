@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py --data_dir $(DATA) --workdir $(WORKDIR)
 
 bench: $(STAMP)
-	$(PY) scripts/bench.py --out bench.json
+	$(PY) benchmarks/bench.py --out bench.json
 
 clean:
 	rm -rf $(VENV) .jax_cache workdirs data

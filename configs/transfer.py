@@ -1,7 +1,7 @@
 """Direct-transfer evaluation [paper]: a trained model on a benchmark it never saw, with that benchmark's class
 names swapped in as its classifier and no tuning.
 
-  python -m data_pipelines.transfer --benchmark voc21 --src VOCdevkit/VOC2012 --out /datasets/transfer/voc21
+  python scripts/prepare_transfer.py --benchmark voc21 --src VOCdevkit/VOC2012 --out /datasets/transfer/voc21
   python scripts/eval.py --config configs/transfer.py:voc21 --workdir workdirs/r50 --config.data_dir=/datasets
   python scripts/eval.py --config configs/transfer.py:cityscapes_panoptic,vitdet_b --workdir workdirs/vitb \
       --config.data_dir=/datasets

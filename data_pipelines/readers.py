@@ -295,7 +295,7 @@ def _require_8bit_labels(vocab, label_path) -> None:
   labels would silently become other classes; benchmarks with more classes are written as coco_panoptic.
   """
   fix = ("Write the labels as a COCO panoptic JSON + PNGs (format 'coco_panoptic', task 'semantic'), as "
-         "`python -m data_pipelines.transfer --benchmark pascal_context459|ade847` does.")
+         "`python scripts/prepare_transfer.py --benchmark pascal_context459|ade847` does.")
   if len(vocab.names) > MAX_8BIT_CLASSES:
     raise ValueError(f"semantic_png labels are 8-bit (at most {MAX_8BIT_CLASSES} classes) but the names file "
                      f"has {len(vocab.names)} classes; larger class ids cannot be stored. {fix}")

@@ -34,11 +34,11 @@ plant', 'tv monitor' as in voc21.txt); `ade847.txt` is MaskFormer's
 another class also has are led by a synonym instead (docs/datasets.md lists them), since classes are told
 apart by their first name (`vocabulary.normalise_name`).
 
-  python -m data_pipelines.transfer --benchmark voc21 --src VOCdevkit/VOC2012 --out data/transfer/voc21
+  python scripts/prepare_transfer.py --benchmark voc21 --src VOCdevkit/VOC2012 --out data/transfer/voc21
 
 Every file read from an id of an image list and every file written are joined to their folder by the one path rule
 (`paths.inside`): an id that is absolute or climbs out of its folder ('../../x') is an error naming the list file, and
-nothing is written outside `--out`.
+nothing is written outside the output folder.
 
 Pure Python, numpy and PIL (no tf, no flax).
 """
@@ -46,14 +46,11 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 
-from absl import flags
 import numpy as np
 from PIL import Image
 
 from data_pipelines import paths
-from dataseg_jax import cli
 from dataseg_jax.vocab import names as names_lib
 
 VOCAB_DIR = pathlib.Path(__file__).resolve().parents[1] / "dataseg_jax" / "vocab"
@@ -342,28 +339,3 @@ PREPARE = {
 }
 BENCHMARKS = tuple(PREPARE) + ("coco_semantic",)
 
-
-def define_flags() -> None:
-  """Command-line flags; defined only when run as a script, so importing the module defines none."""
-  flags.DEFINE_enum("benchmark", None, sorted(PREPARE), "The benchmark to convert (the table in the module "
-                    "docstring; coco_semantic needs no conversion).")
-  flags.DEFINE_string("src", None, "The benchmark's native root (see the table in the module docstring).")
-  flags.DEFINE_string("out", None, "Folder to write (images are symlinked).")
-  flags.DEFINE_enum("split", "val", sorted(SPLIT_DIRS), "Which split to convert.")
-  flags.mark_flags_as_required(["benchmark", "src", "out"])
-
-
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  try:
-    n = PREPARE[f.benchmark](f.src, f.out, f.split)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-  print(f"{f.benchmark}: {n} {f.split} images -> {f.out}; evaluate with "
-        f"dataset_entry(**transfer.entry_kwargs({f.benchmark!r}, {f.out!r}))")
-
-
-if __name__ == "__main__":
-  define_flags()
-  cli.run(main, __doc__)

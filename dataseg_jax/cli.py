@@ -1,8 +1,8 @@
 """The one command-line convention of the user commands, and absl flag parsing whose mistakes read as one line.
 
 Every user command (scripts/train.py, eval.py, export.py, predict.py, evaluate_predictions.py, check_dataset.py,
-embed_vocab.py, convert_weights.py, prepare_tfds.py and `python -m data_pipelines.transfer`)
-starts through `run(main, __doc__)`:
+embed_vocab.py, convert_weights.py, prepare_tfds.py, prepare_transfer.py, make_toy_data.py and demo.py) starts through
+`run(main, __doc__)`:
 - absl flags, each with a help string: a command with an undocumented flag does not start (`undocumented`);
 - `--help` (also -h, -?, --helpshort, --helpfull) prints the command's docstring and flags and exits 0 before
   anything heavy is imported: commands import JAX, TensorFlow and the library inside `main`, after the flags;

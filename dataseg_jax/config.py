@@ -3,8 +3,9 @@
 A config file in `configs/` is a big_vision-style `get_config(arg=None)` that starts from
 `base_config()` and overrides what it needs. `validate(config)` runs at start (train, eval, bench)
 and fails with a message that names the offending key instead of failing deep inside a trace.
-Values marked [paper] come from DaTaSeg; [default] from Mask2Former / BoxInst (the project's paper brief,
-DATASEG.md); [ours] are this codebase's choices; untagged values are settings (sizes, intervals, paths).
+Values marked [paper] come from DaTaSeg (Gu et al., NeurIPS 2023); [default] from Mask2Former / BoxInst, where
+DaTaSeg leaves a value to them; [ours] are this codebase's choices; untagged values are settings (sizes, intervals,
+paths).
 """
 import math
 

@@ -1,7 +1,7 @@
 """The batch contract shared by data_pipelines (producer) and the model, losses and evaluation (consumers).
 
-Pure Python and numpy: importable from tf.data code and from JAX code alike. See DESIGN.md,
-"Data contract". Every example is padded to static shapes so that one compiled step serves every
+Pure Python and numpy: importable from tf.data code and from JAX code alike (docs/contracts.md: who produces
+and who reads it). Every example is padded to static shapes so that one compiled step serves every
 dataset and task; the task and the dataset travel as data (`task`, `dataset_id`), never as static
 arguments.
 

@@ -1,5 +1,5 @@
-"""Host and accelerator facts: peak dense bf16 FLOP/s for MFU, the host allocator setting XLA-CPU wants, the
-persistent compilation cache, and the benchmarks' timer.
+"""Host and accelerator facts: peak dense bf16 FLOP/s for MFU, the host allocator setting XLA-CPU wants, and the
+persistent compilation cache.
 
 `PEAK_FLOPS` is keyed by a substring of the device's name (`jax.Device.device_kind`,
 `torch.cuda.get_device_name()`); values from the vendors' data sheets, dense (no sparsity). Pure Python: the
@@ -8,9 +8,7 @@ PyTorch peer benchmark uses it too.
 import ctypes
 import os
 import platform
-import statistics
 import sys
-import time
 
 PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
               "TPU v6": 918e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -76,13 +74,3 @@ def use_compilation_cache(path: str) -> str | None:
   jax.config.update("jax_compilation_cache_dir", path)
   return path
 
-
-def median_seconds(fn, repeats: int) -> float:
-  """Median wall-clock seconds of `repeats` calls of `fn()`, which must return only when its work is done
-  (benchmarks pass `lambda: jax.block_until_ready(f(x))`)."""
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(statistics.median(times))

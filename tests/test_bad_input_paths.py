@@ -50,14 +50,14 @@ def _voc(root: pathlib.Path, ids) -> pathlib.Path:
 
 
 def test_a_converter_never_writes_outside_out(tmp_path):
-  """Issue 24: `python -m data_pipelines.transfer` joined the ids of an ImageSets list into paths unchecked: an id
-  '../../../../X' overwrote a file outside --out. Now the id is refused, naming the list file and its line."""
+  """scripts/prepare_transfer.py refuses an id of an ImageSets list that leaves its folder (an id '../../../../X'
+  would write a file outside --out), naming the list file and its line, and writes nothing there."""
   src, out = tmp_path / "src/VOC2012", tmp_path / "out/voc21"
   _voc(src, ["2007_000032", "../../../victim/X"])  # the second id's image: tmp_path/victim/X.jpg
   victim = tmp_path / "out/victim/X.png"  # where its label would be written: outside --out
   victim.parent.mkdir(parents=True)
   victim.write_bytes(b"precious")
-  done = subprocess.run([sys.executable, "-m", "data_pipelines.transfer", "--benchmark", "voc21", "--src", str(src),
+  done = subprocess.run([sys.executable, "scripts/prepare_transfer.py", "--benchmark", "voc21", "--src", str(src),
                          "--out", str(out)], capture_output=True, text=True, check=False, cwd=REPO)
   assert done.returncode == 1, done.stderr
   assert done.stderr.strip() == (

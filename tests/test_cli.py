@@ -1,5 +1,5 @@
-"""The user commands' one convention (dataseg_jax/cli.py): absl flags, each documented, and a `--help` that exits 0
-at once, before JAX, TensorFlow or torch are imported."""
+"""The commands' one convention (dataseg_jax/cli.py; the user commands of scripts/ and benchmarks/reproduce_toy.py):
+absl flags, each documented, and a `--help` that exits 0 at once, before JAX, TensorFlow or torch are imported."""
 import os
 import pathlib
 import re
@@ -13,7 +13,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 COMMANDS = [["scripts/train.py"], ["scripts/eval.py"], ["scripts/export.py"], ["scripts/predict.py"],
             ["scripts/evaluate_predictions.py"], ["scripts/check_dataset.py"], ["scripts/embed_vocab.py"],
             ["scripts/convert_weights.py"], ["scripts/prepare_tfds.py"], ["scripts/demo.py"],
-            ["scripts/make_toy_data.py"], ["scripts/reproduce_toy.py"], ["-m", "data_pipelines.transfer"]]
+            ["scripts/make_toy_data.py"], ["benchmarks/reproduce_toy.py"], ["scripts/prepare_transfer.py"]]
 HEAVY = ("jax", "jaxlib", "tensorflow", "flax", "torch", "optax", "orbax", "clu")
 
 

@@ -1,5 +1,4 @@
-"""The host allocator re-exec, the heap trim, the compilation cache, the accelerator peak table and the benchmarks'
-timer."""
+"""The host allocator re-exec, the heap trim, the compilation cache and the accelerator peak table."""
 import ctypes
 import os
 import pathlib
@@ -103,14 +102,3 @@ def test_release_freed_host_memory_returns_freed_heap_pages():
   libc.free(guard)
   assert released > 100 * 2**20, released
 
-
-def test_median_seconds_is_the_median_of_the_calls(monkeypatch):
-  """Each call is timed alone between two clock reads, and the median (not the mean or the first) is returned."""
-  durations = iter([5.0, 1.0, 2.0])
-  clock = [0.0]
-
-  def work():
-    clock[0] += next(durations)
-
-  monkeypatch.setattr(hardware.time, "perf_counter", lambda: clock[0])
-  assert hardware.median_seconds(work, 3) == 2.0

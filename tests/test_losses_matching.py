@@ -26,7 +26,7 @@ def test_matching_total_cost_equals_scipy(q, n, rng):
 def test_accelerator_path_total_cost_equals_scipy(q, n, rng):
   """The on-device solver that accelerators lower to (the CPU lowers to scipy itself), run here under jit + vmap."""
   cost = np.stack([rng.normal(size=(q, n)), rng.integers(0, 5, (q, n))]).astype(np.float32)
-  match = np.asarray(jax.jit(jax.vmap(matching._device_match))(jnp.asarray(cost)))
+  match = np.asarray(jax.jit(jax.vmap(matching.device_match))(jnp.asarray(cost)))
   for c, m in zip(cost, match):
     assert len(set(m.tolist())) == n, "a prediction was matched twice"
     rows, cols = linear_sum_assignment(c)
@@ -91,7 +91,7 @@ def test_padded_targets_and_inactive_predictions_never_take_real_pairs(num_valid
   cost_in = cost.copy()
   cost_in[~active] = np.nan  # inactive rows may hold anything
   a = matching.assignment_cost(jnp.asarray(cost_in), jnp.asarray(active), jnp.asarray(valid))
-  match = np.asarray(matching.hungarian_match(a) if solver == "platform" else jax.jit(matching._device_match)(a))
+  match = np.asarray(matching.hungarian_match(a) if solver == "platform" else jax.jit(matching.device_match)(a))
   assert len(set(match.tolist())) == n, "a prediction was matched twice"
   real = valid & active[match]
   assert real.sum() == min(num_valid, num_active)
@@ -111,7 +111,7 @@ def test_finite_but_huge_costs_of_a_diverging_run_still_match_every_target(solve
   active = np.arange(q) < 5
   a = matching.assignment_cost(jnp.asarray(cost), jnp.asarray(active), jnp.ones(n, bool))
   assert np.isfinite(np.asarray(a)).all()
-  match = np.asarray(matching.hungarian_match(a) if solver == "platform" else jax.jit(matching._device_match)(a))
+  match = np.asarray(matching.hungarian_match(a) if solver == "platform" else jax.jit(matching.device_match)(a))
   assert sorted(match.tolist()) == list(range(q)) and active[match].sum() == 5
 
 

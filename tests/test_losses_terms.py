@@ -330,7 +330,7 @@ def test_box_rasterisation_uses_pixel_centres():
 # ------------------------------------------------------------------ the whole criterion
 
 # (merge, merge_mask, merge_background, match_leftover): the default, each formula, the soft ablation, and the
-# project brief's first guess (background proposals join, clipped sum, left-over segments without a loss)
+# simplest MERGE (background proposals join, clipped sum, left-over segments without a loss)
 VARIANTS = [("hard", "noisy_or", False, True), ("hard", "max", False, True), ("hard", "clip", False, True),
             ("soft", "noisy_or", False, True), ("soft", "clip", False, True), ("hard", "clip", True, False)]
 
@@ -340,7 +340,7 @@ def test_criterion_terms_equal_numpy_transcription_on_a_mixed_task_batch(variant
   """Every MERGE variant, and both matching paths: the CPU's scipy callback, and the accelerators' solver put in
   its place. Terms and the segments left without a loss equal the float64 transcription."""
   if solver == "device":
-    monkeypatch.setattr(matching, "_scipy_match", matching._device_match)
+    monkeypatch.setattr(matching, "scipy_match", matching.device_match)
   cfg = small_config(*variant[:1], merge_mask=variant[1], merge_background=variant[2], match_leftover=variant[3])
   outputs, batch = random_batch(rng, c=4, n=4)
   outputs["pred_logits"][..., -1] += 1.0  # some proposals argmax background
@@ -527,7 +527,7 @@ def test_a_proposal_whose_argmax_is_background_joins_no_group():
 @pytest.mark.parametrize("match_leftover,without_loss", [(True, 0), (False, 2)])
 def test_every_segment_gets_a_loss_when_merged_predictions_are_fewer_than_segments(match_leftover, without_loss):
   """Six proposals that all argmax class 0 form one semantic group; the ground truth has classes 0, 1 and 2. The
-  left-over two segments are matched to single proposals (ours) or get no loss (the brief's first guess)."""
+  left-over two segments are matched to single proposals (ours) or get no loss (match_leftover=False)."""
   cfg = small_config(match_leftover=match_leftover)
   rng = np.random.default_rng(3)
   outputs, batch = random_batch(rng, b=1, q=6, c=3, n=3, layers=1, tasks=(Task.SEMANTIC,))

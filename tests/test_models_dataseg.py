@@ -13,6 +13,7 @@ from dataseg_jax import config as config_lib
 from dataseg_jax.models import dataseg
 from dataseg_jax.models import layers
 from dataseg_jax.models import transformer_decoder
+from dataseg_jax.train import loop
 
 C = 7  # union classes
 
@@ -108,14 +109,16 @@ def test_activation_dtype_switch_keeps_float32_params_and_outputs(dtype):
   assert set(activations) == {jnp.dtype(dtype)}
 
 
-def test_count_flops_positive_and_linear_in_batch():
+def test_forward_flops_positive_and_linear_in_batch():
+  """The model FLOPs that MFU counts (benchmarks/bench_train.py: `loop.step_flops` of the forward) scale with the
+  batch."""
   m, size = tiny("toy")
   model = dataseg.DataSeg(m)
   flops = []
   for batch in (1, 2):
     args = inputs(m, size // 2, batch)
     variables = jax.eval_shape(model.init, jax.random.key(0), *args)
-    flops.append(dataseg.count_flops(model, variables, *args))
+    flops.append(loop.step_flops(jax.jit(model.apply), variables, *args))
   assert flops[0] > 1e6
   assert flops[1] == pytest.approx(2 * flops[0], rel=0.05)
 

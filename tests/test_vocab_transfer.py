@@ -291,6 +291,6 @@ def test_transfer_missing_inputs_say_what_layout_is_expected(tmp_path):
     transfer.prepare_ade847(tmp_path, tmp_path / "out")
   with pytest.raises(ValueError, match="unknown transfer benchmark 'mapillary'"):
     transfer.entry_kwargs("mapillary")
-  proc = subprocess.run([sys.executable, "-m", "data_pipelines.transfer", "--benchmark", "voc21", "--src",
+  proc = subprocess.run([sys.executable, "scripts/prepare_transfer.py", "--benchmark", "voc21", "--src",
                          str(tmp_path), "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 1 and proc.stderr.startswith("error: image list"), proc.stderr

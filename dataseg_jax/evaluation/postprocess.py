@@ -137,7 +137,7 @@ def _class_probs(pred_logits: jnp.ndarray) -> jnp.ndarray:
 
 @jax.jit
 def semantic_inference(pred_logits, pred_masks, class_mask=None):
-  """S(c, x) = sum_i p_i(c) sigmoid(m_i(x)), label(x) = argmax_c S(c, x) [DATASEG.md; Mask2Former].
+  """S(c, x) = sum_i p_i(c) sigmoid(m_i(x)), label(x) = argmax_c S(c, x) [default: Mask2Former `semantic_inference`].
 
   Args:
     pred_logits: [B, Q, C + 1].
@@ -247,7 +247,7 @@ def _pixel_sums(x: jnp.ndarray, in_image=None) -> jnp.ndarray:
 @functools.partial(jax.jit, static_argnames=("topk",))
 def instance_inference(pred_logits, pred_masks, class_mask=None, in_image=None, *, topk=100):
   """Top-k (query, class) pairs by score(i, c) = p_i(c) x mean of sigmoid(m_i) over {m_i > 0}
-  [DATASEG.md; default: Mask2Former `instance_inference`: top-k by p_i(c), then times the mask score].
+  [default: Mask2Former `instance_inference`: top-k by p_i(c), then times the mask score].
 
   Args:
     pred_logits: [B, Q, C + 1].

@@ -52,7 +52,7 @@ def assignment_cost(cost: jax.Array, row_active: jax.Array, col_valid: jax.Array
   plus a penalty B larger than any difference the real entries can make (N + 1 times their range, plus one),
   so a real target takes one only when there are fewer active predictions than real targets, and then the one
   that fits it best [ours: every segment gets a loss]; without it, inactive predictions are unusable and such a
-  target gets no loss (the project brief's first guess). Unusable entries (those, and NaN or inf, as
+  target gets no loss (`config.loss.match_leftover=False`). Unusable entries (those, and NaN or inf, as
   Mask2Former's matcher does with `nan_to_num` [default]) cost more than any usable assignment: N + 2 times B
   above the largest real cost.
 
@@ -96,13 +96,14 @@ def hungarian_match(cost: jax.Array) -> jax.Array:
   if n == 0:
     return jnp.zeros((0,), jnp.int32)
   cost = jax.lax.stop_gradient(cost)
-  match = jax.lax.platform_dependent(cost, **{p: _scipy_match for p in HOST_SOLVER_PLATFORMS},
-                                     default=_device_match)
+  match = jax.lax.platform_dependent(cost, **{p: scipy_match for p in HOST_SOLVER_PLATFORMS},
+                                     default=device_match)
   return jax.lax.stop_gradient(match)
 
 
-def _device_match(cost: jax.Array) -> jax.Array:
-  """[Q, N] -> [N] with `shortest_augmenting_paths` on the targets' rows."""
+def device_match(cost: jax.Array) -> jax.Array:
+  """[Q, N] -> [N] with `shortest_augmenting_paths` on the targets' rows: `hungarian_match`'s solver outside
+  HOST_SOLVER_PLATFORMS, callable on any platform (the tests and benchmarks/bench_losses.py time it on the CPU)."""
   return shortest_augmenting_paths(cost.T)
 
 
@@ -240,8 +241,9 @@ def _scipy_match_host(cost: np.ndarray) -> np.ndarray:
   return out.reshape(*cost.shape[:-2], cost.shape[-1])
 
 
-def _scipy_match(cost: jax.Array) -> jax.Array:
-  """[Q, N] -> [N] through a `pure_callback` to scipy; vmaps by handing scipy the whole batch at once."""
+def scipy_match(cost: jax.Array) -> jax.Array:
+  """[Q, N] -> [N] through a `pure_callback` to scipy; vmaps by handing scipy the whole batch at once.
+  `hungarian_match`'s solver on HOST_SOLVER_PLATFORMS."""
   shape = jax.ShapeDtypeStruct(cost.shape[:-2] + cost.shape[-1:], jnp.int32)
   return jax.pure_callback(_scipy_match_host, shape, cost, vmap_method="expand_dims")
 

@@ -6,17 +6,17 @@ chosen by the A/B of docs/results.md):
 
 - Grouping: proposal i joins the group of class c_i = argmax over the non-background classes, unless its argmax
   over all C + 1 classes is background: then it stays a prediction of its own, trained towards background when
-  nothing is matched to it (`config.loss.merge_background=True` puts it in its class's group instead, the
-  first guess of the project brief, which dilutes the group's mean probability with background proposals).
-- Class probability of a group: mean_{i in group} p_i (the brief's formula).
+  nothing is matched to it (`config.loss.merge_background=True` puts it in its class's group instead, which
+  dilutes the group's mean probability with background proposals).
+- Class probability of a group: mean_{i in group} p_i.
 - Mask of a group (`config.loss.merge_mask`), with w_ji = 1 for the members of group j (hard) or p_i(c_j) for
-  every proposal (soft, `config.loss.merge='soft'`, the brief's ablation):
+  every proposal (soft, `config.loss.merge='soft'`, an ablation):
     noisy_or  M_j = 1 - prod_i (1 - sigmoid(m_i))^{w_ji}: in logits, logit M_j = log(expm1(S_j)) with
               S_j = sum_i w_ji softplus(m_i), a matmul (`merged_logits`). A one-member group gives m_i exactly.
               dM_j / d sigmoid(m_i) = w_ji (1 - M_j) / (1 - sigmoid(m_i)) never vanishes where members overlap.
     max       M_j = max_i sigmoid(m_i) over the members (hard only): logit max_i m_i; the gradient reaches the
               largest member at each pixel.
-    clip      M_j = clip(sum_i w_ji sigmoid(m_i), 0, 1), the brief's first guess: no gradient where the sum
+    clip      M_j = clip(sum_i w_ji sigmoid(m_i), 0, 1), the plain clipped sum: no gradient where the sum
               exceeds 1, which at initialisation is most of a large group's pixels (docs/results.md).
 
 Representation (no [C_union, H, W] tensor): the predictions live in the Q proposal slots. Proposal i joins the

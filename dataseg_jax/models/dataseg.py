@@ -25,7 +25,6 @@ rule over the mesh's 'model' axis, which no rule uses yet):
 None marks an axis that is never sharded (kernel height and width, ViT relative-position tables).
 """
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -73,12 +72,3 @@ class DataSeg(nn.Module):
                                                cfg.inference_temperature, name="classifier")
     logits = classifier(queries, class_embeddings, class_mask, train=train)
     return {"pred_logits": logits.astype(jnp.float32), "pred_masks": masks.astype(jnp.float32)}
-
-
-def count_flops(model: DataSeg, variables, images, class_embeddings, class_mask) -> float:
-  """Forward FLOPs of one call, from XLA's cost analysis of the compiled function (0 when unavailable)."""
-  fn = jax.jit(lambda v, i, e, m: model.apply(v, i, e, m))
-  analysis = fn.lower(variables, images, class_embeddings, class_mask).compile().cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("flops", 0.0))

@@ -1,6 +1,6 @@
 """AdamW with warmup + decay, a backbone learning-rate multiplier, decoupled weight decay and clipping.
 
-The recipe is Mask2Former's, which DaTaSeg follows [default: Mask2Former, see DATASEG.md "Training"]:
+The recipe is Mask2Former's, which DaTaSeg (Gu et al., NeurIPS 2023) follows [default: Mask2Former]:
 
   lr(t) = base_lr * w(t) * d(t)                               (detectron2 WarmupPolyLR form)
   w(t)  = min(1, (t + 1) / warmup_steps)                        linear warmup (1 when warmup_steps = 0) [ours:

@@ -8,8 +8,8 @@ forward (torch's FlopCounterMode, loss excluded) and MFU = 3 x forward FLOPs / s
 peak of `dataseg_jax.hardware` (the table our loop and benchmarks use). Needs the parity extra
 (`pip install -e .[parity]`).
 
-  python scripts/bench_peer.py --image_size 512 --batch 2 --threads 2
-  python scripts/bench_peer.py --device cuda --dtype bfloat16 --image_size 1024 --batch 16
+  python benchmarks/bench_peer.py --image_size 512 --batch 2 --threads 2
+  python benchmarks/bench_peer.py --device cuda --dtype bfloat16 --image_size 1024 --batch 16
 """
 import argparse
 import contextlib

@@ -1,7 +1,7 @@
 """The paper's multi-dataset claims on the toy world: trains and evaluates the comparisons of docs/results.md.
 
   python scripts/make_toy_data.py --out data/toy --control
-  python scripts/reproduce_toy.py --data_dir data/toy --workdir workdirs/reproduce --seeds 0,1,2,3,4 --steps 500
+  python benchmarks/reproduce_toy.py --data_dir data/toy --workdir workdirs/reproduce --seeds 0,1,2,3,4 --steps 500
 
 `--steps` S is the exposure unit: a run that trains on k datasets with equal ratios trains k * S steps, so that
 each of its datasets is drawn for about S batches, as many as the same dataset trained alone for S steps ("equal
@@ -17,7 +17,7 @@ exposure"); `joint_equal_steps` is the joint model at S steps ("equal total step
   control            toy_ade + toy_coco_disjoint + toy_o365_disjoint (no class in common with toy_ade), 3 S steps
   learned            joint with a learned classifier instead of the text embeddings
   merge_<formula>    joint with config.loss.merge_mask=<formula> (the MERGE A/B; joint is the default's arm)
-  merge_first_guess  joint with the project brief's first MERGE: clipped sum, background proposals in their class's
+  merge_first_guess  joint with the simplest MERGE (FIRST_GUESS): clipped sum, background proposals in their class's
                      group, left-over segments without a loss
   <variant>_dense    the variant with the dense criterion (config.loss.sampling='dense'): the points/dense A/B
   renamed            the joint model evaluated with toy_ade's classes renamed to synonyms (no training)

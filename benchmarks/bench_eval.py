@@ -1,7 +1,7 @@
 """Benchmarks evaluation: post-processing and metric time per image against the model forward time.
 
-  python scripts/bench_eval.py            # toy and R50 sizes
-  python scripts/bench_eval.py --quick    # fewer repeats
+  python benchmarks/bench_eval.py            # toy and R50 sizes
+  python benchmarks/bench_eval.py --quick    # fewer repeats
 
 Per size (toy: configs/toy.py, R50: configs/dataseg_r50.py; Q queries, K dataset classes, S x S eval size):
 - postprocess: the evaluator's jitted device work after the model (bilinear upsampling of the final-layer
@@ -34,6 +34,8 @@ from dataseg_jax.evaluation import evaluator  # noqa: E402
 from dataseg_jax.evaluation import panoptic  # noqa: E402
 from dataseg_jax.evaluation import postprocess  # noqa: E402
 from dataseg_jax.evaluation import semantic  # noqa: E402
+
+import timing  # noqa: E402  benchmarks/timing.py (a script's own folder comes first on sys.path)
 
 
 def _postprocess_fn(eval_config, tasks=("semantic", "panoptic", "instance")):
@@ -93,16 +95,16 @@ def bench_size(name, config, num_classes, batch, repeats, extent=None, orig_size
   valid = postprocess.valid_from_sizes(jnp.tile(jnp.asarray([extent], jnp.int32), (batch, 1)), (s, s))
   fn = _postprocess_fn(config.eval)
   jax.block_until_ready(fn(logits, masks, valid, things))
-  post = hardware.median_seconds(lambda: jax.block_until_ready(fn(logits, masks, valid, things)), repeats) / batch
+  post = timing.median_seconds(lambda: jax.block_until_ready(fn(logits, masks, valid, things)), repeats) / batch
   outputs = jax.device_get(fn(logits, masks, valid, things))
-  metrics = hardware.median_seconds(lambda: _host_metrics(outputs, num_classes, 0, extent, orig_size), repeats)
+  metrics = timing.median_seconds(lambda: _host_metrics(outputs, num_classes, 0, extent, orig_size), repeats)
   out = {"images": f"{s}x{s}", "valid_extent": list(extent), "original_size": list(orig_size), "queries": q,
          "classes": num_classes, "batch": batch,
          "postprocess_s_per_image": round(post, 5), "metrics_s_per_image": round(metrics, 5)}
   for task in ("semantic", "panoptic", "instance"):
     one = _postprocess_fn(config.eval, (task,))
     jax.block_until_ready(one(logits, masks, valid, things))
-    seconds = hardware.median_seconds(lambda: jax.block_until_ready(one(logits, masks, valid, things)), repeats)
+    seconds = timing.median_seconds(lambda: jax.block_until_ready(one(logits, masks, valid, things)), repeats)
     out[f"postprocess_{task}_only_s_per_image"] = round(seconds / batch, 5)
   forward = _forward_fn(config)
   if forward is None:
@@ -110,7 +112,7 @@ def bench_size(name, config, num_classes, batch, repeats, extent=None, orig_size
     out["note"] = "dataseg_jax.models.dataseg not importable: forward not measured"
     return out
   jax.block_until_ready(forward())
-  fwd = hardware.median_seconds(lambda: jax.block_until_ready(forward()), repeats)
+  fwd = timing.median_seconds(lambda: jax.block_until_ready(forward()), repeats)
   out.update({"forward_s_per_image": round(fwd, 5),
               "eval_images_per_s": round(1.0 / (fwd + post + metrics), 3),
               "post_and_metrics_over_forward": round((post + metrics) / fwd, 4)})

@@ -1,7 +1,7 @@
 """Benchmarks the criterion and the on-device Hungarian matching (against a scipy loop on the same costs).
 
-  python scripts/bench_losses.py            # paper settings: B=16, Q=100, N=100, 512x512 input, C=600
-  python scripts/bench_losses.py --quick    # one decoder layer and 1024 points, for a CPU laptop
+  python benchmarks/bench_losses.py            # paper settings: B=16, Q=100, N=100, 512x512 input, C=600
+  python benchmarks/bench_losses.py --quick    # one decoder layer and 1024 points, for a CPU laptop
 
 Criterion: 512x512 input -> 128x128 mask logits, C = 600 union classes, 10 layers (9 decoder layers and
 the initial prediction, deep supervision), 12544 loss and matching points; a batch that mixes all four
@@ -21,6 +21,8 @@ from dataseg_jax import hardware
 from dataseg_jax.contract import Task
 from dataseg_jax.losses import criterion as criterion_lib
 from dataseg_jax.losses import matching
+
+import timing  # benchmarks/timing.py (a script's own folder comes first on sys.path)
 
 
 def synthetic_inputs(rng, layers, batch, queries, segments, classes, image, stride=4):
@@ -62,7 +64,7 @@ def bench_criterion(quick: bool = False) -> dict:
   jax.block_until_ready(compiled(outputs, key))  # warm-up
   return {"criterion_shape": f"L={layers} B={b} Q={q} N={n} C={classes} masks={image // 4}x{image // 4} "
                              f"points={config.loss.num_points}",
-          "criterion_fwd_bwd_s": hardware.median_seconds(lambda: jax.block_until_ready(compiled(outputs, key)),
+          "criterion_fwd_bwd_s": timing.median_seconds(lambda: jax.block_until_ready(compiled(outputs, key)),
                                                          3 if quick else 1),
           "criterion_compile_s": compile_s}
 
@@ -72,7 +74,7 @@ def bench_matching(b: int = 16, q: int = 100, n: int = 100, real: int = 20) -> d
 
   dense: every one of the n targets real. padded: `real` of them real and the rest padding, as a training
   batch's (`matching.assignment_cost`), against scipy on the real [q, real] submatrices, as Mask2Former's
-  matcher calls it. `device_solver` is the accelerators' solver (`matching._device_match`) on this platform
+  matcher calls it. `device_solver` is the accelerators' solver (`matching.device_match`) on this platform
   (on the CPU, `hungarian_match` itself calls scipy).
   """
   rng = np.random.default_rng(0)
@@ -81,14 +83,14 @@ def bench_matching(b: int = 16, q: int = 100, n: int = 100, real: int = 20) -> d
   padded = np.asarray(jax.vmap(matching.assignment_cost, (0, None, None))(
       jnp.asarray(rng.normal(size=(b, q, n)).astype(np.float32)), jnp.ones(q, bool), jnp.asarray(valid)))
   match_fn = jax.jit(matching.hungarian_match_batch)
-  solver_fn = jax.jit(jax.vmap(matching._device_match))
-  callback_fn = jax.jit(matching._scipy_match)  # scipy through a host callback, from the device
+  solver_fn = jax.jit(jax.vmap(matching.device_match))
+  callback_fn = jax.jit(matching.scipy_match)  # scipy through a host callback, from the device
 
   def timed(fn, x):  # the first calls after compiling are slower (threads and their heaps start): 3 skipped
     x = jnp.asarray(x)
     for _ in range(3):
       jax.block_until_ready(fn(x))
-    return hardware.median_seconds(lambda: jax.block_until_ready(fn(x)), 20)
+    return timing.median_seconds(lambda: jax.block_until_ready(fn(x)), 20)
 
   def optimal(fn, c, cols):
     got = np.asarray(fn(jnp.asarray(c)))
@@ -97,11 +99,11 @@ def bench_matching(b: int = 16, q: int = 100, n: int = 100, real: int = 20) -> d
 
   out = {"matching_shape": f"B={b} Q={q} N={n}, padded: {real} of {n} targets real",
          "matching_device_s": timed(match_fn, costs),
-         "matching_scipy_loop_s": hardware.median_seconds(lambda: [linear_sum_assignment(c) for c in costs], 20),
+         "matching_scipy_loop_s": timing.median_seconds(lambda: [linear_sum_assignment(c) for c in costs], 20),
          "matching_scipy_callback_s": timed(callback_fn, costs),
          "matching_device_solver_s": timed(solver_fn, costs),
          "matching_padded_device_s": timed(match_fn, padded),
-         "matching_padded_scipy_loop_s": hardware.median_seconds(
+         "matching_padded_scipy_loop_s": timing.median_seconds(
              lambda: [linear_sum_assignment(c[:, valid]) for c in padded], 20),
          "matching_padded_device_solver_s": timed(solver_fn, padded)}
   out["matching_speedup_vs_scipy"] = out["matching_scipy_loop_s"] / out["matching_device_s"]

@@ -1,7 +1,7 @@
 """Cost report of the train step by part: FLOPs, bytes and gather/scatter ops from XLA, and their roofline bounds.
 
-  python scripts/bench_costs.py --out costs.json                 # R50 512 / 1024 and ViT-B 1024, both samplings
-  python scripts/bench_costs.py --out costs.json --time          # also times the parts of r50_512 on this CPU
+  python benchmarks/bench_costs.py --out costs.json                 # R50 512 / 1024 and ViT-B 1024, both samplings
+  python benchmarks/bench_costs.py --out costs.json --time          # also times the parts of r50_512 on this CPU
 
 For each config (`CONFIGS`: the recipes at the sizes users train, batch 16 at 1024 px) and each criterion sampling
 (config.loss.sampling 'points' and 'dense'), every part of the step is traced on abstract inputs and compiled for
@@ -16,7 +16,7 @@ forward and backward where they train:
   criterion/mask_and_dice    loss_mask and loss_dice of every layer, forward and backward (all losses minus the
                              previous line, which the criterion computes together)
   matching                   the Hungarian solve: scipy on the host on CPUs and GPUs (no XLA cost; its time is in
-                             scripts/bench_losses.py), the device solver elsewhere
+                             benchmarks/bench_losses.py), the device solver elsewhere
   optimizer                  AdamW update and apply
   step                       the whole jitted train step
 
@@ -31,7 +31,6 @@ import functools
 import json
 import pathlib
 import re
-import sys
 import time
 
 import flax
@@ -39,15 +38,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import bench_train  # noqa: E402
+from dataseg_jax import contract, hardware
+from dataseg_jax.losses import criterion as criterion_lib
+from dataseg_jax.losses import mask_losses, matching
+from dataseg_jax.models import classifier as classifier_lib
+from dataseg_jax.models import dataseg, pixel_decoder as pixel_decoder_lib
+from dataseg_jax.models import transformer_decoder as decoder_lib
 
-from dataseg_jax import contract, hardware  # noqa: E402
-from dataseg_jax.losses import criterion as criterion_lib  # noqa: E402
-from dataseg_jax.losses import mask_losses, matching  # noqa: E402
-from dataseg_jax.models import classifier as classifier_lib  # noqa: E402
-from dataseg_jax.models import dataseg, pixel_decoder as pixel_decoder_lib  # noqa: E402
-from dataseg_jax.models import transformer_decoder as decoder_lib  # noqa: E402
+import bench_train  # the sibling files of benchmarks/ (a script's own folder comes first on sys.path)
+import timing
 
 PEAKS = {"H100": (989e12, 3.35e12), "TPU v5e": (197e12, 0.819e12)}  # (dense bf16 FLOP/s, HBM bytes/s)
 CLASSES_PER_DATASET = 150
@@ -276,7 +275,7 @@ def time_parts(name: str, sampling: str, repeats: int = 3) -> dict:
       real = [jnp.asarray(np.random.default_rng(0).normal(size=args[0].shape).astype(np.float32))]
     compiled = jax.jit(fn).lower(*real).compile()
     jax.block_until_ready(compiled(*real))
-    out[part] = hardware.median_seconds(lambda: jax.block_until_ready(compiled(*real)), repeats)
+    out[part] = timing.median_seconds(lambda: jax.block_until_ready(compiled(*real)), repeats)
     hardware.release_freed_host_memory()
   return out
 
@@ -300,7 +299,7 @@ def markdown(results: list) -> str:
 
 
 def run(quick: bool = False) -> dict:
-  """`scripts/bench.py`'s entry: the report of every config and sampling (and r50_512 timed unless quick)."""
+  """`benchmarks/bench.py`'s entry: the report of every config and sampling (and r50_512 timed unless quick)."""
   results = [report(name, sampling) for name in CONFIGS for sampling in ("points", "dense")]
   out = {"reports": results}
   if not quick:

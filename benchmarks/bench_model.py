@@ -1,11 +1,11 @@
 """Benchmarks the DataSeg forward and forward+backward (jitted, timed after compilation) and peak RSS.
 
-  python scripts/bench_model.py            # toy (128x128, batch 8) and R50 (512x512, batch 2, 100 queries)
-  python scripts/bench_model.py --quick    # toy only
+  python benchmarks/bench_model.py            # toy (128x128, batch 8) and R50 (512x512, batch 2, 100 queries)
+  python benchmarks/bench_model.py --quick    # toy only
 
 toy: configs/toy.py model. r50: configs/dataseg_r50.py model (ResNet-50, 6 deformable layers, 9 decoder
 layers, 100 queries) in float32. 40 union classes. The backward pass is of a stand-in loss (mean squared
-mask logits + mean log-softmax of the logits) so the model alone is timed; scripts/bench_train.py times the
+mask logits + mean log-softmax of the logits) so the model alone is timed; benchmarks/bench_train.py times the
 real step. Peak RSS is the process's high-water mark after that config ran (ru_maxrss).
 """
 import argparse
@@ -22,6 +22,8 @@ import numpy as np
 
 from dataseg_jax import hardware
 from dataseg_jax.models import dataseg
+
+import timing  # benchmarks/timing.py (a script's own folder comes first on sys.path)
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 NUM_CLASSES = 40
@@ -46,7 +48,7 @@ def bench_config(model_config, size: int, batch: int, repeats: int) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(fn(params))
     result[f"{name}_compile_s"] = round(time.perf_counter() - t0, 2)
-    result[f"{name}_s"] = round(hardware.median_seconds(lambda: jax.block_until_ready(fn(params)), repeats), 4)
+    result[f"{name}_s"] = round(timing.median_seconds(lambda: jax.block_until_ready(fn(params)), repeats), 4)
   result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
   return result
 

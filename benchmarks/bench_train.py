@@ -1,15 +1,15 @@
 """Train-step throughput of DataSeg: steps/s, images/s and the MFU estimate, for the toy and R50 configs.
 
-  python scripts/bench_train.py            # toy at 128 px batch 8; R50 at 512 px, batch 2, 100 queries
-  python scripts/bench_train.py --quick    # fewer timed steps
-  python scripts/bench_train.py --only r50 # one config (each runs in its own process: its own peak RSS)
+  python benchmarks/bench_train.py            # toy at 128 px batch 8; R50 at 512 px, batch 2, 100 queries
+  python benchmarks/bench_train.py --quick    # fewer timed steps
+  python benchmarks/bench_train.py --only r50 # one config (each runs in its own process: its own peak RSS)
 
 Times the real jitted step (DataSeg forward, DaTaSeg criterion, gradients, AdamW) on synthetic batches in
 the batch contract, cycling through the three datasets and their tasks, after one compile. FLOPs come from
 XLA's cost analysis of the CPU lowering (`loop.step_flops`): MFU counts model FLOPs (3 x the forward pass)
 and HFU everything the step does (criterion, remat recompute, optimizer), both over a known accelerator
 peak (`dataseg_jax.hardware.PEAK_FLOPS`); on CPU only the achieved TFLOP/s is reported.
-`scripts/bench.py` calls `run(quick)`.
+`benchmarks/bench.py` calls `run(quick)`.
 """
 import argparse
 import functools
@@ -32,7 +32,7 @@ from dataseg_jax import hardware
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 TASKS = (contract.Task.SEMANTIC, contract.Task.PANOPTIC, contract.Task.BOX)
-SEGMENTS = 20  # per image, as many as the peer's targets (scripts/bench_peer.py)
+SEGMENTS = 20  # per image, as many as the peer's targets (benchmarks/bench_peer.py)
 
 
 def load_config(name: str):

@@ -1,22 +1,27 @@
 """Input-pipeline throughput: training images/s per dataset at the toy size and at 512x512.
 
-  python scripts/bench_data.py [--quick] [--data_dir DIR]
+  python benchmarks/bench_data.py [--quick] [--data_dir DIR]
 
 Writes a small toy benchmark (or reads --data_dir), then times each dataset's training stream
 alone (per_batch mode, one process, the machine's cores) after a warm-up batch. `run(quick)` is the
-entry point `scripts/bench.py` gathers.
+entry point `benchmarks/bench.py` gathers.
 """
 import argparse
 import json
+import pathlib
+import sys
 import tempfile
 import time
 
 import ml_collections
 
-from configs import toy
-from data_pipelines import mixture
-from data_pipelines import registry
-from dataseg_jax import hardware
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # configs/ and scripts/ are folders of the repository, not installed packages
+
+from configs import toy  # noqa: E402
+from data_pipelines import mixture  # noqa: E402
+from data_pipelines import registry  # noqa: E402
+from dataseg_jax import hardware  # noqa: E402
 
 
 def _throughput(config, name, batches):

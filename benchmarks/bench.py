@@ -1,12 +1,12 @@
 """All benchmarks in one JSON file and one markdown table, with the ratio to the peer.
 
-  python scripts/bench.py --out bench.json            # everything (about 15-25 min on 2 CPU cores)
-  python scripts/bench.py --out bench.json --quick    # smaller repeat counts, skips R50 where slow
-  python scripts/bench.py --out bench.json --only losses,data
-  python scripts/bench.py --out bench.json --only data --update   # rerun one part, keep the others
+  python benchmarks/bench.py --out bench.json            # everything (about 15-25 min on 2 CPU cores)
+  python benchmarks/bench.py --out bench.json --quick    # smaller repeat counts, skips R50 where slow
+  python benchmarks/bench.py --out bench.json --only losses,data
+  python benchmarks/bench.py --out bench.json --only data --update   # rerun one part, keep the others
 
 Each part runs in its own subprocess (so peak RSS is that part's own) by calling `run(quick)` of
-`scripts/bench_<part>.py`; the peer is `scripts/bench_peer.py` (Hugging Face Mask2Former, needs the
+`benchmarks/bench_<part>.py`; the peer is `benchmarks/bench_peer.py` (Hugging Face Mask2Former, needs the
 parity extra). Every part, the peer included, runs with malloc on transparent huge pages
 (`hardware.use_huge_pages_for_host_buffers`, recorded as machine.glibc_tunables). The markdown table is
 written next to the JSON (`bench.md`).
@@ -21,21 +21,22 @@ import time
 
 from dataseg_jax import hardware
 
-SCRIPTS = pathlib.Path(__file__).resolve().parent
+BENCHMARKS = pathlib.Path(__file__).resolve().parent
 PARTS = ("model", "losses", "data", "train", "eval", "peer")
 
 
 def run_part(part: str, quick: bool, threads: int) -> dict:
-  """Runs `scripts/bench_<part>.py:run(quick)` in a fresh process pinned to `threads` CPU threads."""
-  code = ("import json, runpy, sys; m = runpy.run_path(sys.argv[1]); "
-          "print('BENCH_JSON=' + json.dumps(m['run'](quick=sys.argv[2] == '1')))")
+  """Runs `benchmarks/bench_<part>.py:run(quick)` in a fresh process pinned to `threads` CPU threads."""
+  # the part's folder first on sys.path, as when it runs as a script: it imports its siblings (timing.py)
+  load = ("import json, os, runpy, sys; sys.path.insert(0, os.path.dirname(sys.argv[1])); "
+          "m = runpy.run_path(sys.argv[1]); ")
+  code = load + "print('BENCH_JSON=' + json.dumps(m['run'](quick=sys.argv[2] == '1')))"
   if part == "peer":
-    code = ("import json, runpy, sys; m = runpy.run_path(sys.argv[1]); "
-            "print('BENCH_JSON=' + json.dumps(m['run'](steps=1 if sys.argv[2] == '1' else 3)))")
+    code = load + "print('BENCH_JSON=' + json.dumps(m['run'](steps=1 if sys.argv[2] == '1' else 3)))"
   env = dict(os.environ, OMP_NUM_THREADS=str(threads), TF_CPP_MIN_LOG_LEVEL="2",
              XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true")
   t0 = time.time()
-  proc = subprocess.run([sys.executable, "-c", code, str(SCRIPTS / f"bench_{part}.py"), "1" if quick else "0"],
+  proc = subprocess.run([sys.executable, "-c", code, str(BENCHMARKS / f"bench_{part}.py"), "1" if quick else "0"],
                         capture_output=True, text=True, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON=")]
   if proc.returncode or not lines:

@@ -1,9 +1,9 @@
 """Accelerator benchmarks: matching speed-up over scipy and whole-step MFU of the ViT-B recipe in bf16.
 
-  python scripts/bench_gpu.py --out bench_gpu.json             # everything, in priority order
-  python scripts/bench_gpu.py --out bench_gpu.json --budget_s 400
+  python benchmarks/bench_gpu.py --out bench_gpu.json             # everything, in priority order
+  python benchmarks/bench_gpu.py --out bench_gpu.json --budget_s 400
 
-Runs on whatever accelerator JAX sees (`scripts/bench.py` is the CPU suite). In order, each written to
+Runs on whatever accelerator JAX sees (`benchmarks/bench.py` is the CPU suite). In order, each written to
 `--out` as soon as it finishes so that a run cut short keeps what it measured:
   matching     B=16, Q=100, N=100: the jitted batched Hungarian matching vs a scipy loop on the host, with
                every target real and with 20 of 100 real (the rest padding, as in training)
@@ -19,16 +19,14 @@ counts everything XLA does in the compiled step. A variant is skipped once `--bu
 import argparse
 import json
 import pathlib
-import sys
 import time
 
 import jax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import bench_losses  # noqa: E402
-import bench_train  # noqa: E402
+from dataseg_jax import hardware
 
-from dataseg_jax import hardware  # noqa: E402
+import bench_losses  # the sibling files of benchmarks/ (a script's own folder comes first on sys.path)
+import bench_train
 
 
 def vitb_config(remat: bool):

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Issue 8's accelerator checks as one prepared run on a lent GPU machine, inside the device tool's 10 minutes:
+# The accelerator checks as one prepared run on a lent GPU machine, inside the device tool's 10 minutes:
 #
-#   device run: command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=590
+#   device run: command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=590
 #
 # `.whl/` (ignored by git; `pip download ml_collections --no-deps -d .whl`) holds what the machine's image lacks.
 # Writes $OUT/peer.json (Hugging Face Mask2Former R50, 1024 px, batch 16, bf16: the peer of bench_gpu's `r50`),
-# $OUT/gpu.json (scripts/bench_gpu.py, most needed first, each variant written as soon as it finishes) and
+# $OUT/gpu.json (benchmarks/bench_gpu.py, most needed first, each variant written as soon as it finishes) and
 # $OUT/log. Then: docs/bench/gpu_h200*.json, the GPU tables of docs/scaling.md and README.
 set -uo pipefail
 OUT=${OUT:-device_out}
@@ -18,7 +18,7 @@ fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
-  timeout 170 python3 scripts/bench_peer.py --device cuda --dtype bfloat16 --image_size 1024 --batch 16 \
+  timeout 170 python3 benchmarks/bench_peer.py --device cuda --dtype bfloat16 --image_size 1024 --batch 16 \
       --out "$OUT/peer.json"
-  python3 scripts/bench_gpu.py --out "$OUT/gpu.json" --budget_s 300 --only matching,r50,vitb_remat,vitb_parts,criterion
+  python3 benchmarks/bench_gpu.py --out "$OUT/gpu.json" --budget_s 300 --only matching,r50,vitb_remat,vitb_parts,criterion
 } 2>&1 | tee "$OUT/log"

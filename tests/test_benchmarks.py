@@ -1,0 +1,27 @@
+"""The benchmarks' timer (benchmarks/timing.py) and the entry point's command line (benchmarks/bench.py)."""
+import pathlib
+import subprocess
+import sys
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # the benchmarks import each other as sibling modules, as scripts do
+
+import timing  # noqa: E402
+
+
+def test_median_seconds_is_the_median_of_the_calls(monkeypatch):
+  """Each call is timed alone between two clock reads, and the median (not the mean or the first) is returned."""
+  durations = iter([5.0, 1.0, 2.0])
+  clock = [0.0]
+
+  def work():
+    clock[0] += next(durations)
+
+  monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+  assert timing.median_seconds(work, 3) == 2.0
+
+
+def test_bench_refuses_an_unknown_part_before_running_any():
+  proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), "--only", "model,nope"], capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 2 and "unknown parts ['nope']" in proc.stderr, proc.stderr
