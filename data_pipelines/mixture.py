@@ -30,6 +30,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from data_pipelines import formats
 from data_pipelines import pipeline
 from data_pipelines import registry
 from dataseg_jax import contract
@@ -118,8 +119,8 @@ def split_source(config, name: str, split: str, vocab) -> tuple:
   e = registry.resolve_entry(config, name)
   if not e.get("tfds_dir") or (split == "val" and e.val_instances):
     return registry.build_index(config, name, split, vocab), None
-  if split == "train" and e.format == "coco_instances" and e.task != "box":
-    raise ValueError(f"dataset {name!r}: prepared TFDS data holds no coco_instances masks (only boxes), so it "
+  if split == "train" and not formats.get(e.format).TFDS_LABEL_CHANNELS and e.task != "box":
+    raise ValueError(f"dataset {name!r}: prepared TFDS data holds no {e.format} masks (only boxes), so it "
                      f"cannot train task {e.task!r}; train it from the native files (tfds_dir='') or with "
                      "task='box'")
   from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
@@ -282,7 +283,7 @@ def eval_batches(config, vocab, name: str, process_index: int = 0, process_count
   did = vocab.dataset_index(name)
   local_vocab = registry.dataset_vocab(e)
   index, tables = split_source(config, name, "val", local_vocab)
-  task = int(contract.task_from_name("instance" if e.format == "coco_detection" and e.val_instances else e.task))
+  task = int(contract.task_from_name(formats.get(e.format).val_task(e)))
   size = int(config.data.eval_size)
   ds = pipeline.eval_stream(index, config.data, did, vocab, size=size, reduce_zero_label=e.reduce_zero_label,
                             task=task, process_index=process_index, process_count=process_count, tables=tables,

@@ -9,22 +9,21 @@ element carries `_pos` = k, so the consumer knows its exact position even when b
 skipped (`ignore_errors` leaves a gap in `_pos` that the consumer counts).
 
 Decoding and packing (see `augment` and `packing`): an example becomes `image`, an id map
-(`[h, w]` int32 segment row, -1 void) and per-segment tables, then the batch contract. Images are
-decoded to RGB whatever their colour mode (grayscale replicated, alpha dropped, CMYK converted, as
-PIL's `convert('RGB')` in detectron2); label PNGs give the stored values, palette PNGs their indices.
+(`[h, w]` int32 segment row, -1 void) and per-segment tables (its format module's `decode`, `data_pipelines.formats`),
+then the batch contract. Images are decoded to RGB whatever their colour mode (grayscale replicated, alpha dropped,
+CMYK converted, as PIL's `convert('RGB')` in detectron2).
 
 With `on_bad_example='skip'` a training stream in which `MAX_CONSECUTIVE_BAD` examples in a row fail
 (every file of the dataset broken) ends instead of spinning forever; `mixture.TrainIterator` turns
 that end into an error naming the dataset and the first failure (`first_error`).
 """
-import io
 import os
 
 import numpy as np
-from PIL import Image
 import tensorflow as tf
 
 from data_pipelines import augment
+from data_pipelines import formats
 from data_pipelines import packing
 from data_pipelines import readers
 from dataseg_jax import contract
@@ -38,51 +37,10 @@ def stream_seed(seed: int, dataset_id: int) -> int:
   return int(np.random.SeedSequence([seed, dataset_id]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _check(cond, message: str, path):
-  """Fails the example with `message` and the file path when `cond` is false (a bad example)."""
-  tf.debugging.Assert(cond, [message, path])
-
-
 def _decode_image(data):
   """Bytes of a JPEG/PNG/BMP/GIF -> uint8 RGB [h, w, 3]: grayscale is replicated to three channels,
   alpha dropped and CMYK converted, as detectron2/Mask2Former read images (PIL `convert('RGB')`)."""
   return tf.io.decode_image(data, channels=3, expand_animations=False)
-
-
-def _pil_label(data):
-  """numpy_function body: label PNG bytes -> (values as PIL reads them, uint8 [h, w]; decoded ok).
-
-  Palette PNGs give their palette indices and 1-bit PNGs 0/1, what `np.array(Image.open(f))` (the
-  evaluator) reads. A file that does not decode, or that is not one channel, gives ok = False."""
-  try:
-    with Image.open(io.BytesIO(np.asarray(data).item())) as im:  # a 0-d object array holding the bytes
-      values = np.asarray(im)
-    if values.ndim == 2:
-      return values.astype(np.uint8), np.bool_(True)
-  except Exception:  # pylint: disable=broad-except  # reported by the assertion in `_decode_label_png`
-    pass
-  return np.zeros((0, 0), np.uint8), np.bool_(False)
-
-
-def _decode_label_png(data, path):
-  """Bytes of a semantic_png label -> its stored values, int32 [h, w].
-
-  `tf.io.decode_png(channels=1)` turns a palette PNG (IHDR colour type 3, VOC style) into the grey
-  levels of its colours and scales a 1-bit PNG to 0/255, so those (and other bit depths below 8) are
-  read with PIL, as the evaluator reads them; every other label keeps the fast TF decoder."""
-  head = tf.io.decode_raw(tf.strings.substr(data, 0, 26), tf.uint8)  # signature and IHDR up to colour type
-  head = tf.pad(head, [[0, 26 - tf.size(head)]])
-  is_png = tf.reduce_all(tf.equal(head[12:16], tf.constant(list(b"IHDR"), tf.uint8)))
-  use_pil = tf.logical_and(is_png, tf.logical_or(head[25] == 3, head[24] < 8))  # palette, or under 8 bits
-
-  def pil():
-    values, ok = tf.numpy_function(_pil_label, [data], [tf.uint8, tf.bool], stateful=False)
-    return tf.ensure_shape(values, [None, None]), tf.ensure_shape(ok, [])
-
-  label, ok = tf.cond(use_pil, pil, lambda: (tf.io.decode_png(data, channels=1)[..., 0], tf.constant(True)))
-  _check(ok, "label PNG does not decode (corrupt or truncated); re-export it as an 8-bit grayscale or "
-         "palette PNG:", path)
-  return tf.cast(label, tf.int32)
 
 
 class Tables:
@@ -119,65 +77,13 @@ class Tables:
 
 def decode_example(index: readers.Index, tables: Tables, r, reduce_zero_label: bool, masks: bool = True):
   """Image row r -> dict(image [h, w, 3] uint8, idmap [h, w] int32 or None, seg_class [M] local,
-  seg_crowd [M], boxes [M, 4] pixel x0 y0 x1 y1, has_mask).
+  seg_crowd [M], boxes [M, 4] pixel x0 y0 x1 y1, has_mask), decoded by the index's format module.
 
-  `masks=False` (a coco_instances entry trained with task 'box') keeps only the boxes: idmap None and
-  has_mask False, so the box-only losses apply, as for coco_detection."""
+  `masks=False` (an entry trained with task 'box') keeps only the boxes: idmap None and has_mask False, so the
+  box-only losses apply."""
   row = tables.fetch(r)
   image = _decode_image(row["image"])
-  h, w = tf.shape(image)[0], tf.shape(image)[1]
-  ids, cls, crowd, boxes = row["ids"], row["cls"], row["crowd"], row["boxes"]
-  label_path = row["label_path"]
-  fmt = index.format
-  if fmt == "semantic_png":
-    label = _decode_label_png(row["label"], label_path)
-    k = len(index.vocab.names)
-    _check(tf.reduce_all(tf.equal(tf.shape(label), tf.shape(image)[:2])),
-           "label PNG size differs from its image; regenerate it at the image's size:", label_path)
-    if reduce_zero_label:  # 0 = void, k -> class k - 1
-      idmap = label - 1
-    else:  # 255 = void
-      idmap = tf.where(label == 255, -1, label)
-    _check(tf.reduce_max(idmap) < k, f"label value outside the {k} classes of the names file "
-           "(an unknown category); fix the label PNG or add the class to the names file:", label_path)
-    return dict(image=image, idmap=idmap, seg_class=tf.range(k, dtype=tf.int32),
-                seg_crowd=tf.zeros([k], tf.bool), boxes=tf.zeros([k, 4]), has_mask=True)
-  if fmt == "coco_panoptic":
-    rgb = tf.cast(tf.io.decode_png(row["label"], channels=3), tf.int32)
-    _check(tf.reduce_all(tf.equal(tf.shape(rgb)[:2], tf.shape(image)[:2])),
-           "panoptic PNG size differs from its image; regenerate it at the image's size:", label_path)
-    idmap = packing.panoptic_idmap(rgb, ids, crowd)
-    return dict(image=image, idmap=idmap, seg_class=cls, seg_crowd=crowd, boxes=boxes, has_mask=True)
-  if fmt == "coco_instances" and masks:
-    idmap = tf.numpy_function(_rasterise_fn(index), [r, h, w], tf.int32, stateful=False)
-    idmap = tf.ensure_shape(idmap, [None, None])
-    return dict(image=image, idmap=idmap, seg_class=cls, seg_crowd=crowd, boxes=boxes, has_mask=True)
-  return dict(image=image, idmap=None, seg_class=cls, seg_crowd=crowd, boxes=boxes, has_mask=False)
-
-
-def _rasterise_fn(index: readers.Index):
-  """numpy_function body: instance masks of image r painted largest first (small ones stay on top)."""
-  from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
-
-  def fn(r, h, w):
-    idmap = np.full((h, w), -1, np.int32)
-    anns = index.instance_anns[int(r)]
-    masks = []
-    for j, ann in enumerate(anns):
-      seg = ann.get("segmentation")
-      if not seg:
-        continue
-      if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, int(h), int(w)))
-      elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, int(h), int(w))
-      else:
-        rle = seg
-      masks.append((float(mask_utils.area(rle)), j, mask_utils.decode(rle).astype(bool)))
-    for _, j, m in sorted(masks, key=lambda t: -t[0]):
-      idmap[m] = -1 if anns[j].get("iscrowd", 0) else j
-    return idmap
-  return fn
+  return formats.get(index.format).decode(index, row, image, r, reduce_zero_label, masks)
 
 
 def make_example_fn(index: readers.Index, cfg, dataset_id: int, vocab_union, *, train: bool,
@@ -192,7 +98,7 @@ def make_example_fn(index: readers.Index, cfg, dataset_id: int, vocab_union, *, 
   is_thing = tf.constant(np.asarray(index.vocab.is_thing, bool))
   seed_d = stream_seed(seed, dataset_id)
   masks = keeps_masks(task)
-  per_class = task == int(contract.Task.SEMANTIC) and index.format != "semantic_png"  # label maps: one per class
+  per_class = task == int(contract.Task.SEMANTIC) and not formats.get(index.format).SEGMENTS_ARE_CLASSES
 
   def fn(k, g, r):
     ex = decode_example(index, tables, r, reduce_zero_label, masks=masks)

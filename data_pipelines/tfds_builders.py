@@ -4,11 +4,11 @@
       --dataset coco --out ~/tensorflow_datasets
 
 `config.data_dir` is the manual_dir: the builder reads the entry's native files through the same
-readers as the direct path (`readers`, with the same bad-input policy) and writes `train` and
-`validation` splits. Features: `image` (encoded as on disk), `label` (semantic_png: the uint8
-PNG as on disk, so a palette PNG keeps its indices; coco_panoptic: the RGB-id PNG; absent for box
-formats), `image_id`, and `segments` (per segment: panoptic `id`, dataset-local `class`, `crowd`,
-`box` pixel x0 y0 x1 y1). Builders are built from a config entry and skip TFDS's global registration
+readers as the direct path (its format module, with the same bad-input policy) and writes `train` and
+`validation` splits. Features: `image` (encoded as on disk), `label` (the per-image label PNG as on disk, with the
+format's `TFDS_LABEL_CHANNELS`: semantic_png's uint8 PNG, so a palette PNG keeps its indices; coco_panoptic's RGB-id
+PNG; absent for the JSON-only formats), `image_id`, and `segments` (per segment: panoptic `id`, dataset-local
+`class`, `crowd`, `box` pixel x0 y0 x1 y1). Builders are built from a config entry and skip TFDS's global registration
 (nothing registered by side effect).
 
 Records are written unshuffled in the native index's row order, as ArrayRecord (random access), so
@@ -23,6 +23,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from data_pipelines import formats
 from data_pipelines import pipeline
 from data_pipelines import readers
 from data_pipelines import registry
@@ -36,7 +37,7 @@ class NativeFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release: image, label PNG, segments table."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put the dataset in its native layout under config.data_dir "
-                                  "(see data_pipelines/readers.py) and pass that as manual_dir.")
+                                  "(see data_pipelines/formats/) and pass that as manual_dir.")
 
   def __init__(self, *, config, dataset: str, **kwargs):
     self._cfg, self._dataset = config, dataset
@@ -53,10 +54,9 @@ class NativeFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             "id": np.int32, "class": np.int32, "crowd": np.bool_,
             "box": tfds.features.Tensor(shape=(4,), dtype=np.float32)}),
     }
-    if self._entry.format == "semantic_png":
-      features["label"] = tfds.features.Image(shape=(None, None, 1), encoding_format="png")
-    elif self._entry.format == "coco_panoptic":
-      features["label"] = tfds.features.Image(shape=(None, None, 3), encoding_format="png")
+    channels = formats.get(self._entry.format).TFDS_LABEL_CHANNELS
+    if channels:
+      features["label"] = tfds.features.Image(shape=(None, None, channels), encoding_format="png")
     vocab = registry.dataset_vocab(self._entry)
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features), disable_shuffling=True,

@@ -11,6 +11,8 @@ import math
 
 import ml_collections
 
+from data_pipelines import formats
+
 BACKBONES = ("resnet", "vit")
 SCHEDULES = ("poly", "cosine", "constant")  # config.optimizer.schedule (train/optimizer.py)
 PARAM_SHARDINGS = ("replicate", "fsdp")      # config.mesh.param_sharding (train/mesh.py)
@@ -155,7 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
 def dataset_entry(**kw) -> ml_collections.ConfigDict:
   """One entry of `config.data.datasets`; relative paths are joined to `config.data_dir`."""
   e = ml_collections.ConfigDict()
-  e.format = ""             # semantic_png | coco_panoptic | coco_detection | coco_instances
+  e.format = ""             # a module of data_pipelines/formats/: semantic_png, coco_panoptic, coco_detection, ...
   e.task = ""               # semantic | panoptic | instance | box
   e.train_images = ""
   e.train_annotations = ""  # PNG dir (semantic_png) or JSON file (coco_*)
@@ -354,14 +356,16 @@ def eval_tasks(config: ml_collections.ConfigDict, name: str) -> tuple:
   for t in tasks:
     if t not in EVAL_METRICS:
       raise ValueError(f"config.data.datasets.{name}.eval_tasks: {t!r} is not one of {', '.join(EVAL_METRICS)}")
-  if "instance" in tasks and e.format == "semantic_png":
+  fmt = formats.get(e.format, f"config.data.datasets.{name}.format")
+  if "instance" in tasks and "instance" not in fmt.EVAL_TASKS:
     raise ValueError(f"config.data.datasets.{name}.eval_tasks: instance evaluation needs instance ground "
-                     f"truth; a semantic_png dataset has none")
-  if "instance" in tasks and e.format != "coco_instances" and not e.val_instances:
+                     f"truth; a {e.format} dataset has none")
+  if "instance" in tasks and not fmt.INSTANCE_GT_IN_ANNOTATIONS and not e.val_instances:
     raise ValueError(f"config.data.datasets.{name}: instance evaluation of a {e.format} dataset needs "
                      f"val_instances (a COCO instances JSON with masks of the val images)")
-  if e.format in ("coco_detection", "coco_instances") and set(tasks) - {"instance"}:
-    raise ValueError(f"config.data.datasets.{name}.eval_tasks: a {e.format} dataset supports only 'instance'")
+  if set(tasks) - set(fmt.EVAL_TASKS):
+    raise ValueError(f"config.data.datasets.{name}.eval_tasks: a {e.format} dataset supports only "
+                     f"{' and '.join(repr(t) for t in fmt.EVAL_TASKS)}")
   return tasks
 
 

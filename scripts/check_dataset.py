@@ -8,11 +8,12 @@ rather than fatal) and decodes every example through the pipeline's own `decode_
 what training would trip on: a missing folder or file, an undecodable or truncated image, a label PNG of
 another size or with a value outside the names file, an unknown category, an empty annotation list, a box of
 zero or negative size, not finite or outside its image, an image entry without its size, an annotation without a
-required key, a file name that is absolute or leaves its folder, a label file that does not decode; and, for a
-semantic_png entry with `val_panoptic_annotations`, every panoptic PNG through `readers.load_panoptic_gt`. It
-prints, per split, counts, class frequencies and every problem with its file and the fix, writes a few overlay
-pictures to --out (default ./check_dataset/), reports progress and ETA on stderr every 30 s, and exits 1 when there
-are errors, 0 when there are only warnings.
+required key, a file name that is absolute or leaves its folder, a label file that does not decode; and the rules of
+the entry's format (its module's `check_example` in `data_pipelines/formats/`: semantic_png checks every panoptic PNG
+of `val_panoptic_annotations` and warns on a label map that is all void). It prints, per split, counts, class
+frequencies and every problem with its file and the fix, writes a few overlay pictures to --out (default
+./check_dataset/), reports progress and ETA on stderr every 30 s, and exits 1 when there are errors, 0 when there are
+only warnings.
 Empty images (no annotation, or a label map that is all void) are warnings (training skips or learns
 nothing from them); everything else is an error.
 """
@@ -54,7 +55,7 @@ def decode_problem(path: str, error, culprit: str = None) -> tuple:
 def check_split(config, name: str, split: str, out_dir: str, num_overlays: int) -> tuple:
   """-> (problems [(severity, reason, message)], class counts {name: n}, number of images)."""
   import tensorflow as tf
-  from data_pipelines import pipeline, readers, registry
+  from data_pipelines import formats, pipeline, readers, registry
 
   bad = readers.BadInput("skip", f"{name}/{split}")
   try:
@@ -63,6 +64,7 @@ def check_split(config, name: str, split: str, out_dir: str, num_overlays: int) 
     return [("error", "layout", str(e))], {}, 0
   problems = [("warning" if r in WARNINGS else "error", r, m) for r, m in bad.messages]
   entry = registry.resolve_entry(config, name)
+  fmt = formats.get(index.format)
   tables = pipeline.Tables(index)
   counts = collections.Counter()
   progress = progress_lib.Progress(f"{name}/{split}", len(index), lambda line: print(line, file=sys.stderr))
@@ -78,19 +80,9 @@ def check_split(config, name: str, split: str, out_dir: str, num_overlays: int) 
       problems.append(("error", "bad_annotation", f"{index.image_paths[r]}: its annotation does not decode "
                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); fix or drop it"))
       continue
-    if index.panoptic_gt:
-      try:
-        readers.load_panoptic_gt(index.panoptic_gt[r], tuple(ex["image"].shape[:2]))
-      except ValueError as e:
-        problems.append(("error", "bad_panoptic_png", str(e)))
-    if ex["idmap"] is not None and index.format == "semantic_png":
-      ids = np.unique(ex["idmap"].numpy())
-      counts.update({index.vocab.names[i]: 1 for i in ids if i >= 0})
-      if not (ids >= 0).any():
-        problems.append(("warning", "empty_annotations", f"{index.label_paths[r]}: every pixel is void; "
-                         "label the image or remove it (it teaches nothing)"))
-    else:
-      counts.update(index.vocab.names[c] for c in ex["seg_class"].numpy())
+    classes, found = fmt.check_example(index, r, ex)
+    counts.update(classes)
+    problems += found
     if r < num_overlays:
       save_overlay(ex, index.vocab.names, os.path.join(out_dir, f"{name}_{split}_{r}.png"))
   return problems, counts, len(index)

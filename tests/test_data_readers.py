@@ -9,6 +9,9 @@ import tensorflow as tf
 from data_pipelines import pipeline
 from data_pipelines import readers
 from data_pipelines import registry
+from data_pipelines.formats import coco_instances
+from data_pipelines.formats import coco_panoptic
+from data_pipelines.formats import semantic_png
 from dataseg_jax.vocab import names as names_lib
 from dataseg_jax.vocab import vocabulary
 import test_data_common as common
@@ -89,9 +92,9 @@ def test_toy_ade_panoptic_ground_truth_is_the_drawn_instances(toy_dir):
   for r, gt in enumerate(index.panoptic_gt):
     label = np.asarray(Image.open(index.label_paths[r]), np.int64) - 1
     rgb = np.asarray(Image.open(gt["png"]), np.int64)
-    np.testing.assert_array_equal(readers.load_panoptic_gt(gt, label.shape),
+    np.testing.assert_array_equal(semantic_png.load_panoptic_gt(gt, label.shape),
                                   rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2])
-    ids = readers.load_panoptic_gt(gt, label.shape)
+    ids = semantic_png.load_panoptic_gt(gt, label.shape)
     np.testing.assert_array_equal(ids > 0, label >= 0)  # void (0) exactly where the label is void
     classes = [s["class"] for s in gt["segments_info"]]
     for s in gt["segments_info"]:
@@ -108,11 +111,11 @@ def test_panoptic_ground_truth_errors_name_the_file(toy_dir, tmp_path):
   config = common.toy_config(toy_dir)
   gt = registry.build_index(config, "toy_ade", "val").panoptic_gt[0]
   with pytest.raises(ValueError, match="panoptic PNG is .* but its image is"):
-    readers.load_panoptic_gt(gt, (3, 3))
+    semantic_png.load_panoptic_gt(gt, (3, 3))
   bad_png = tmp_path / "bad.png"
   bad_png.write_bytes(b"not a png")
   with pytest.raises(ValueError, match="bad.png: panoptic PNG does not decode"):
-    readers.load_panoptic_gt(dict(gt, png=str(bad_png)))
+    semantic_png.load_panoptic_gt(dict(gt, png=str(bad_png)))
   doc = json.loads((toy_dir / "toy_ade/panoptic_val.json").read_text())
   doc["annotations"] = doc["annotations"][1:]
   doc["categories"] = doc["categories"][:-1]
@@ -147,8 +150,8 @@ def test_toy_panoptic_reader_areas_match_json(toy_dir):
 def test_panoptic_png_rgb_to_id_on_coco_sample(refdata):
   root = refdata / "coco_panoptic_sample"
   bad = readers.BadInput("error", "coco_sample")
-  index = readers.read_coco_panoptic("coco_sample", "val", root / "input_images",
-                                     root / "panoptic_examples.json", root / "panoptic_examples", bad)
+  index = coco_panoptic.read("coco_sample", "val", root / "input_images", root / "panoptic_examples.json",
+                             root / "panoptic_examples", bad)
   data = json.loads((root / "panoptic_examples.json").read_text())
   assert len(index) == 2
   for r in range(len(index)):
@@ -168,7 +171,7 @@ def test_ade_sample_semantic_reader(refdata):
   root = refdata / "ade20k_sample/sampleData"
   vocab, _ = vocabulary.load_builtin("ade150")
   bad = readers.BadInput("error", "ade_sample")
-  index = readers.read_semantic_png("ade_sample", "val", root / "images", root / "annotations", vocab, bad)
+  index = semantic_png.read("ade_sample", "val", root / "images", root / "annotations", vocab, bad)
   assert len(index) == 3
   for r in range(3):
     ex = _decode(index, r)
@@ -198,7 +201,7 @@ def test_coco_instances_rasterised_like_pycocotools(refdata):
   coco_lib = pytest.importorskip("pycocotools.coco")
   root = refdata / "coco_instances_small"
   bad = readers.BadInput("error", "small")
-  index = readers.read_coco_boxes("small", "val", root, root / "gt_dataset.json", bad, fmt="coco_instances")
+  index = coco_instances.read("small", "val", root, root / "gt_dataset.json", bad)
   coco = coco_lib.COCO(str(root / "gt_dataset.json"))
   assert len(index) == len(coco.getImgIds())
   for r in range(len(index)):
@@ -248,8 +251,7 @@ def test_overlapping_instances_smaller_on_top_polygon_and_rle(tmp_path):
   doc = {"images": [{"id": 1, "file_name": "a.jpg", "height": h, "width": w}], "annotations": anns,
          "categories": [{"id": 1, "name": "box"}, {"id": 2, "name": "chip"}]}
   (tmp_path / "inst.json").write_text(json.dumps(doc))
-  index = readers.read_coco_boxes("t", "train", tmp_path, tmp_path / "inst.json", readers.BadInput("error", "t"),
-                                  fmt="coco_instances")
+  index = coco_instances.read("t", "train", tmp_path, tmp_path / "inst.json", readers.BadInput("error", "t"))
   idmap = _decode(index, 0)["idmap"]
   big = mask_utils.decode(mask_utils.frPyObjects(anns[1]["segmentation"], h, w)).max(-1).astype(bool)
   expected = np.full((h, w), -1)

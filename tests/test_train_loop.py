@@ -404,9 +404,10 @@ import test_train_step as tiny
 from configs import toy4
 import time
 from data_pipelines import mixture, pipeline, registry
+from data_pipelines.formats import coco_instances
 from dataseg_jax.train import loop
-rasterise = pipeline._rasterise_fn
-pipeline._rasterise_fn = lambda index: (lambda r, h, w: time.sleep(0.3) or rasterise(index)(r, h, w))  # in flight
+rasterise = coco_instances.rasterise_fn
+coco_instances.rasterise_fn = lambda index: (lambda r, h, w: time.sleep(0.3) or rasterise(index)(r, h, w))  # in flight
 c = t.toy_config(sys.argv[2], total=4)
 c.data.datasets = {"toy_city": toy4.get_config().data.datasets.toy_city}  # instance masks: a tf.numpy_function
 vocab = registry.build_vocab(c)

@@ -148,7 +148,7 @@ def test_evaluation_ground_truth_keeps_class_255(tmp_path):
   transfer.prepare_ade847(tmp_path / "native", tmp_path / "ade847")
   config = _config(tmp_path, "ade847", "ade847")
   ev = evaluator._DatasetEval(config, registry.build_vocab(config), "ade847", ("semantic",), str(tmp_path / "eval"))
-  gt, lab = ev._gt_semantic(0, ev.index.image_ids[0]), labels["img_0001"]
+  gt, lab = ev.ground_truth.semantic(0, ev.index.image_ids[0]), labels["img_0001"]
   np.testing.assert_array_equal(gt == evaluator.IGNORE, lab == transfer.D2_IGNORE)  # void exactly where ignored
   np.testing.assert_array_equal(gt[lab != transfer.D2_IGNORE], lab[lab != transfer.D2_IGNORE])
 

@@ -5,14 +5,14 @@ post-processing (`postprocess`) runs on device at `data.eval_size` with the padd
 belonging to no segment (`postprocess`'s `in_image`), and the host crops each example to its valid region,
 resizes label maps to the original size (nearest) [default: Mask2Former crops the mask logits to the image
 and resizes them to the original size before post-processing; we post-process at the evaluation size so
-the device shapes stay static] and accumulates metrics against the original ground-truth files:
-- semantic: confusion matrix (`semantic.SemanticConfusion`) against the label PNGs (semantic_png) or the
-  panoptic PNGs' classes (coco_panoptic), on the dataset's own classes;
-- panoptic: `panoptic.PQStat` against the COCO panoptic ground truth; on a semantic-only dataset (weak
-  transfer [paper]) against ground truth derived from its label PNGs with the entry's thing/stuff split:
-  each stuff class one segment, each connected component of a thing class one instance [default];
+the device shapes stay static] and accumulates metrics against the original ground-truth files, which the entry's
+format module loads (`ground_truth`, `data_pipelines.formats`):
+- semantic: confusion matrix (`semantic.SemanticConfusion`) against the format's semantic ground truth (label PNGs,
+  or the panoptic PNGs' classes), on the dataset's own classes;
+- panoptic: `panoptic.PQStat` against the format's panoptic ground truth (COCO panoptic PNGs and JSON; on a
+  semantic-only dataset, weak transfer [paper], ground truth derived from its label PNGs: see semantic_png);
 - instance: pycocotools COCOeval (mask AP and box AP) against `val_instances`, or the val annotations of
-  a coco_instances entry; ground-truth boxes from masks where absent.
+  a format that holds instance masks (`INSTANCE_GT_IN_ANNOTATIONS`); ground-truth boxes from masks where absent.
 
 A val image or label that does not decode stops the evaluation with an error naming the file
 (`config.eval.on_bad_example='error'`, the default, which also makes bad input found while indexing the val split an
@@ -40,10 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
-from scipy import ndimage
 
+from data_pipelines import formats
 from data_pipelines import mixture
-from data_pipelines import paths
 from data_pipelines import readers
 from data_pipelines import registry
 from dataseg_jax import config as config_lib
@@ -55,7 +54,7 @@ from dataseg_jax.evaluation import semantic
 from dataseg_jax.evaluation import writers
 from dataseg_jax.train import mesh as mesh_lib
 
-IGNORE = -1  # void ground truth: outside every class id (benchmarks with > 255 classes use 255)
+IGNORE = readers.IGNORE  # void ground truth: outside every class id (benchmarks with > 255 classes use 255)
 PROGRESS_EVERY_S = 30.0
 OVERLAY_MIN_SCORE = 0.5  # instances drawn in an overlay [default: detectron2's demo threshold]
 
@@ -169,25 +168,9 @@ class _DatasetEval:
     self.overlays = 0
     if writes:
       os.makedirs(out_dir, exist_ok=True)
-    self.gt_panoptic = None
-    if e.format == "coco_panoptic":
-      data = readers.read_json(e.val_annotations)
-      self.gt_panoptic = panoptic.index_annotations(data, e.val_annotations)
-      self.category_ids = sorted(int(c["id"]) for c in data["categories"])
-      self.categories = sorted(data["categories"], key=lambda c: c["id"])
-    elif e.format == "semantic_png":
-      # Panoptic category ids: those of the val panoptic JSON (sorted, the names file's classes in order; ADE's
-      # own uses 0..149), else the label values (class k -> k + 1).
-      self.category_ids = (sorted(int(c["id"]) for c in readers.load_json(e.val_panoptic_annotations,
-                                                                           "coco_panoptic")["categories"])
-                           if e.val_panoptic_annotations else list(range(1, self.num_classes + 1)))
-      self.categories = [{"id": i, "name": n, "isthing": int(t)}
-                         for i, n, t in zip(self.category_ids, self.local_names, self.local_thing)]
-    if "instance" in tasks:
-      self.instance_gt = instance.load_ground_truth(e.val_instances or e.val_annotations)
-    if e.format in ("coco_instances", "coco_detection"):
-      self.category_ids = sorted(self.instance_gt.getCatIds())
-      self.categories = [self.instance_gt.cats[c] for c in self.category_ids]
+    self.instance_gt = instance.load_ground_truth(e.val_instances or e.val_annotations) if "instance" in tasks else None
+    self.ground_truth = formats.get(e.format).ground_truth(e, self.index, local_vocab, self.instance_gt)
+    self.category_ids, self.categories = self.ground_truth.category_ids, self.ground_truth.categories
     self.confusion = semantic.SemanticConfusion.empty(self.num_classes)
     self.pq = panoptic.PQStat({c["id"]: c for c in self.categories})
     self.instance_results = []
@@ -202,46 +185,6 @@ class _DatasetEval:
   def _stem(self, row: int) -> str:
     return os.path.splitext(os.path.basename(self.index.image_paths[row]))[0]
 
-  def _gt_semantic(self, row: int, image_id) -> np.ndarray:
-    """Local class ids [H, W] with IGNORE on void."""
-    if self.entry.format == "semantic_png":
-      lab = np.array(Image.open(self.index.label_paths[row])).astype(np.int64)
-      if self.entry.reduce_zero_label:
-        return np.where(lab == 0, IGNORE, lab - 1)
-      return np.where(lab == 255, IGNORE, lab)  # 8-bit labels without reduce_zero_label: 255 is void
-    ids, segs = self._gt_panoptic(image_id)
-    out = np.full(ids.shape, IGNORE, np.int64)
-    for s in segs:
-      out[ids == s["id"]] = self.category_ids.index(int(s["category_id"]))
-    return out
-
-  def _gt_panoptic(self, image_id) -> tuple:
-    """(segment ids [H, W], segments_info) of the ground truth: the COCO panoptic PNG and JSON of a
-    coco_panoptic entry or of a semantic_png entry's `val_panoptic_annotations`; otherwise built from the
-    semantic labels, one segment per stuff class and per connected component of a thing class (an
-    approximation of the instances, which such labels do not hold)."""
-    if self.gt_panoptic is not None:
-      ann = self.gt_panoptic[image_id]
-      where = f"{self.entry.val_annotations} image_id {image_id}"
-      ids = panoptic.read_png_ids(paths.inside(self.entry.val_panoptic_dir, ann["file_name"], where))
-      return ids, ann["segments_info"]
-    row = self.row_of_id.get(int(image_id))
-    if self.index.panoptic_gt:
-      gt = self.index.panoptic_gt[row]
-      segs = [{"id": int(s["id"]), "category_id": self.category_ids[s["class"]], "iscrowd": int(s["iscrowd"])}
-              for s in gt["segments_info"]]
-      return readers.load_panoptic_gt(gt), segs
-    lab = self._gt_semantic(row, image_id)
-    ids = np.zeros(lab.shape, np.int64)
-    segs = []
-    for k in np.unique(lab[lab != IGNORE]):
-      comps, n = ndimage.label(lab == k) if self.local_thing[k] else ((lab == k).astype(np.int64), 1)
-      for j in range(1, n + 1):
-        sid = len(segs) + 1
-        ids[comps == j] = sid
-        segs.append({"id": sid, "category_id": self.category_ids[k], "iscrowd": 0})
-    return ids, segs
-
   def add(self, batch: dict, res: dict, b: int) -> None:
     """Accumulates example `b` of a batch and its post-processed outputs."""
     image_id = batch["image_id"][b].item()
@@ -253,20 +196,20 @@ class _DatasetEval:
     layers = {}  # task -> (predicted ids, {id: class}, ground-truth ids, {id: class}) for the overlays
     if "semantic" in self.tasks:
       sem = crop_resize_labels(res["semantic"][b], (hv, wv), size)
-      gt = self._gt_semantic(row, image_id)
+      gt = self.ground_truth.semantic(row, image_id)
       layers["semantic"] = (sem + 1, _class_ids(sem), gt + 1, _class_ids(gt))
       self.confusion = self.confusion.merge(
           semantic.SemanticConfusion.from_model_output(sem, gt, self.num_classes, IGNORE))
-      offset = 1 if self.entry.format == "semantic_png" and self.entry.reduce_zero_label else 0
       if self.writes:
-        writers.write_semantic_png(os.path.join(self.out_dir, "semantic", stem + ".png"), np.maximum(sem, 0) + offset)
+        writers.write_semantic_png(os.path.join(self.out_dir, "semantic", stem + ".png"),
+                                   np.maximum(sem, 0) + self.ground_truth.semantic_offset)
     if "panoptic" in self.tasks:
       p = {k: v[b] for k, v in res["panoptic"].items()}
       pan_ids, segs, pan_classes = panoptic_segments(p, (hv, wv), size, self.category_ids, self.local_thing)
       json_id = self.index.panoptic_gt[row]["image_id"] if self.index.panoptic_gt else image_id
       if self.writes:
         self.pan_writer.add(json_id, stem + ".png", pan_ids, segs)  # ids of the ground-truth JSON when one exists
-      gt_ids, gt_segs = self._gt_panoptic(image_id)
+      gt_ids, gt_segs = self.ground_truth.panoptic(row, image_id)
       self.pq.add_image(gt_ids, gt_segs, pan_ids, segs, f"{self.name} image_id {image_id}")
       layers["panoptic"] = (pan_ids, pan_classes, gt_ids,
                             {s["id"]: self.category_ids.index(int(s["category_id"])) for s in gt_segs})
@@ -288,8 +231,8 @@ class _DatasetEval:
     instance: its id stays in COCOeval's images). A ground truth that does not decode either is not scored."""
     row = self.row_of_id.get(int(image_id))
     try:
-      gt_sem = self._gt_semantic(row, image_id) if "semantic" in self.tasks else None
-      gt_pan = self._gt_panoptic(image_id) if "panoptic" in self.tasks else None
+      gt_sem = self.ground_truth.semantic(row, image_id) if "semantic" in self.tasks else None
+      gt_pan = self.ground_truth.panoptic(row, image_id) if "panoptic" in self.tasks else None
     except (OSError, ValueError) as e:
       message += f"; its ground truth does not decode either ({e}), so it is not scored"
       gt_sem = gt_pan = None
@@ -304,11 +247,10 @@ class _DatasetEval:
   def skipped_at_indexing(self) -> list:
     """Image ids of the val ground truth (a COCO-format JSON) that indexing skipped as bad input (only with
     config.eval.on_bad_example='skip'; 'error' stops there)."""
-    if self.gt_panoptic is not None:
-      listed = set(self.gt_panoptic)
-    elif "instance" in self.tasks:
+    listed = self.ground_truth.listed_image_ids()
+    if listed is None and "instance" in self.tasks:
       listed = set(self.instance_gt.getImgIds())
-    else:
+    if listed is None:
       return []
     return sorted(listed - {int(i) for i in self.index.image_ids})
 
