@@ -1,7 +1,7 @@
 """How MERGE trains: the criterion's per-layer instrument at initialisation and after a few hundred steps.
 
-  python scripts/bench_merge.py --data_dir data/toy --out merge.json
-  python scripts/bench_merge.py --data_dir data/toy --configs r50 --variants first_guess,noisy_or --steps 0,200 \
+  python benchmarks/bench_merge.py --data_dir data/toy --out merge.json
+  python benchmarks/bench_merge.py --data_dir data/toy --configs r50 --variants first_guess,noisy_or --steps 0,200 \
       --r50_size 256
 
 For each config (toy: configs/toy.py; r50: the R50 recipe's model, 100 queries, on the toy datasets at
