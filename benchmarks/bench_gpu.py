@@ -10,8 +10,10 @@ Runs on whatever accelerator JAX sees (`benchmarks/bench.py` is the CPU suite). 
   vitb_parts   the step's parts timed alone (bench_train.breakdown) for the ViT-B recipe without remat
   vitb_remat   configs/dataseg_vitdet_b.py as the paper trains it: 1024x1024, batch 16, 100 queries,
                bf16 activations, remat per ViT block
-  vitb         the same without remat
+  vitb_remat_dense  the same with the dense criterion (config.loss.sampling='dense')
+  vitb         vitb_remat without remat
   criterion    the criterion alone at the paper's sizes (10 layers, B=16, 12544 points)
+  criterion_dense  the same with the dense criterion (every cell of the 128x128 mask grid)
   r50          configs/dataseg_r50.py at 1024x1024, batch 16, bf16
 MFU counts model FLOPs (3 x the forward pass) over the device's dense bf16 peak (`dataseg_jax.hardware.PEAK_FLOPS`); HFU
 counts everything XLA does in the compiled step. A variant is skipped once `--budget_s` has passed.
@@ -29,9 +31,10 @@ import bench_losses  # the sibling files of benchmarks/ (a script's own folder c
 import bench_train
 
 
-def vitb_config(remat: bool):
+def vitb_config(remat: bool, sampling: str = "points"):
   c = bench_train.load_config("dataseg_vitdet_b")
   c.model.backbone.remat = remat
+  c.loss.sampling = sampling
   c.data.image_size = c.data.eval_size = 1024
   c.data.batch_size = 16
   c.model.num_queries = 100
@@ -51,8 +54,10 @@ VARIANTS = {
     "matching": bench_losses.bench_matching,
     "vitb_parts": lambda: bench_train.breakdown(vitb_config(remat=False), classes_per_dataset=150),
     "vitb_remat": lambda: bench_train.bench(vitb_config(remat=True), 5, classes_per_dataset=150),
+    "vitb_remat_dense": lambda: bench_train.bench(vitb_config(remat=True, sampling="dense"), 5, classes_per_dataset=150),
     "vitb": lambda: bench_train.bench(vitb_config(remat=False), 5, classes_per_dataset=150),
     "criterion": bench_losses.bench_criterion,
+    "criterion_dense": lambda: bench_losses.bench_criterion(sampling="dense"),
     "r50": lambda: bench_train.bench(r50_config(), 5, classes_per_dataset=150),
 }
 

@@ -48,11 +48,13 @@ def synthetic_inputs(rng, layers, batch, queries, segments, classes, image, stri
   return outputs, jax.tree.map(jnp.asarray, batch_dict)
 
 
-def bench_criterion(quick: bool = False) -> dict:
-  """Criterion forward+backward seconds at the paper's sizes (one decoder layer and 1024 points if quick)."""
+def bench_criterion(quick: bool = False, sampling: str = "points") -> dict:
+  """Criterion forward+backward seconds at the paper's sizes (one decoder layer and 1024 points if quick), with
+  `sampling` 'points' (importance-sampled points) or 'dense' (every cell of the mask grid, config.loss.sampling)."""
   b, q, n, classes, image = 16, 100, 100, 600, 512
   layers = 1 if quick else 10
   config = config_lib.base_config()
+  config.loss.sampling = sampling
   if quick:
     config.loss.num_points = config.matcher.num_points = 1024
   outputs, batch = synthetic_inputs(np.random.default_rng(0), layers, b, q, n, classes, image)
@@ -63,7 +65,7 @@ def bench_criterion(quick: bool = False) -> dict:
   compile_s = time.perf_counter() - t0
   jax.block_until_ready(compiled(outputs, key))  # warm-up
   return {"criterion_shape": f"L={layers} B={b} Q={q} N={n} C={classes} masks={image // 4}x{image // 4} "
-                             f"points={config.loss.num_points}",
+                             f"sampling={sampling} points={config.loss.num_points}",
           "criterion_fwd_bwd_s": timing.median_seconds(lambda: jax.block_until_ready(compiled(outputs, key)),
                                                          3 if quick else 1),
           "criterion_compile_s": compile_s}

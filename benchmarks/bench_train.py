@@ -4,6 +4,9 @@
   python benchmarks/bench_train.py --quick    # fewer timed steps
   python benchmarks/bench_train.py --only r50 # one config (each runs in its own process: its own peak RSS)
 
+`r50_dense` is `r50` with the dense criterion (config.loss.sampling='dense', stride 1): matching costs and mask
+losses on every cell of the mask grid as matmuls instead of point samples.
+
 Times the real jitted step (DataSeg forward, DaTaSeg criterion, gradients, AdamW) on synthetic batches in
 the batch contract, cycling through the three datasets and their tasks, after one compile. FLOPs come from
 XLA's cost analysis of the CPU lowering (`loop.step_flops`): MFU counts model FLOPs (3 x the forward pass)
@@ -200,17 +203,23 @@ def breakdown(config, classes_per_dataset: int = 50, repeats: int = 3) -> dict:
           "model_gflops_fwd": (loop.step_flops(jax.jit(apply), params) or 0.0) / 1e9}
 
 
+NAMES = ("toy", "r50", "r50_dense")
+
+
 def bench_one(name: str, quick: bool) -> dict:
   if name == "toy":
     return bench(toy_config(), 3 if quick else 10)
-  return bench(r50_config(), 2 if quick else 5, classes_per_dataset=150)
+  config = r50_config()
+  if name == "r50_dense":
+    config.loss.sampling = "dense"
+  return bench(config, 2 if quick else 5, classes_per_dataset=150)
 
 
 def run(quick: bool = False) -> dict:
-  """`{'toy': {...}, 'r50': {...}}` (see `bench`); quick times 3 / 2 steps instead of 10 / 5. Each config runs
-  in a fresh process, so that its peak RSS is its own, as the peer's is."""
+  """`{'toy': {...}, 'r50': {...}, 'r50_dense': {...}}` (see `bench`); quick times 3 / 2 steps instead of 10 / 5.
+  Each config runs in a fresh process, so that its peak RSS is its own, as the peer's is."""
   out = {}
-  for name in ("toy", "r50"):
+  for name in NAMES:
     proc = subprocess.run([sys.executable, __file__, "--only", name] + (["--quick"] if quick else []),
                           stdout=subprocess.PIPE, text=True, check=True)  # its stderr passes through
     out[name] = json.loads(proc.stdout.strip().splitlines()[-1])[name]
@@ -221,7 +230,7 @@ if __name__ == "__main__":
   hardware.use_huge_pages_for_host_buffers()
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--only", choices=("toy", "r50"), help="one config, in this process")
+  parser.add_argument("--only", choices=NAMES, help="one config, in this process")
   args = parser.parse_args()
   if args.only:
     print(json.dumps({args.only: bench_one(args.only, args.quick)}))  # one line: run() reads it

@@ -20,5 +20,5 @@ fi
   python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
   timeout 170 python3 benchmarks/bench_peer.py --device cuda --dtype bfloat16 --image_size 1024 --batch 16 \
       --out "$OUT/peer.json"
-  python3 benchmarks/bench_gpu.py --out "$OUT/gpu.json" --budget_s 300 --only matching,r50,vitb_remat,vitb_parts,criterion
+  python3 benchmarks/bench_gpu.py --out "$OUT/gpu.json" --budget_s 300 --only matching,vitb_remat,vitb_remat_dense,criterion,criterion_dense,r50,vitb_parts
 } 2>&1 | tee "$OUT/log"
