@@ -1,6 +1,6 @@
 """All benchmarks in one JSON file and one markdown table, with the ratio to the peer.
 
-  python benchmarks/bench.py --out bench.json            # everything (about 15-25 min on 2 CPU cores)
+  python benchmarks/bench.py --out bench.json            # everything (15-25 min on 2 CPU cores, and 15 more for costs)
   python benchmarks/bench.py --out bench.json --quick    # smaller repeat counts, skips R50 where slow
   python benchmarks/bench.py --out bench.json --only losses,data
   python benchmarks/bench.py --out bench.json --only data --update   # rerun one part, keep the others
@@ -22,7 +22,7 @@ import time
 from dataseg_jax import hardware
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent
-PARTS = ("model", "losses", "data", "train", "eval", "peer")
+PARTS = ("model", "losses", "data", "train", "eval", "costs", "peer")
 
 
 def run_part(part: str, quick: bool, threads: int) -> dict:
