@@ -205,7 +205,8 @@ def scored_config(total, mode="max"):
   c.keep_checkpoints = 1
   c.eval_every_steps = 4
   c.checkpoint_every_steps = 8  # evaluated steps in between are saved all the same
-  c.data.datasets = {"toy_ade": config_lib.dataset_entry(eval_tasks=("semantic",))}
+  c.data.datasets = {"toy_ade": config_lib.dataset_entry(format="semantic_png", task="semantic",
+                                                        eval_tasks=("semantic",))}
   c.best_checkpoint_metric, c.best_checkpoint_mode = "toy_ade/semantic/mIoU", mode
   return c
 
