@@ -30,8 +30,9 @@ def flags_parser(doc: str) -> Callable:
   def parse(argv):
     try:
       rest = flags.FLAGS(argv)
-      if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
-        flags.FLAGS["config"].value.keys()  # ml_collections defers a load failure to the first use
+      config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+      if hasattr(config, "keys"):  # a config file flag (demo.py's --config is a path): ml_collections defers a
+        config.keys()  # load failure to the first use
       return rest
     except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config does not have
       detail = " ".join(str(e).replace("\\n", " ").replace("\\", "").replace("'", "").strip('"').split())
