@@ -25,11 +25,12 @@ def dataset_vocab(entry):
   return readers.coco_entry_vocab(entry, LAYOUT)
 
 
-def read_index(entry, name: str, split: str, vocab, bad: readers.BadInput) -> readers.Index:
-  """The instances of split `split` of resolved entry `entry` (the val split from `val_instances` when set)."""
+def read_index(entry, name: str, split: str, vocab, bad: readers.BadInput, reader=None) -> readers.Index:
+  """The instances of split `split` of resolved entry `entry` (the val split from `val_instances` when set), read by
+  `reader` (default `read`; lvis passes its own, with the same signature)."""
   names = list(vocab.names) if entry.names else None
   json_path = entry.val_instances if split == "val" and entry.val_instances else entry[f"{split}_annotations"]
-  return read(name, split, entry[f"{split}_images"], json_path, bad, names)
+  return (reader or read)(name, split, entry[f"{split}_images"], json_path, bad, names)
 
 
 def read(dataset, split, images_dir, json_path, bad: readers.BadInput, names=None) -> readers.Index:

@@ -33,10 +33,8 @@ def dataset_vocab(entry):
 
 
 def read_index(entry, name: str, split: str, vocab, bad: readers.BadInput) -> readers.Index:
-  """The instances of split `split` of resolved entry `entry` (the val split from `val_instances` when set)."""
-  names = list(vocab.names) if entry.names else None
-  json_path = entry.val_instances if split == "val" and entry.val_instances else entry[f"{split}_annotations"]
-  return read(name, split, entry[f"{split}_images"], json_path, bad, names)
+  """coco_instances' index of the split, read by `read`."""
+  return coco_instances.read_index(entry, name, split, vocab, bad, reader=read)
 
 
 def read(dataset, split, coco_root, json_path, bad: readers.BadInput, names=None) -> readers.Index:
