@@ -1,5 +1,5 @@
-"""Layers with hand-written backward passes against what they replace: `ConvSame` against nn.Conv,
-`relu_ffn_layers` against two nn.Dense layers, `max_pool` against nn.max_pool and PyTorch (ties).
+"""Layers that call ops/ kernels against the Flax layers they stand for: `ConvSame` against nn.Conv,
+`relu_ffn_layers` against two nn.Dense layers.
 
 The same parameters, outputs and gradients."""
 import flax.linen as nn
@@ -67,29 +67,3 @@ def test_relu_ffn_layers_equal_two_dense_layers_with_gradients():
   out16 = _ReluFFN(jnp.bfloat16).apply(params, x)
   assert out16.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(out16, np.float32), _TwoDense().apply(params, x), rtol=0.05, atol=0.05)
-
-
-@pytest.mark.parametrize("shape", [(2, 9, 11, 3), (1, 8, 8, 2)])
-def test_max_pool_equals_flax_max_pool_with_gradients(shape):
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=shape), jnp.float32)  # no ties
-  ref = lambda v: nn.max_pool(v, (3, 3), (2, 2), padding=((1, 1), (1, 1)))  # noqa: E731
-  out = layers.max_pool(x, 3, 2, 1)
-  np.testing.assert_array_equal(out, ref(x))
-  cot = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
-  grad = jax.jit(jax.grad(lambda v: jnp.sum(layers.max_pool(v, 3, 2, 1) * cot)))(x)
-  np.testing.assert_allclose(grad, jax.grad(lambda v: jnp.sum(ref(v) * cot))(x), rtol=1e-6, atol=1e-6)
-
-
-def test_max_pool_gradient_goes_to_the_first_maximum_as_pytorch():
-  torch = pytest.importorskip("torch")
-  rng = np.random.default_rng(1)
-  x = np.maximum(np.round(rng.normal(size=(2, 10, 9, 3))), 0).astype(np.float32)  # post-ReLU: many ties
-  cot = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
-  grad = jax.grad(lambda v: jnp.sum(layers.max_pool(v, 3, 2, 1) * cot))(jnp.asarray(x))
-  t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
-  out = torch.nn.functional.max_pool2d(t, 3, 2, 1)
-  (out * torch.from_numpy(cot.transpose(0, 3, 1, 2).copy())).sum().backward()
-  np.testing.assert_array_equal(np.asarray(layers.max_pool(jnp.asarray(x), 3, 2, 1)),
-                                out.detach().numpy().transpose(0, 2, 3, 1))
-  np.testing.assert_allclose(np.asarray(grad), t.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)

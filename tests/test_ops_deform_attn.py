@@ -1,10 +1,11 @@
-"""Multi-scale deformable attention core vs a plain-loop numpy reference and PyTorch's ms_deform_attn_core_pytorch."""
+"""ops/deform_attn: `ms_deform_attn_core` vs a plain-loop numpy reference, autodiff of `ms_deform_attn_reference` and
+PyTorch's ms_deform_attn_core_pytorch."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dataseg_jax.models import pixel_decoder
+from dataseg_jax.ops import deform_attn
 
 SHAPES = ((3, 4), (5, 2))  # (H_l, W_l): non-square, tiny
 B, LQ, M, P, DH = 2, 5, 2, 3, 4
@@ -45,7 +46,7 @@ def reference_loops(value, loc, weights):
 
 
 def core(value, loc, weights):
-  return pixel_decoder.ms_deform_attn_core(value, SHAPES, loc, weights)
+  return deform_attn.ms_deform_attn_core(value, SHAPES, loc, weights)
 
 
 def test_ms_deform_attn_core_equals_numpy_loops():
@@ -56,12 +57,12 @@ def test_ms_deform_attn_core_equals_numpy_loops():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_ms_deform_attn_hand_backward_equals_autodiff(dtype):
-  """The hand-written backward against JAX's autodiff of the forward formulation, points outside included."""
+  """The hand-written backward against JAX's autodiff of `ms_deform_attn_reference`, points outside included."""
   value, loc, weights = random_inputs(1)
   value = jnp.asarray(value, dtype)
   cotangent = jnp.asarray(np.random.default_rng(4).normal(size=(B, LQ, M * DH)), dtype)
   _, hand = jax.vjp(core, value, jnp.asarray(loc), jnp.asarray(weights))
-  _, auto = jax.vjp(lambda v, l, w: pixel_decoder._core_per_level(v, SHAPES, l, w), value, jnp.asarray(loc),
+  _, auto = jax.vjp(lambda v, l, w: deform_attn.ms_deform_attn_reference(v, SHAPES, l, w), value, jnp.asarray(loc),
                     jnp.asarray(weights))
   tol = 1e-5 if dtype == jnp.float32 else 3e-2
   for name, h, a in zip(("value", "loc", "weights"), jax.jit(hand)(cotangent), jax.jit(auto)(cotangent)):
