@@ -145,26 +145,6 @@ def test_upsample_masks_equals_torch_interpolate(rng, size):
   np.testing.assert_allclose(np.asarray(postprocess.upsample_masks(x, size)), ref.numpy(), atol=1e-5)
 
 
-def test_first_argmax_equals_argmax_with_ties():
-  rng = np.random.default_rng(7)
-  x = np.round(rng.normal(size=(2, 9, 5, 6)) * 2).astype(np.float32)  # many ties
-  for axis in range(4):
-    np.testing.assert_array_equal(np.asarray(jax.jit(postprocess.first_argmax, static_argnums=1)(x, axis)),
-                                  np.argmax(x, axis))
-
-
-def test_assign_pixels_loop_equals_argmax_form(rng):
-  """The CPU loop and the accelerator form of the panoptic pixel assignment agree, ties included."""
-  weights = np.array([[0.9, -1.0, 0.9, 0.85, -1.0, 0.95]], np.float32).repeat(2, 0)
-  masks = np.round(rng.uniform(0, 1, (2, 6, 7, 9)) * 4).astype(np.float32) / 4  # many ties
-  loop = jax.jit(postprocess._assign_pixels_loop)(weights, masks)
-  argmax = jax.jit(postprocess._assign_pixels_argmax)(weights, masks)
-  ids = np.where(weights[:, :, None, None] >= 0, weights[:, :, None, None] * masks, -1.0).argmax(1)
-  for got in (loop, argmax):
-    np.testing.assert_array_equal(np.asarray(got[0]), ids)
-    np.testing.assert_array_equal(np.asarray(got[1]), np.take_along_axis(masks, ids[:, None], 1)[:, 0] >= 0.5)
-
-
 @pytest.mark.parametrize("extent", [(32, 40), (20, 40), (32, 13)])
 def test_infer_tasks_equals_each_task_on_the_upsampled_masks_cropped_to_the_image(rng, extent):
   """infer_tasks works on transposed masks of the padded input: its label maps, panoptic segments and
