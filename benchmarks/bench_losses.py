@@ -21,6 +21,7 @@ from dataseg_jax import hardware
 from dataseg_jax.contract import Task
 from dataseg_jax.losses import criterion as criterion_lib
 from dataseg_jax.losses import matching
+from dataseg_jax.ops import assignment
 
 import timing  # benchmarks/timing.py (a script's own folder comes first on sys.path)
 
@@ -76,7 +77,7 @@ def bench_matching(b: int = 16, q: int = 100, n: int = 100, real: int = 20) -> d
 
   dense: every one of the n targets real. padded: `real` of them real and the rest padding, as a training
   batch's (`matching.assignment_cost`), against scipy on the real [q, real] submatrices, as Mask2Former's
-  matcher calls it. `device_solver` is the accelerators' solver (`matching.device_match`) on this platform
+  matcher calls it. `device_solver` is the accelerators' solver (`assignment.device_match`) on this platform
   (on the CPU, `hungarian_match` itself calls scipy).
   """
   rng = np.random.default_rng(0)
@@ -85,8 +86,8 @@ def bench_matching(b: int = 16, q: int = 100, n: int = 100, real: int = 20) -> d
   padded = np.asarray(jax.vmap(matching.assignment_cost, (0, None, None))(
       jnp.asarray(rng.normal(size=(b, q, n)).astype(np.float32)), jnp.ones(q, bool), jnp.asarray(valid)))
   match_fn = jax.jit(matching.hungarian_match_batch)
-  solver_fn = jax.jit(jax.vmap(matching.device_match))
-  callback_fn = jax.jit(matching.scipy_match)  # scipy through a host callback, from the device
+  solver_fn = jax.jit(jax.vmap(assignment.device_match))
+  callback_fn = jax.jit(assignment.scipy_match)  # scipy through a host callback, from the device
 
   def timed(fn, x):  # the first calls after compiling are slower (threads and their heaps start): 3 skipped
     x = jnp.asarray(x)

@@ -10,7 +10,7 @@ from dataseg_jax.contract import Task
 from dataseg_jax.losses import box_projection
 from dataseg_jax.losses import criterion as criterion_lib
 from dataseg_jax.losses import mask_losses
-from dataseg_jax.losses import matching
+from dataseg_jax.ops import assignment
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -340,7 +340,7 @@ def test_criterion_terms_equal_numpy_transcription_on_a_mixed_task_batch(variant
   """Every MERGE variant, and both matching paths: the CPU's scipy callback, and the accelerators' solver put in
   its place. Terms and the segments left without a loss equal the float64 transcription."""
   if solver == "device":
-    monkeypatch.setattr(matching, "scipy_match", matching.device_match)
+    monkeypatch.setattr(assignment, "scipy_match", assignment.device_match)
   cfg = small_config(*variant[:1], merge_mask=variant[1], merge_background=variant[2], match_leftover=variant[3])
   outputs, batch = random_batch(rng, c=4, n=4)
   outputs["pred_logits"][..., -1] += 1.0  # some proposals argmax background
