@@ -15,7 +15,7 @@ from data_pipelines import formats
 
 BACKBONES = ("resnet", "vit")
 SCHEDULES = ("poly", "cosine", "constant")  # config.optimizer.schedule (train/optimizer.py)
-PARAM_SHARDINGS = ("replicate", "fsdp")      # config.mesh.param_sharding (train/mesh.py)
+PARAM_SHARDINGS = ("replicate", "fsdp")      # config.mesh.param_sharding (sharding.py)
 MERGE_MODES = ("hard", "soft")               # config.loss.merge (losses/merge.py)
 MERGE_MASKS = ("noisy_or", "max", "clip")    # config.loss.merge_mask (losses/merge.py)
 SAMPLINGS = ("points", "dense")              # config.loss.sampling (losses/criterion.py)

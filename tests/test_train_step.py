@@ -15,7 +15,8 @@ import optax
 import pytest
 
 from dataseg_jax import config as config_lib
-from dataseg_jax.train import loop, mesh as mesh_lib, optimizer as optimizer_lib, step as step_lib
+from dataseg_jax import sharding as sharding_lib
+from dataseg_jax.train import loop, optimizer as optimizer_lib, step as step_lib
 
 SIZE, N, C, E, Q = 32, 4, 6, 8, 5
 DATASETS = ("toy_ade", "toy_coco", "toy_o365")
@@ -88,7 +89,7 @@ def tiny_config() -> ml_collections.ConfigDict:
 
 def setup(config, loss_fn=tiny_loss, devices=None):
   """Mesh, jitted step, a fresh state and the replicated vocabulary tables."""
-  mesh = mesh_lib.make_mesh(config, devices)
+  mesh = sharding_lib.make_mesh(config, devices)
   vocab = types.SimpleNamespace(datasets=DATASETS, class_mask=CLASS_MASK)
   embeddings = np.random.default_rng(1).normal(size=(C, E)).astype(np.float32)
   components = loop.Components(TinySeg(), loss_fn, vocab, embeddings, make_iterator=None)
@@ -97,7 +98,7 @@ def setup(config, loss_fn=tiny_loss, devices=None):
   fn = functools.partial(step_lib.train_step, model=components.model, loss_fn=loss_fn, tx=tx,
                          schedule=optimizer_lib.learning_rate_schedule(config),
                          ema_decay=float(config.optimizer.ema_decay), num_datasets=len(DATASETS))
-  jitted = step_lib.jit_train_step(fn, mesh, shardings, mesh_lib.batch_sharding(mesh))
+  jitted = step_lib.jit_train_step(fn, mesh, shardings, sharding_lib.batch_sharding(mesh))
   tables = (jnp.asarray(embeddings), jnp.asarray(CLASS_MASK))
   return mesh, jitted, create(), tables
 
@@ -107,7 +108,7 @@ def test_step_compiles_once_for_all_three_datasets_and_tasks():
   mesh, jitted, state, tables = setup(config)
   rng = np.random.default_rng(0)
   for i in range(6):
-    state, metrics = jitted(state, mesh_lib.global_batch(make_batch(rng, 4, i % 3), mesh), *tables)
+    state, metrics = jitted(state, sharding_lib.global_batch(make_batch(rng, 4, i % 3), mesh), *tables)
   assert bool(metrics["finite"])
   assert jitted._cache_size() == 1  # pylint: disable=protected-access
   assert int(state.step) == 6
@@ -190,17 +191,17 @@ def test_nonfinite_loss_or_gradient_skips_update_and_counts_streak(poisoned):
   config.optimizer.ema_decay = 0.9
   mesh, jitted, state, tables = setup(config, poisoned)
   rng = np.random.default_rng(0)
-  state, _ = jitted(state, mesh_lib.global_batch(make_batch(rng, 4, 0), mesh), *tables)
+  state, _ = jitted(state, sharding_lib.global_batch(make_batch(rng, 4, 0), mesh), *tables)
   before = jax.device_get((state.params, state.opt_state, state.ema))
   for i in range(2):
     bad = make_batch(rng, 4, i)
     bad["image"][0, 0, 0, 0] = 255
-    state, metrics = jitted(state, mesh_lib.global_batch(bad, mesh), *tables)
+    state, metrics = jitted(state, sharding_lib.global_batch(bad, mesh), *tables)
   after = jax.device_get((state.params, state.opt_state, state.ema))
   jax.tree.map(np.testing.assert_array_equal, before, after)
   assert not bool(metrics["finite"]) and int(metrics["nonfinite_streak"]) == 2
   assert int(state.step) == 3 and int(state.nonfinite_total) == 2
   assert float(metrics["count_dataset"].sum()) == 0  # a skipped step does not enter the averages
-  state, metrics = jitted(state, mesh_lib.global_batch(make_batch(rng, 4, 2), mesh), *tables)
+  state, metrics = jitted(state, sharding_lib.global_batch(make_batch(rng, 4, 2), mesh), *tables)
   assert int(state.nonfinite_streak) == 0 and int(state.nonfinite_total) == 2
   np.testing.assert_allclose(float(metrics["lr"]), float(optimizer_lib.learning_rate_schedule(config)(1)))

@@ -45,7 +45,8 @@ from dataseg_jax import config as config_lib
 from dataseg_jax import contract
 from dataseg_jax import hardware
 from dataseg_jax.models import checkpoint_io
-from dataseg_jax.train import checkpointing, mesh as mesh_lib, optimizer as optimizer_lib, state as state_lib
+from dataseg_jax import sharding as sharding_lib
+from dataseg_jax.train import checkpointing, optimizer as optimizer_lib, state as state_lib
 from dataseg_jax.train import step as step_lib
 
 PROFILE_STEPS = 5
@@ -168,7 +169,7 @@ def init_state(config, components: Components, mesh, tx, image_shape):
     return state_lib.create(params, tx, train_rng, float(config.optimizer.ema_decay))
 
   abstract = jax.eval_shape(create)
-  shardings = mesh_lib.state_shardings(abstract, mesh, config.mesh.param_sharding)
+  shardings = sharding_lib.state_shardings(abstract, mesh, config.mesh.param_sharding)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return abstract, shardings, jax.jit(create, out_shardings=shardings)
 
@@ -344,11 +345,11 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
   an incompatible checkpoint) and NonFiniteError, each with a message saying what to do.
   """
   config_lib.validate(config)
-  mesh_lib.maybe_initialize_distributed(config)
+  sharding_lib.maybe_initialize_distributed(config)
   hardware.use_compilation_cache(config.get("compilation_cache_dir", ""))
   path = check_workdir(workdir)
-  mesh = mesh_lib.make_mesh(config)
-  mesh_lib.check_batch_size(config.data.batch_size, mesh)
+  mesh = sharding_lib.make_mesh(config)
+  sharding_lib.check_batch_size(config.data.batch_size, mesh)
   components = components or build_components(config, workdir)
 
   tx = optimizer_lib.make_optimizer(config)
@@ -372,14 +373,14 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
   start = int(state.step)
   guard = CheckpointGuard(manager, state)
 
-  replicated = mesh_lib.replicated(mesh)
+  replicated = sharding_lib.replicated(mesh)
   embeddings = jax.device_put(jnp.asarray(components.class_embeddings), replicated)
   class_mask = jax.device_put(jnp.asarray(components.vocab.class_mask), replicated)
   step_fn = functools.partial(
       step_lib.train_step, model=components.model, loss_fn=components.loss_fn, tx=tx, schedule=schedule,
       ema_decay=float(config.optimizer.ema_decay), num_datasets=len(components.vocab.datasets))
-  jitted = step_lib.jit_train_step(step_fn, mesh, shardings, mesh_lib.batch_sharding(mesh))
-  batches = mesh_lib.prefetch_to_mesh(iterator, mesh, config.data.prefetch)
+  jitted = step_lib.jit_train_step(step_fn, mesh, shardings, sharding_lib.batch_sharding(mesh))
+  batches = sharding_lib.prefetch_to_mesh(iterator, mesh, config.data.prefetch)
 
   from clu import metric_writers, periodic_actions  # their TensorBoard writer imports TensorFlow
 

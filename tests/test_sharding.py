@@ -1,4 +1,4 @@
-"""Mesh and sharding rules; 8 forced CPU devices on a 2x4 mesh train like one device."""
+"""Mesh and sharding rules (dataseg_jax/sharding.py); 8 forced CPU devices train like one device."""
 import json
 import os
 import pathlib
@@ -10,39 +10,39 @@ import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
 from dataseg_jax import config as config_lib
-from dataseg_jax.train import mesh as mesh_lib
+from dataseg_jax import sharding as sharding_lib
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
 
 def test_mesh_shape_resolves_minus_one_and_rejects_bad_products():
-  assert mesh_lib.mesh_shape((-1, 1), 8) == (8, 1)
-  assert mesh_lib.mesh_shape((8, -1), 8) == (8, 1)
+  assert sharding_lib.mesh_shape((-1, 1), 8) == (8, 1)
+  assert sharding_lib.mesh_shape((8, -1), 8) == (8, 1)
   with pytest.raises(ValueError, match=r"shape=\(2, 4\): .*its 4 devices would repeat the same work; use \(8, 1\)"):
-    mesh_lib.mesh_shape((2, -1), 8)
+    sharding_lib.mesh_shape((2, -1), 8)
   with pytest.raises(ValueError, match="needs 6 devices but 8"):
-    mesh_lib.mesh_shape((2, 3), 8)
+    sharding_lib.mesh_shape((2, 3), 8)
   with pytest.raises(ValueError, match="at most one entry"):
-    mesh_lib.mesh_shape((-1, -1), 8)
+    sharding_lib.mesh_shape((-1, -1), 8)
 
 
 def test_mesh_axes_are_data_model_and_auto():
-  mesh = mesh_lib.make_mesh(config_lib.base_config())
+  mesh = sharding_lib.make_mesh(config_lib.base_config())
   assert mesh.axis_names == ("data", "model")
   assert all(t == AxisType.Auto for t in mesh.axis_types)
 
 
 def test_fsdp_shards_the_largest_divisible_axis():
-  assert mesh_lib.fsdp_spec((256, 1024), 4) == P(None, "data")
-  assert mesh_lib.fsdp_spec((1024, 258), 4) == P("data", None)
-  assert mesh_lib.fsdp_spec((258, 258), 4) == P()  # nothing divisible
-  assert mesh_lib.fsdp_spec((64,), 4) == P()  # too small to be worth it
-  assert mesh_lib.fsdp_spec((256, 1024), 1) == P()
+  assert sharding_lib.fsdp_spec((256, 1024), 4) == P(None, "data")
+  assert sharding_lib.fsdp_spec((1024, 258), 4) == P("data", None)
+  assert sharding_lib.fsdp_spec((258, 258), 4) == P()  # nothing divisible
+  assert sharding_lib.fsdp_spec((64,), 4) == P()  # too small to be worth it
+  assert sharding_lib.fsdp_spec((256, 1024), 1) == P()
 
 
 def test_batch_size_must_split_over_data_axis():
-  mesh = mesh_lib.make_mesh(config_lib.base_config())
-  mesh_lib.check_batch_size(mesh.shape["data"] * 3, mesh)
+  mesh = sharding_lib.make_mesh(config_lib.base_config())
+  sharding_lib.check_batch_size(mesh.shape["data"] * 3, mesh)
 
 
 SHARDED_SCRIPT = """
@@ -50,8 +50,8 @@ import json, sys
 import jax, numpy as np
 sys.path.insert(0, sys.argv[1])
 import test_train_step as t
-from dataseg_jax.train import mesh as mesh_lib
-mesh_lib.FSDP_MIN_SIZE = 16  # the tiny model's kernels are small; shard them anyway
+from dataseg_jax import sharding as sharding_lib
+sharding_lib.FSDP_MIN_SIZE = 16  # the tiny model's kernels are small; shard them anyway
 
 def run(shape, rule, devices):
   config = t.tiny_config()
@@ -61,7 +61,7 @@ def run(shape, rule, devices):
   rng = np.random.default_rng(0)
   losses = []
   for i in range(4):
-    state, m = jitted(state, mesh_lib.global_batch(t.make_batch(rng, 8, i % 3), mesh), *tables)
+    state, m = jitted(state, sharding_lib.global_batch(t.make_batch(rng, 8, i % 3), mesh), *tables)
     losses.append(float(m["loss"]))
   specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(state.params)})
   flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(state.params))])
