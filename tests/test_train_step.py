@@ -16,6 +16,8 @@ import pytest
 
 from dataseg_jax import config as config_lib
 from dataseg_jax import sharding as sharding_lib
+from dataseg_jax.models.layers import dense
+from dataseg_jax.models.resnet import conv_kernel_init
 from dataseg_jax.train import loop, optimizer as optimizer_lib, step as step_lib
 
 SIZE, N, C, E, Q = 32, 4, 6, 8, 5
@@ -25,17 +27,20 @@ CLASS_MASK = np.array([[1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1
 
 
 class TinySeg(nn.Module):
-  """Stand-in for DataSeg: `backbone` conv, query features, cosine-free class logits, mask logits at 1/4."""
+  """Stand-in for DataSeg: `backbone` conv, query features, cosine-free class logits, mask logits at 1/4; its
+  parameters carry logical axis names as DataSeg's do (models/dataseg.py)."""
   features: int = 8
   queries: int = Q
 
   @nn.compact
   def __call__(self, images, class_embeddings, class_mask, train=False):
     x = images.astype(jnp.float32) / 255.0
-    feats = nn.relu(nn.Conv(self.features, (3, 3), strides=(4, 4), name="backbone")(x))  # [B, H/4, W/4, F]
-    queries = self.param("query_embed", nn.initializers.normal(1.0), (self.queries, self.features))
+    feats = nn.relu(nn.Conv(self.features, (3, 3), strides=(4, 4), name="backbone",
+                            kernel_init=conv_kernel_init())(x))  # [B, H/4, W/4, F]
+    init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("queries", "embed"))
+    queries = self.param("query_embed", init, (self.queries, self.features))
     pooled = feats.mean((1, 2))  # [B, F]
-    q = nn.Dense(E, name="classifier")(queries[None] + pooled[:, None])  # [B, Q, E]
+    q = dense(E, ("embed", "vocab_embed"), name="classifier")(queries[None] + pooled[:, None])  # [B, Q, E]
     logits = jnp.einsum("bqe,ce->bqc", q, class_embeddings)
     logits = jnp.where(class_mask[:, None], logits, -1e9)
     logits = jnp.concatenate([logits, jnp.zeros_like(logits[..., :1])], -1)

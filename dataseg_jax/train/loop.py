@@ -157,19 +157,25 @@ def init_state(config, components: Components, mesh, tx, image_shape):
   images = jnp.zeros((1, *image_shape), jnp.uint8)
   example_mask = jnp.asarray(components.vocab.class_mask[:1])
   embeddings = jnp.asarray(components.class_embeddings)
+  ema_decay = float(config.optimizer.ema_decay)
+
+  def init_params():
+    """The model's parameters, each with its logical axis names (`nn.with_logical_partitioning`)."""
+    return components.model.init({"params": init_rng, "dropout": init_rng}, images, embeddings, example_mask,
+                                 train=False)["params"]
 
   def create(pretrained=None):
     """A fresh state; `pretrained` (converted weights, a params subtree, see `pretrained_params`) replaces the
     initialisation of every parameter it holds; the others keep theirs."""
-    variables = components.model.init({"params": init_rng, "dropout": init_rng}, images, embeddings, example_mask,
-                                      train=False)
-    params = flax.core.meta.unbox(variables["params"])
+    params = flax.core.meta.unbox(init_params())
     if pretrained is not None:
       params = checkpoint_io.merge_into(params, pretrained)
-    return state_lib.create(params, tx, train_rng, float(config.optimizer.ema_decay))
+    return state_lib.create(params, tx, train_rng, ema_decay)
 
-  abstract = jax.eval_shape(create)
-  shardings = sharding_lib.state_shardings(abstract, mesh, config.mesh.param_sharding)
+  boxed = jax.eval_shape(init_params)
+  abstract = jax.eval_shape(lambda p: state_lib.create(p, tx, train_rng, ema_decay), flax.core.meta.unbox(boxed))
+  shardings = state_lib.shardings(abstract, sharding_lib.param_shardings(boxed, mesh, config.mesh.param_sharding),
+                                  tx, sharding_lib.replicated(mesh))
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return abstract, shardings, jax.jit(create, out_shardings=shardings)
 
