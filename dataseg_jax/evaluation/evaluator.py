@@ -26,8 +26,8 @@ prediction side by side; instances scored at least OVERLAY_MIN_SCORE); the metri
 the same step with other datasets adds its metrics to those files).
 Progress (images done, images/s, ETA) is logged every `PROGRESS_EVERY_S` seconds of a dataset's pass.
 
-The model runs data-parallel on the training mesh (`config.mesh`): each batch is split over the 'data' devices and
-the parameters are replicated. Every process reads the whole split and scores every image (with several processes
+The model runs data-parallel on the training mesh (`config.mesh`, dataseg_jax/sharding.py): each batch is split over
+the 'data' devices and the parameters are replicated (the devices of a 'model' axis above 1 repeat the work). Every process reads the whole split and scores every image (with several processes
 the outputs are gathered to every process), so all processes return the same metrics; process 0 writes the files.
 """
 import functools
