@@ -165,41 +165,62 @@ def test_vitdet_l_train_state_per_device_is_an_eighth_under_fsdp_and_logical():
 
 
 SHARDED_SCRIPT = """
-import json, sys
+import json, sys, tempfile, types
 import jax, numpy as np
 sys.path.insert(0, sys.argv[1])
 import test_train_step as t
 from dataseg_jax import sharding as sharding_lib
+from dataseg_jax.train import checkpointing, loop, optimizer as optimizer_lib
 sharding_lib.MIN_SHARD_SIZE = 16  # the tiny model's kernels are small; shard them anyway
 
 def specs(tree):
   return sorted({str(x.sharding.spec) for x in jax.tree.leaves(tree) if x.ndim})
 
-def run(shape, rule, devices):
+def config_of(shape, rule):
   config = t.tiny_config()
   config.mesh.shape, config.mesh.param_sharding = shape, rule
   config.optimizer.ema_decay = 0.9
-  mesh, jitted, state, tables = t.setup(config, devices=devices)
+  return config
+
+def run(shape, rule, devices):
+  mesh, jitted, state, tables = t.setup(config_of(shape, rule), devices=devices)
   rng = np.random.default_rng(0)
   losses = []
   for i in range(4):
     state, m = jitted(state, sharding_lib.global_batch(t.make_batch(rng, 8, i % 3), mesh), *tables)
     losses.append(float(m["loss"]))
   flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(state.params))])
-  return losses, flat.tolist(), specs(state.params), specs(state.opt_state), specs(state.ema)
+  return (losses, flat.tolist(), specs(state.params), specs(state.opt_state), specs(state.ema)), state
 
-one = run((1, 1), "replicate", jax.devices()[:1])
-rep = run((8, 1), "replicate", None)
-fsdp = run((-1, 1), "fsdp", None)
-logical = run((4, 2), "logical", None)
+def restored_as_fsdp(state):
+  \"\"\"Saves `state` and restores it into the (8, 1) 'fsdp' train state: (every array equal, params' specs).\"\"\"
+  workdir = tempfile.mkdtemp()
+  config = config_of((-1, 1), "fsdp")
+  manager = checkpointing.make_manager(workdir, config)
+  checkpointing.save(manager, 4, state, {"position": 4}, force=True)
+  manager.wait_until_finished()
+  vocab = types.SimpleNamespace(datasets=t.DATASETS, class_mask=t.CLASS_MASK)
+  components = loop.Components(t.TinySeg(), t.tiny_loss, vocab, np.zeros((t.C, t.E), np.float32), None)
+  abstract, _, _ = loop.init_state(config, components, sharding_lib.make_mesh(config),
+                                   optimizer_lib.make_optimizer(config), (t.SIZE, t.SIZE, 3))
+  restored, _ = checkpointing.restore(checkpointing.make_manager(workdir), 4, abstract, workdir)
+  same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(state)),
+                                                  jax.tree.leaves(jax.device_get(restored))))
+  return same, specs(restored.params)
+
+one, _ = run((1, 1), "replicate", jax.devices()[:1])
+rep, _ = run((8, 1), "replicate", None)
+fsdp, _ = run((-1, 1), "fsdp", None)
+logical, state = run((4, 2), "logical", None)
 print("RESULT=" + json.dumps({"devices": jax.device_count(), "one": one, "rep": rep, "fsdp": fsdp,
-                              "logical": logical}))
+                              "logical": logical, "restored": restored_as_fsdp(state)}))
 """
 
 
 def test_8_device_mesh_on_cpu_matches_one_device():
   """Losses and parameters after 4 steps agree to rtol 1e-5 (float32 reductions in a different order) on (8, 1)
-  replicated, (8, 1) 'fsdp' and (4, 2) 'logical'; the AdamW moments and the EMA are sharded as the params."""
+  replicated, (8, 1) 'fsdp' and (4, 2) 'logical'; the AdamW moments and the EMA are sharded as the params, and
+  a checkpoint of the 'logical' state restores into the 'fsdp' one."""
   r = run_on_8_cpu_devices(SHARDED_SCRIPT)
   assert r["devices"] == 8
   for name in ("rep", "fsdp", "logical"):
@@ -210,3 +231,5 @@ def test_8_device_mesh_on_cpu_matches_one_device():
   assert any("'data'" in s for s in r["fsdp"][2]) and not any("'model'" in s for s in r["fsdp"][2])
   # conv [3, 3, 3, 8]: 3 input channels do not split over 4; query_embed [5, 8]; classifier [8, 8]
   assert r["logical"][2] == ["P('data', 'model')", "P()", "P(None, 'data')", "P(None, None, None, 'model')"]
+  # a checkpoint written under (4, 2) 'logical' restores, array for array, into the (8, 1) 'fsdp' layout
+  assert r["restored"] == [True, r["fsdp"][2]]

@@ -27,8 +27,9 @@ the same step with other datasets adds its metrics to those files).
 Progress (images done, images/s, ETA) is logged every `PROGRESS_EVERY_S` seconds of a dataset's pass.
 
 The model runs data-parallel on the training mesh (`config.mesh`, dataseg_jax/sharding.py): each batch is split over
-the 'data' devices and the parameters are replicated (the devices of a 'model' axis above 1 repeat the work). Every process reads the whole split and scores every image (with several processes
-the outputs are gathered to every process), so all processes return the same metrics; process 0 writes the files.
+the 'data' devices and the parameters are replicated (the devices of a 'model' axis above 1 repeat the work). Every
+process reads the whole split and scores every image (with several processes the outputs are gathered to every
+process), so all processes return the same metrics; process 0 writes the files.
 """
 import functools
 import json
