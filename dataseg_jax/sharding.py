@@ -122,6 +122,7 @@ def logical_spec(names, shape, axis_sizes: dict, rules=LOGICAL_RULES) -> P:
 
 
 def is_boxed(x) -> bool:
+  """True for a parameter with logical axis names (a flax `LogicallyPartitioned` box)."""
   return isinstance(x, nn.LogicallyPartitioned)
 
 
