@@ -213,13 +213,14 @@ class Parts:
     return (lambda g, s, p: optax.apply_updates(p, tx.update(g, s, p)[0]), self.params, opt_state, self.params)
 
   def step_part(self):
-    from dataseg_jax.train import loop, optimizer as optimizer_lib, step as step_lib, mesh as mesh_lib
+    from dataseg_jax import sharding as sharding_lib
+    from dataseg_jax.train import loop, optimizer as optimizer_lib, step as step_lib
     config = self.config
     tx = optimizer_lib.make_optimizer(config)
     components = loop.Components(self.model, lambda o, b, r: criterion_lib.criterion(o, b, config, r),
                                  self.vocab, np.zeros(self.emb.shape, np.float32), make_iterator=None)
     size = config.data.image_size
-    abstract, _, _ = loop.init_state(config, components, mesh_lib.make_mesh(config), tx, (size, size, 3))
+    abstract, _, _ = loop.init_state(config, components, sharding_lib.make_mesh(config), tx, (size, size, 3))
     fn = functools.partial(step_lib.train_step, model=self.model, loss_fn=components.loss_fn, tx=tx,
                            schedule=optimizer_lib.learning_rate_schedule(config), ema_decay=0.0, num_datasets=3)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)

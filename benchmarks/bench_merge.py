@@ -104,7 +104,8 @@ def params_after(config, steps: int) -> dict:
 
 def run(name: str, data_dir: str, variants, steps, r50_size: int) -> dict:
   """{variant: {steps: statistics}} for one config."""
-  from dataseg_jax.train import loop, optimizer as optimizer_lib, mesh as mesh_lib
+  from dataseg_jax import sharding as sharding_lib
+  from dataseg_jax.train import loop, optimizer as optimizer_lib
   out = {}
   for variant in variants:
     config = load_config(name, data_dir, r50_size)
@@ -116,7 +117,7 @@ def run(name: str, data_dir: str, variants, steps, r50_size: int) -> dict:
     for n in steps:
       if n == 0:
         size = config.data.image_size
-        _, _, create = loop.init_state(config, components, mesh_lib.make_mesh(config),
+        _, _, create = loop.init_state(config, components, sharding_lib.make_mesh(config),
                                        optimizer_lib.make_optimizer(config), (size, size, 3))
         params = create().params
       else:

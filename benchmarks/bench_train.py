@@ -104,13 +104,14 @@ def bench(config, steps: int, classes_per_dataset: int = 50) -> dict:
   """Compile time, median step seconds, steps/s, images/s, TFLOP/s and MFU of the real train step."""
   from dataseg_jax.losses import criterion
   from dataseg_jax.models import dataseg
-  from dataseg_jax.train import loop, mesh as mesh_lib, optimizer as optimizer_lib, step as step_lib
+  from dataseg_jax import sharding as sharding_lib
+  from dataseg_jax.train import loop, optimizer as optimizer_lib, step as step_lib
 
   vocab, emb = synthetic_vocab(3, classes_per_dataset, config.model.embed_dim)
   model = dataseg.DataSeg(config.model)
   loss_fn = lambda outputs, batch, rng: criterion.criterion(outputs, batch, config, rng)  # noqa: E731
   components = loop.Components(model, loss_fn, vocab, emb, make_iterator=None)
-  mesh = mesh_lib.make_mesh(config)
+  mesh = sharding_lib.make_mesh(config)
   tx = optimizer_lib.make_optimizer(config)
   size = config.data.image_size
   _, shardings, create = loop.init_state(config, components, mesh, tx, (size, size, 3))
@@ -118,9 +119,9 @@ def bench(config, steps: int, classes_per_dataset: int = 50) -> dict:
   del create  # as the training loop does: the initialiser's executable is not kept
   fn = functools.partial(step_lib.train_step, model=model, loss_fn=loss_fn, tx=tx,
                          schedule=optimizer_lib.learning_rate_schedule(config), ema_decay=0.0, num_datasets=3)
-  jitted = step_lib.jit_train_step(fn, mesh, shardings, mesh_lib.batch_sharding(mesh))
+  jitted = step_lib.jit_train_step(fn, mesh, shardings, sharding_lib.batch_sharding(mesh))
   rng = np.random.default_rng(0)
-  batches = [mesh_lib.global_batch(synthetic_batch(config, vocab, d, rng), mesh) for d in range(3)]
+  batches = [sharding_lib.global_batch(synthetic_batch(config, vocab, d, rng), mesh) for d in range(3)]
   tables = (jnp.asarray(emb), jnp.asarray(vocab.class_mask))
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batches[0], *tables).compile()

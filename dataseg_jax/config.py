@@ -15,7 +15,7 @@ from data_pipelines import formats
 
 BACKBONES = ("resnet", "vit")
 SCHEDULES = ("poly", "cosine", "constant")  # config.optimizer.schedule (train/optimizer.py)
-PARAM_SHARDINGS = ("replicate", "fsdp")      # config.mesh.param_sharding (train/mesh.py)
+PARAM_SHARDINGS = ("replicate", "fsdp", "logical")  # config.mesh.param_sharding (sharding.py)
 MERGE_MODES = ("hard", "soft")               # config.loss.merge (losses/merge.py)
 MERGE_MASKS = ("noisy_or", "max", "clip")    # config.loss.merge_mask (losses/merge.py)
 SAMPLINGS = ("points", "dense")              # config.loss.sampling (losses/criterion.py)
@@ -149,7 +149,8 @@ def base_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- sharding
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1)              # ('data', 'model'); -1 takes the remaining devices
-  c.mesh.param_sharding = "replicate"  # or 'fsdp' (shard the largest axis over 'data')
+  c.mesh.param_sharding = "replicate"  # or 'fsdp' (the largest axis over 'data'), or 'logical' (the params'
+                                       # logical axis names: tensor parallel over 'model', FSDP over 'data')
   c.distributed = False               # call jax.distributed.initialize() at start
   return c
 
@@ -329,6 +330,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("image_size", "eval_size"):
     if d[key] % d.label_stride:
       fail("data.label_stride", f"{d.label_stride} does not divide data.{key}={d[key]}")
+  if int(config.mesh.shape[1]) > 1 and config.mesh.param_sharding != "logical":
+    fail("mesh.shape", f"a 'model' axis of {config.mesh.shape[1]} devices needs mesh.param_sharding='logical' "
+         f"(the one rule that shards over 'model'), got {config.mesh.param_sharding!r}; use (-1, 1) otherwise")
   data_devices = int(config.mesh.shape[0])
   for key in ("batch_size", "eval_batch_size"):
     if data_devices > 0 and d[key] % data_devices:

@@ -36,11 +36,11 @@ def run(config, workdir: str, step=None) -> dict:
   from dataseg_jax import hardware
   from dataseg_jax.evaluation import evaluator
   from dataseg_jax.train import checkpointing
-  from dataseg_jax.train import mesh as mesh_lib
+  from dataseg_jax import sharding as sharding_lib
   from dataseg_jax.vocab import embeddings
 
   config_lib.validate(config)
-  mesh_lib.maybe_initialize_distributed(config)  # several processes (a pod slice) evaluate together
+  sharding_lib.maybe_initialize_distributed(config)  # several processes (a pod slice) evaluate together
   hardware.use_compilation_cache(config.get("compilation_cache_dir", ""))
   step = checkpointing.resolve_step(workdir, step, config)
   variables = checkpointing.restore_variables(workdir, step)

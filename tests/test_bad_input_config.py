@@ -38,6 +38,8 @@ def set_key(config, key: str, value) -> None:
     ("checkpoint_every_steps", -1, "config.checkpoint_every_steps"),
     ("optimizer.schedule", "step", "config.optimizer.schedule"),
     ("mesh.param_sharding", "zero3", "config.mesh.param_sharding"),
+    ("mesh.shape", (2, 4), "config.mesh.shape: a 'model' axis of 4 devices needs mesh.param_sharding='logical' (the "
+     "one rule that shards over 'model'), got 'replicate'; use (-1, 1) otherwise"),
     ("data.datasets.toy_ade.ratio", -1.0, "config.data.datasets.toy_ade.ratio"),
     ("loss.oversample_ratio", 0.5, "config.loss.oversample_ratio"),
     ("loss.importance_sample_ratio", 1.5, "config.loss.importance_sample_ratio"),

@@ -406,7 +406,7 @@ def test_evaluation_splits_each_batch_over_the_devices_and_scores_the_same(evalu
 def test_an_eval_batch_that_does_not_split_over_the_devices_is_refused(evaluated, tmp_path, monkeypatch):
   c = evaluated[0].copy_and_resolve_references()
   c.data.eval_batch_size = 3
-  monkeypatch.setattr(evaluator.mesh_lib, "make_mesh", lambda config: types.SimpleNamespace(shape={"data": 2}))
+  monkeypatch.setattr(evaluator.sharding_lib, "make_mesh", lambda config: types.SimpleNamespace(shape={"data": 2}))
   with pytest.raises(ValueError, match=r"eval_batch_size=3 does not split over the mesh's 2 'data' devices"):
     evaluator.evaluate(c, {}, None, np.zeros((1, 8)), str(tmp_path), 0)
 
@@ -416,10 +416,10 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 import test_eval_evaluator as t
 from dataseg_jax.evaluation import evaluator
-from dataseg_jax.train import mesh as mesh_lib
+from dataseg_jax import sharding as sharding_lib
 c = t._config(sys.argv[2])
 c.distributed = True
-mesh_lib.maybe_initialize_distributed(c)
+sharding_lib.maybe_initialize_distributed(c)
 vocab, emb, model, variables = t._stand_in(c)
 metrics = evaluator.evaluate(c, variables, vocab, emb, sys.argv[3], 7, model=model)
 print("RESULT=" + json.dumps(metrics))

@@ -20,7 +20,7 @@ from dataseg_jax.models import checkpoint_io
 from dataseg_jax.models import convert_mask2former
 from dataseg_jax.models import dataseg
 from dataseg_jax.train import loop
-from dataseg_jax.train import mesh as mesh_lib
+from dataseg_jax import sharding as sharding_lib
 from dataseg_jax.train import optimizer as optimizer_lib
 
 HIDDEN, QUERIES, HEADS, ENCODER_LAYERS, DECODER_LAYERS, WIDTH = 32, 6, 2, 2, 3, 16
@@ -227,7 +227,7 @@ def first_params(c) -> dict:
   comps = train_loop.components(c)
   tx = optimizer_lib.make_optimizer(c)
   size = c.data.image_size
-  abstract, _, create = loop.init_state(c, comps, mesh_lib.make_mesh(c), tx, (size, size, 3))
+  abstract, _, create = loop.init_state(c, comps, sharding_lib.make_mesh(c), tx, (size, size, 3))
   return jax.device_get(create(loop.pretrained_params(c, abstract)).params)
 
 

@@ -15,7 +15,10 @@ import optax
 import pytest
 
 from dataseg_jax import config as config_lib
-from dataseg_jax.train import loop, mesh as mesh_lib, optimizer as optimizer_lib, step as step_lib
+from dataseg_jax import sharding as sharding_lib
+from dataseg_jax.models.layers import dense
+from dataseg_jax.models.resnet import conv_kernel_init
+from dataseg_jax.train import loop, optimizer as optimizer_lib, step as step_lib
 
 SIZE, N, C, E, Q = 32, 4, 6, 8, 5
 DATASETS = ("toy_ade", "toy_coco", "toy_o365")
@@ -24,17 +27,20 @@ CLASS_MASK = np.array([[1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1
 
 
 class TinySeg(nn.Module):
-  """Stand-in for DataSeg: `backbone` conv, query features, cosine-free class logits, mask logits at 1/4."""
+  """Stand-in for DataSeg: `backbone` conv, query features, cosine-free class logits, mask logits at 1/4; its
+  parameters carry logical axis names as DataSeg's do (models/dataseg.py)."""
   features: int = 8
   queries: int = Q
 
   @nn.compact
   def __call__(self, images, class_embeddings, class_mask, train=False):
     x = images.astype(jnp.float32) / 255.0
-    feats = nn.relu(nn.Conv(self.features, (3, 3), strides=(4, 4), name="backbone")(x))  # [B, H/4, W/4, F]
-    queries = self.param("query_embed", nn.initializers.normal(1.0), (self.queries, self.features))
+    feats = nn.relu(nn.Conv(self.features, (3, 3), strides=(4, 4), name="backbone",
+                            kernel_init=conv_kernel_init())(x))  # [B, H/4, W/4, F]
+    init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("queries", "embed"))
+    queries = self.param("query_embed", init, (self.queries, self.features))
     pooled = feats.mean((1, 2))  # [B, F]
-    q = nn.Dense(E, name="classifier")(queries[None] + pooled[:, None])  # [B, Q, E]
+    q = dense(E, ("embed", "vocab_embed"), name="classifier")(queries[None] + pooled[:, None])  # [B, Q, E]
     logits = jnp.einsum("bqe,ce->bqc", q, class_embeddings)
     logits = jnp.where(class_mask[:, None], logits, -1e9)
     logits = jnp.concatenate([logits, jnp.zeros_like(logits[..., :1])], -1)
@@ -88,7 +94,7 @@ def tiny_config() -> ml_collections.ConfigDict:
 
 def setup(config, loss_fn=tiny_loss, devices=None):
   """Mesh, jitted step, a fresh state and the replicated vocabulary tables."""
-  mesh = mesh_lib.make_mesh(config, devices)
+  mesh = sharding_lib.make_mesh(config, devices)
   vocab = types.SimpleNamespace(datasets=DATASETS, class_mask=CLASS_MASK)
   embeddings = np.random.default_rng(1).normal(size=(C, E)).astype(np.float32)
   components = loop.Components(TinySeg(), loss_fn, vocab, embeddings, make_iterator=None)
@@ -97,7 +103,7 @@ def setup(config, loss_fn=tiny_loss, devices=None):
   fn = functools.partial(step_lib.train_step, model=components.model, loss_fn=loss_fn, tx=tx,
                          schedule=optimizer_lib.learning_rate_schedule(config),
                          ema_decay=float(config.optimizer.ema_decay), num_datasets=len(DATASETS))
-  jitted = step_lib.jit_train_step(fn, mesh, shardings, mesh_lib.batch_sharding(mesh))
+  jitted = step_lib.jit_train_step(fn, mesh, shardings, sharding_lib.batch_sharding(mesh))
   tables = (jnp.asarray(embeddings), jnp.asarray(CLASS_MASK))
   return mesh, jitted, create(), tables
 
@@ -107,7 +113,7 @@ def test_step_compiles_once_for_all_three_datasets_and_tasks():
   mesh, jitted, state, tables = setup(config)
   rng = np.random.default_rng(0)
   for i in range(6):
-    state, metrics = jitted(state, mesh_lib.global_batch(make_batch(rng, 4, i % 3), mesh), *tables)
+    state, metrics = jitted(state, sharding_lib.global_batch(make_batch(rng, 4, i % 3), mesh), *tables)
   assert bool(metrics["finite"])
   assert jitted._cache_size() == 1  # pylint: disable=protected-access
   assert int(state.step) == 6
@@ -190,17 +196,17 @@ def test_nonfinite_loss_or_gradient_skips_update_and_counts_streak(poisoned):
   config.optimizer.ema_decay = 0.9
   mesh, jitted, state, tables = setup(config, poisoned)
   rng = np.random.default_rng(0)
-  state, _ = jitted(state, mesh_lib.global_batch(make_batch(rng, 4, 0), mesh), *tables)
+  state, _ = jitted(state, sharding_lib.global_batch(make_batch(rng, 4, 0), mesh), *tables)
   before = jax.device_get((state.params, state.opt_state, state.ema))
   for i in range(2):
     bad = make_batch(rng, 4, i)
     bad["image"][0, 0, 0, 0] = 255
-    state, metrics = jitted(state, mesh_lib.global_batch(bad, mesh), *tables)
+    state, metrics = jitted(state, sharding_lib.global_batch(bad, mesh), *tables)
   after = jax.device_get((state.params, state.opt_state, state.ema))
   jax.tree.map(np.testing.assert_array_equal, before, after)
   assert not bool(metrics["finite"]) and int(metrics["nonfinite_streak"]) == 2
   assert int(state.step) == 3 and int(state.nonfinite_total) == 2
   assert float(metrics["count_dataset"].sum()) == 0  # a skipped step does not enter the averages
-  state, metrics = jitted(state, mesh_lib.global_batch(make_batch(rng, 4, 2), mesh), *tables)
+  state, metrics = jitted(state, sharding_lib.global_batch(make_batch(rng, 4, 2), mesh), *tables)
   assert int(state.nonfinite_streak) == 0 and int(state.nonfinite_total) == 2
   np.testing.assert_allclose(float(metrics["lr"]), float(optimizer_lib.learning_rate_schedule(config)(1)))

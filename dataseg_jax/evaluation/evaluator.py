@@ -26,9 +26,10 @@ prediction side by side; instances scored at least OVERLAY_MIN_SCORE); the metri
 the same step with other datasets adds its metrics to those files).
 Progress (images done, images/s, ETA) is logged every `PROGRESS_EVERY_S` seconds of a dataset's pass.
 
-The model runs data-parallel on the training mesh (`config.mesh`): each batch is split over the 'data' devices and
-the parameters are replicated. Every process reads the whole split and scores every image (with several processes
-the outputs are gathered to every process), so all processes return the same metrics; process 0 writes the files.
+The model runs data-parallel on the training mesh (`config.mesh`, dataseg_jax/sharding.py): each batch is split over
+the 'data' devices and the parameters are replicated (the devices of a 'model' axis above 1 repeat the work). Every
+process reads the whole split and scores every image (with several processes the outputs are gathered to every
+process), so all processes return the same metrics; process 0 writes the files.
 """
 import functools
 import json
@@ -52,7 +53,7 @@ from dataseg_jax.evaluation import panoptic
 from dataseg_jax.evaluation import postprocess
 from dataseg_jax.evaluation import semantic
 from dataseg_jax.evaluation import writers
-from dataseg_jax.train import mesh as mesh_lib
+from dataseg_jax import sharding as sharding_lib
 
 IGNORE = readers.IGNORE  # void ground truth: outside every class id (benchmarks with > 255 classes use 255)
 PROGRESS_EVERY_S = 30.0
@@ -330,13 +331,13 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
     model = dataseg.DataSeg(config.model)
   eval_dir = os.path.join(workdir, "eval")
   embeddings = jnp.asarray(embeddings, jnp.float32)
-  mesh = mesh_lib.make_mesh(config)
+  mesh = sharding_lib.make_mesh(config)
   if config.data.eval_batch_size % mesh.shape["data"]:
     raise ValueError(f"config.data.eval_batch_size={config.data.eval_batch_size} does not split over the mesh's "
                      f"{mesh.shape['data']} 'data' devices; pick a multiple of {mesh.shape['data']}")
-  rows = mesh_lib.batch_sharding(mesh)
-  variables = jax.device_put(variables, mesh_lib.replicated(mesh))
-  gathered = mesh_lib.replicated(mesh) if jax.process_count() > 1 else None  # a process reads only its own devices
+  rows = sharding_lib.batch_sharding(mesh)
+  variables = jax.device_put(variables, sharding_lib.replicated(mesh))
+  gathered = sharding_lib.replicated(mesh) if jax.process_count() > 1 else None  # a process reads only its own devices
   metrics = {}
   max_examples = int(config.eval.max_examples)
   for name in config.data.datasets:
@@ -354,7 +355,7 @@ def evaluate(config, variables, vocab, embeddings, workdir: str, step: int, mode
                                    "warnings above)")
     for batch in mixture.eval_batches(config, vocab, name, on_skip=state.add_missed):
       cm = vocab.class_mask[batch["dataset_id"]]
-      images, valid, cm = (mesh_lib.global_array_from_whole(x, rows) for x in (batch["image"], batch["valid"], cm))
+      images, valid, cm = (sharding_lib.global_array_from_whole(x, rows) for x in (batch["image"], batch["valid"], cm))
       res = jax.device_get(infer(variables, images, valid, embeddings, cm, state.local_classes, state.local_thing))
       for b in np.nonzero(batch["example_valid"])[0]:
         if max_examples and seen >= max_examples:

@@ -12,9 +12,8 @@ with L = decoder.num_layers + 1 (initial queries first, last layer last).
 
 Parameters: top-level `backbone`, `pixel_decoder`, `transformer_decoder`, `classifier`; float32, with
 activations in `config.dtype`. Every parameter with two or more axes carries logical axis names
-(`nn.with_logical_partitioning`; unbox with `flax.core.meta.unbox`), for sharding rules by name (the train state
-is sharded by shape today, `train/mesh.py`: replicated or FSDP over 'data'; these names are for a model-parallel
-rule over the mesh's 'model' axis, which no rule uses yet):
+(`nn.with_logical_partitioning`; unbox with `flax.core.meta.unbox`); `config.mesh.param_sharding='logical'` maps
+them to the mesh's 'data' and 'model' axes (`dataseg_jax/sharding.py`, `LOGICAL_RULES`):
   embed        model width (decoder / ViT hidden), on Dense kernels, position and level embeddings
   mlp          FFN hidden width, mask-feature and mask-embedding MLP outputs
   heads        attention projections (q, k, v, out; deformable offsets and weights)

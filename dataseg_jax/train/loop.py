@@ -45,7 +45,8 @@ from dataseg_jax import config as config_lib
 from dataseg_jax import contract
 from dataseg_jax import hardware
 from dataseg_jax.models import checkpoint_io
-from dataseg_jax.train import checkpointing, mesh as mesh_lib, optimizer as optimizer_lib, state as state_lib
+from dataseg_jax import sharding as sharding_lib
+from dataseg_jax.train import checkpointing, optimizer as optimizer_lib, state as state_lib
 from dataseg_jax.train import step as step_lib
 
 PROFILE_STEPS = 5
@@ -156,19 +157,25 @@ def init_state(config, components: Components, mesh, tx, image_shape):
   images = jnp.zeros((1, *image_shape), jnp.uint8)
   example_mask = jnp.asarray(components.vocab.class_mask[:1])
   embeddings = jnp.asarray(components.class_embeddings)
+  ema_decay = float(config.optimizer.ema_decay)
+
+  def init_params():
+    """The model's parameters, each with its logical axis names (`nn.with_logical_partitioning`)."""
+    return components.model.init({"params": init_rng, "dropout": init_rng}, images, embeddings, example_mask,
+                                 train=False)["params"]
 
   def create(pretrained=None):
     """A fresh state; `pretrained` (converted weights, a params subtree, see `pretrained_params`) replaces the
     initialisation of every parameter it holds; the others keep theirs."""
-    variables = components.model.init({"params": init_rng, "dropout": init_rng}, images, embeddings, example_mask,
-                                      train=False)
-    params = flax.core.meta.unbox(variables["params"])
+    params = flax.core.meta.unbox(init_params())
     if pretrained is not None:
       params = checkpoint_io.merge_into(params, pretrained)
-    return state_lib.create(params, tx, train_rng, float(config.optimizer.ema_decay))
+    return state_lib.create(params, tx, train_rng, ema_decay)
 
-  abstract = jax.eval_shape(create)
-  shardings = mesh_lib.state_shardings(abstract, mesh, config.mesh.param_sharding)
+  boxed = jax.eval_shape(init_params)
+  abstract = jax.eval_shape(lambda p: state_lib.create(p, tx, train_rng, ema_decay), flax.core.meta.unbox(boxed))
+  shardings = state_lib.shardings(abstract, sharding_lib.param_shardings(boxed, mesh, config.mesh.param_sharding),
+                                  tx, sharding_lib.replicated(mesh))
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return abstract, shardings, jax.jit(create, out_shardings=shardings)
 
@@ -344,11 +351,11 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
   an incompatible checkpoint) and NonFiniteError, each with a message saying what to do.
   """
   config_lib.validate(config)
-  mesh_lib.maybe_initialize_distributed(config)
+  sharding_lib.maybe_initialize_distributed(config)
   hardware.use_compilation_cache(config.get("compilation_cache_dir", ""))
   path = check_workdir(workdir)
-  mesh = mesh_lib.make_mesh(config)
-  mesh_lib.check_batch_size(config.data.batch_size, mesh)
+  mesh = sharding_lib.make_mesh(config)
+  sharding_lib.check_batch_size(config.data.batch_size, mesh)
   components = components or build_components(config, workdir)
 
   tx = optimizer_lib.make_optimizer(config)
@@ -372,14 +379,14 @@ def train(config, workdir: str, components: Components | None = None) -> dict:
   start = int(state.step)
   guard = CheckpointGuard(manager, state)
 
-  replicated = mesh_lib.replicated(mesh)
+  replicated = sharding_lib.replicated(mesh)
   embeddings = jax.device_put(jnp.asarray(components.class_embeddings), replicated)
   class_mask = jax.device_put(jnp.asarray(components.vocab.class_mask), replicated)
   step_fn = functools.partial(
       step_lib.train_step, model=components.model, loss_fn=components.loss_fn, tx=tx, schedule=schedule,
       ema_decay=float(config.optimizer.ema_decay), num_datasets=len(components.vocab.datasets))
-  jitted = step_lib.jit_train_step(step_fn, mesh, shardings, mesh_lib.batch_sharding(mesh))
-  batches = mesh_lib.prefetch_to_mesh(iterator, mesh, config.data.prefetch)
+  jitted = step_lib.jit_train_step(step_fn, mesh, shardings, sharding_lib.batch_sharding(mesh))
+  batches = sharding_lib.prefetch_to_mesh(iterator, mesh, config.data.prefetch)
 
   from clu import metric_writers, periodic_actions  # their TensorBoard writer imports TensorFlow
 

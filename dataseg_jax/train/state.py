@@ -34,6 +34,22 @@ def create(params, tx: optax.GradientTransformation, rng: jax.Array, ema_decay: 
       nonfinite_streak=jnp.zeros((), jnp.int32), nonfinite_total=jnp.zeros((), jnp.int32))
 
 
+def shardings(abstract_state: TrainState, param_shardings, tx: optax.GradientTransformation, replicated):
+  """Sharding per leaf of `abstract_state` (a `jax.eval_shape` of `create`): the params and EMA in
+  `param_shardings`, each per-parameter optimizer array (AdamW's moments) in its parameter's sharding
+  (`optax.tree_map_params`), everything else (step, rng, counts) `replicated`."""
+  def follow(leaf, sharding):  # a parameter group's moments hold `MaskedNode`s for the other group's params
+    return leaf if isinstance(leaf, optax.MaskedNode) else sharding
+
+  opt = optax.tree_map_params(tx, follow, abstract_state.opt_state, param_shardings,
+                              transform_non_params=lambda _: replicated,
+                              is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  return abstract_state.replace(
+      step=replicated, params=param_shardings, opt_state=opt, rng=replicated,
+      ema=None if abstract_state.ema is None else param_shardings,
+      nonfinite_streak=replicated, nonfinite_total=replicated)
+
+
 def ema_update(ema, params, decay: float):
   """ema <- decay * ema + (1 - decay) * params (Polyak averaging)."""
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

@@ -1,14 +1,21 @@
 """The device mesh ('data', 'model'), sharding rules for parameter trees and global batches.
 
 Sharding is data in the config (big_vision's `sharding.py` idea): `config.mesh.shape` gives the mesh and
-`config.mesh.param_sharding` the rule for every array of the train state:
+`config.mesh.param_sharding` the rule for every parameter (the train state's EMA and optimizer moments follow
+their parameter, train/state.py):
 
 - `'replicate'`: every array on every device;
 - `'fsdp'`: the largest axis of each array that the `'data'` axis size divides is sharded over `'data'`
-  (ZeRO-3 style); arrays smaller than `FSDP_MIN_SIZE` elements or with no divisible axis stay replicated.
+  (ZeRO-3 style), by shape alone;
+- `'logical'`: the logical axis names the model puts on its parameters (`nn.with_logical_partitioning`, listed
+  in models/dataseg.py) map to mesh axes by `LOGICAL_RULES`: the widths of MLPs, attention heads, output
+  channels and the text projection over `'model'` (tensor parallel), the model width, input channels and class
+  rows over `'data'` (FSDP). An axis whose length the mesh axis size does not divide stays whole, and a
+  parameter without names (biases, norms) is replicated.
 
-No rule shards over `'model'` yet, so its size must be 1 (`mesh_shape` refuses more: those devices would repeat
-the same work). Batches are sharded on their leading axis over `'data'`. In a multi-host run each
+Under every rule an array smaller than `MIN_SHARD_SIZE` elements stays replicated. Only `'logical'` shards
+over `'model'`, so a `'model'` axis larger than 1 needs it (`mesh_shape` refuses it otherwise: those devices
+would repeat the same work). Batches are sharded on their leading axis over `'data'`. In a multi-host run each
 process holds its own slice of the global batch and `jax.make_array_from_process_local_data` builds the global
 array; `maybe_initialize_distributed` starts `jax.distributed` when the config or the environment asks for it.
 """
@@ -16,6 +23,7 @@ import logging
 import math
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -23,7 +31,13 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from dataseg_jax.config import PARAM_SHARDINGS
 
 AXES = ("data", "model")
-FSDP_MIN_SIZE = 2 ** 14  # elements; smaller arrays are cheaper to replicate than to gather
+MIN_SHARD_SIZE = 2 ** 14  # elements; smaller arrays are cheaper to replicate than to gather
+# (logical axis name, mesh axis) in order of precedence (flax `logical_to_mesh_axes`: a name takes the first
+# rule whose mesh axis no other axis of the same array holds yet).
+LOGICAL_RULES = (
+    ("mlp", "model"), ("heads", "model"), ("conv_out", "model"), ("vocab_embed", "model"),  # tensor parallel
+    ("embed", "data"), ("conv_in", "data"), ("classes", "data"),                          # FSDP
+)
 
 
 def _launched_as_many_processes() -> bool:
@@ -50,8 +64,9 @@ def maybe_initialize_distributed(config) -> bool:
   return True
 
 
-def mesh_shape(shape, num_devices: int) -> tuple[int, int]:
-  """Resolves one `-1` in `config.mesh.shape` to the remaining devices; checks the product."""
+def mesh_shape(shape, num_devices: int, param_sharding: str) -> tuple[int, int]:
+  """Resolves one `-1` in `config.mesh.shape` to the remaining devices; checks the product, and that a
+  `'model'` axis larger than 1 comes with the one rule that shards over it (`param_sharding='logical'`)."""
   shape = tuple(int(s) for s in shape)
   if len(shape) != len(AXES):
     raise ValueError(f"config.mesh.shape must have {len(AXES)} entries for axes {AXES}, got {shape}")
@@ -65,10 +80,11 @@ def mesh_shape(shape, num_devices: int) -> tuple[int, int]:
   if math.prod(shape) != num_devices:
     raise ValueError(f"config.mesh.shape={shape} needs {math.prod(shape)} devices but {num_devices} are "
                      f"available; use -1 for the 'data' axis to take all of them")
-  if shape[1] != 1:
-    raise ValueError(f"config.mesh.shape={shape}: no parameter or batch axis is sharded over 'model' yet, so its "
-                     f"{shape[1]} devices would repeat the same work; use ({num_devices}, 1) (or (-1, 1)) and "
-                     "mesh.param_sharding='fsdp' to spread the parameters over the devices")
+  if shape[1] != 1 and param_sharding != "logical":
+    raise ValueError(f"config.mesh.shape={shape}: mesh.param_sharding={param_sharding!r} shards nothing over "
+                     f"'model', so its {shape[1]} devices would repeat the same work; use ({num_devices}, 1) (or "
+                     "(-1, 1)) with mesh.param_sharding='fsdp', or mesh.param_sharding='logical' (tensor "
+                     "parallel over 'model')")
   return shape
 
 
@@ -79,13 +95,13 @@ def make_mesh(config, devices=None) -> Mesh:
   shardings inside the step, which is what `jax.jit(in_shardings=..., out_shardings=...)` expects.
   """
   devices = jax.devices() if devices is None else list(devices)
-  shape = mesh_shape(config.mesh.shape, len(devices))
+  shape = mesh_shape(config.mesh.shape, len(devices), config.mesh.param_sharding)
   return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
 def fsdp_spec(shape, data_size: int) -> P:
   """PartitionSpec sharding the largest axis of `shape` divisible by `data_size` over 'data'."""
-  if data_size == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+  if data_size == 1 or math.prod(shape) < MIN_SHARD_SIZE:
     return P()
   for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
     if shape[axis] % data_size == 0:
@@ -95,18 +111,45 @@ def fsdp_spec(shape, data_size: int) -> P:
   return P()
 
 
-def state_shardings(abstract_tree, mesh: Mesh, rule: str):
-  """NamedSharding per leaf of a (shape-dtype) tree under `config.mesh.param_sharding` = `rule`."""
+def logical_spec(names, shape, axis_sizes: dict, rules=LOGICAL_RULES) -> P:
+  """PartitionSpec of an array with logical axis `names`: each name's mesh axis by `rules`, kept only where the
+  mesh axis has more than one device and divides the array's length on that axis."""
+  if names is None or math.prod(shape) < MIN_SHARD_SIZE:
+    return P()
+  mesh_axes = nn.logical_to_mesh_axes(names, rules)
+  return P(*(a if a is not None and axis_sizes[a] > 1 and n % axis_sizes[a] == 0 else None
+             for a, n in zip(mesh_axes, shape)))
+
+
+def is_boxed(x) -> bool:
+  """True for a parameter with logical axis names (a flax `LogicallyPartitioned` box)."""
+  return isinstance(x, nn.LogicallyPartitioned)
+
+
+def param_specs(params, axis_sizes: dict, rule: str):
+  """PartitionSpec per parameter under `config.mesh.param_sharding` = `rule` (module docstring).
+
+  `params` is `model.init(...)['params']` (arrays or `jax.eval_shape`'s shapes) with its logical-axis boxes;
+  the result has the unboxed tree's structure. `axis_sizes` maps mesh axis names to sizes (`mesh.shape`).
+  """
   if rule not in PARAM_SHARDINGS:
     raise ValueError(f"config.mesh.param_sharding={rule!r}: expected one of {PARAM_SHARDINGS}")
-  data_size = mesh.shape["data"]
 
   def one(leaf):
+    names, shape = (leaf.names, leaf.value.shape) if is_boxed(leaf) else (None, np.shape(leaf))
     if rule == "replicate":
-      return NamedSharding(mesh, P())
-    return NamedSharding(mesh, fsdp_spec(np.shape(leaf), data_size))
+      return P()
+    if rule == "fsdp":
+      return fsdp_spec(shape, axis_sizes["data"])
+    return logical_spec(names, shape, axis_sizes)
 
-  return jax.tree.map(one, abstract_tree)
+  return jax.tree.map(one, params, is_leaf=is_boxed)
+
+
+def param_shardings(params, mesh: Mesh, rule: str):
+  """NamedSharding per parameter of a boxed `params` tree (see `param_specs`) on `mesh`."""
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(params, dict(mesh.shape), rule),
+                      is_leaf=lambda x: isinstance(x, P))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
