@@ -20,8 +20,6 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from dataseg_jax.config import PARAM_SHARDINGS
-
 AXES = ("data", "model")
 FSDP_MIN_SIZE = 2 ** 14  # elements; smaller arrays are cheaper to replicate than to gather
 
@@ -96,9 +94,8 @@ def fsdp_spec(shape, data_size: int) -> P:
 
 
 def state_shardings(abstract_tree, mesh: Mesh, rule: str):
-  """NamedSharding per leaf of a (shape-dtype) tree under `config.mesh.param_sharding` = `rule`."""
-  if rule not in PARAM_SHARDINGS:
-    raise ValueError(f"config.mesh.param_sharding={rule!r}: expected one of {PARAM_SHARDINGS}")
+  """NamedSharding per leaf of a (shape-dtype) tree under `config.mesh.param_sharding` = `rule`: 'replicate' or
+  'fsdp' (config.validate refuses any other)."""
   data_size = mesh.shape["data"]
 
   def one(leaf):
