@@ -20,6 +20,7 @@ import sys
 import time
 
 from dataseg_jax import hardware
+from dataseg_jax import trees
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent
 PARTS = ("model", "losses", "data", "train", "eval", "costs", "peer")
@@ -46,17 +47,6 @@ def run_part(part: str, quick: bool, threads: int) -> dict:
   return result
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
-
-
 def peer_ratios(results: dict) -> dict:
   """Ours / peer for the R50 train step time, peak memory and eval time per image (lower is better)."""
   ours, peer = results.get("train", {}).get("r50", {}), results.get("peer", {})
@@ -72,7 +62,7 @@ def peer_ratios(results: dict) -> dict:
 
 def markdown(results: dict) -> str:
   rows = ["| benchmark | value |", "|---|---|"]
-  for k, v in flatten(results).items():
+  for k, v in trees.flatten(results, sep=".").items():
     if k.endswith("error"):
       v = str(v).splitlines()[-1] if str(v).strip() else "error"
     rows.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")

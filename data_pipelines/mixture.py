@@ -119,10 +119,6 @@ def split_source(config, name: str, split: str, vocab) -> tuple:
   e = registry.resolve_entry(config, name)
   if not e.get("tfds_dir") or (split == "val" and e.val_instances):
     return registry.build_index(config, name, split, vocab), None
-  if split == "train" and not formats.get(e.format).TFDS_LABEL_CHANNELS and e.task != "box":
-    raise ValueError(f"dataset {name!r}: prepared TFDS data holds no {e.format} masks (only boxes), so it "
-                     f"cannot train task {e.task!r}; train it from the native files (tfds_dir='') or with "
-                     "task='box'")
   from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
   tfds_dir = os.path.join(os.path.expanduser(config.data_dir or "."), os.path.expanduser(e.tfds_dir))
   return tfds_builders.load_split(tfds_dir, name, split, vocab)
@@ -140,8 +136,6 @@ class TrainIterator:
     d = config.data
     if d.batch_size % process_count:
       raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by {process_count} processes")
-    if d.mixture_mode not in ("per_batch", "per_example"):
-      raise ValueError(f"config.data.mixture_mode must be 'per_batch' or 'per_example', got {d.mixture_mode!r}")
     self._config, self._vocab = config, vocab
     self._pi, self._pc = process_index, process_count
     self._local = d.batch_size // process_count

@@ -7,11 +7,7 @@ pixels of the others become void; the number dropped is returned so the iterator
 import tensorflow as tf
 
 from dataseg_jax import contract
-
-
-def rgb_to_id(rgb):
-  """COCO panoptic PNG colour -> segment id: id = R + 256 G + 256^2 B [COCO panoptic format]. int32."""
-  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+from dataseg_jax import panoptic_ids
 
 
 def panoptic_idmap(rgb, ids, crowd):
@@ -19,7 +15,7 @@ def panoptic_idmap(rgb, ids, crowd):
 
   Pixels whose id is 0, not listed in segments_info, or of a crowd segment are void.
   """
-  pid = rgb_to_id(rgb)
+  pid = panoptic_ids.rgb_to_id(rgb)
   pos = tf.reshape(tf.searchsorted(ids, tf.reshape(pid, [-1]), side="left"), tf.shape(pid))
   ids_ext = tf.concat([ids, [-1]], 0)  # pos == M (id above every listed one) hits the sentinel
   crowd_ext = tf.concat([crowd, [True]], 0)

@@ -44,8 +44,6 @@ def resolve_entry(config: ml_collections.ConfigDict, name: str) -> ml_collection
   if e.task not in fmt.TRAIN_TASKS:
     raise ValueError(f"{where}.task: {e.task!r} cannot be trained from {e.format}; "
                      f"expected one of {fmt.TRAIN_TASKS}")
-  if e.ratio < 0:
-    raise ValueError(f"{where}.ratio: must be >= 0 (0 = evaluation only), got {e.ratio}")
   if "val_panoptic_annotations" not in e:
     e.val_panoptic_annotations = ""
   if e.val_panoptic_annotations and not fmt.VAL_PANOPTIC_ANNOTATIONS:
@@ -79,12 +77,9 @@ def vocab_datasets(config: ml_collections.ConfigDict) -> tuple:
 
 
 def build_vocab(config: ml_collections.ConfigDict) -> vocabulary.UnionVocab:
-  """UnionVocab over the training then the evaluation-only entries (see the module docstring); logs it."""
-  if not config.data.datasets:
-    raise ValueError("config.data.datasets is empty; add at least one dataset entry")
+  """UnionVocab over the training then the evaluation-only entries (see the module docstring); logs it. A config
+  with none is refused by config.validate."""
   train, eval_only = vocab_datasets(config)
-  if not train + eval_only:
-    raise ValueError("no dataset entry has ratio > 0 or eval_tasks; give an entry a ratio to train on it")
   vocabs = {name: dataset_vocab(resolve_entry(config, name)) for name in train + eval_only}
   union = vocabulary.UnionVocab.from_datasets(vocabs, eval_only=eval_only)
   logging.info("%s", union.summary())

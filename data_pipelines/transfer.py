@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines import paths
+from dataseg_jax import panoptic_ids
 from dataseg_jax.vocab import names as names_lib
 
 VOCAB_DIR = pathlib.Path(__file__).resolve().parents[1] / "dataseg_jax" / "vocab"
@@ -184,7 +185,7 @@ def segment_ids(label: np.ndarray, num_classes: int, path) -> np.ndarray:
 
 def write_panoptic_png(ids: np.ndarray, dst) -> list:
   """Segment ids [H, W] (0 = void) -> COCO panoptic RGB PNG (id = R + 256 G + 256^2 B); its segments_info."""
-  rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], -1).astype(np.uint8)
+  rgb = panoptic_ids.id_to_rgb(ids)
   Image.fromarray(rgb, mode="RGB").save(dst)
   segments = []
   for i in np.unique(ids[ids > 0]).tolist():

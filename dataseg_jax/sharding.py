@@ -28,8 +28,6 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from dataseg_jax.config import PARAM_SHARDINGS
-
 AXES = ("data", "model")
 MIN_SHARD_SIZE = 2 ** 14  # elements; smaller arrays are cheaper to replicate than to gather
 # (logical axis name, mesh axis) in order of precedence (flax `logical_to_mesh_axes`: a name takes the first
@@ -130,10 +128,9 @@ def param_specs(params, axis_sizes: dict, rule: str):
   """PartitionSpec per parameter under `config.mesh.param_sharding` = `rule` (module docstring).
 
   `params` is `model.init(...)['params']` (arrays or `jax.eval_shape`'s shapes) with its logical-axis boxes;
-  the result has the unboxed tree's structure. `axis_sizes` maps mesh axis names to sizes (`mesh.shape`).
+  the result has the unboxed tree's structure. `axis_sizes` maps mesh axis names to sizes (`mesh.shape`);
+  `rule` is one of config.PARAM_SHARDINGS (config.validate refuses any other).
   """
-  if rule not in PARAM_SHARDINGS:
-    raise ValueError(f"config.mesh.param_sharding={rule!r}: expected one of {PARAM_SHARDINGS}")
 
   def one(leaf):
     names, shape = (leaf.names, leaf.value.shape) if is_boxed(leaf) else (None, np.shape(leaf))

@@ -42,6 +42,7 @@ import sys
 from absl import flags
 
 from dataseg_jax import cli
+from dataseg_jax import trees
 
 RESNET_DEPTHS = (18, 34, 50, 101)
 RESNETS = ["torchvision_resnet"] + [f"torchvision_resnet{d}" for d in RESNET_DEPTHS]
@@ -102,7 +103,7 @@ def convert_vit(source: str, state_dict: dict, config, image_size: int):
   init = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros((1, image_size, image_size, 3)))
   init = jax.device_get(flax.core.meta.unbox(init["params"]))
   params = checkpoint_io.merge_into(init, trunk, "backbone")
-  from_init = sorted(set(checkpoint_io.flatten_params(init)) - set(checkpoint_io.flatten_params(trunk)))
+  from_init = sorted(set(trees.flatten(init)) - set(trees.flatten(trunk)))
   lacking = [k for k in from_init if k.startswith(("patch_embed/", "pos_embed", "block_"))
              and not k.endswith(("/rel_pos_h", "/rel_pos_w"))]
   if lacking:
@@ -172,7 +173,7 @@ def convert(source: str, input_path, output, depth=None, config=None, hf_config=
     params = resnet.convert_torchvision_resnet(load_state_dict(input_path), depth)
     what = f"ResNet-{depth} backbone"
   checkpoint_io.save_params_npz(output, params)
-  n = sum(v.size for v in checkpoint_io.flatten_params(params).values())
+  n = sum(v.size for v in trees.flatten(params).values())
   return f"{what}, {n / 1e6:.2f} M parameters"
 
 

@@ -44,6 +44,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from dataseg_jax import cli
+from dataseg_jax import panoptic_ids
 
 # name -> (texture, shape); shape None = stuff. Colour is not part of a class.
 WORLD = {
@@ -343,7 +344,7 @@ def semantic_panoptic(label, instances, isthing):
     ids[m] = sid
     info.append({"id": sid, "category_id": k + 1, "iscrowd": 0, "isthing": int(isthing[k]),
                  "bbox": _bbox(m), "area": int(m.sum())})
-  rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+  rgb = panoptic_ids.id_to_rgb(ids)
   return rgb, info
 
 
@@ -379,7 +380,7 @@ def panoptic_image(dataset: str, split: str, size: int, seed: int, root: str, i:
   fname = f"{image_id:012d}"
   base = pathlib.Path(root)
   Image.fromarray(img).save(base / split / f"{fname}.jpg", quality=92)
-  rgb = np.stack([pan % 256, pan // 256 % 256, pan // 65536], -1).astype(np.uint8)
+  rgb = panoptic_ids.id_to_rgb(pan)
   Image.fromarray(rgb).save(base / "annotations" / f"panoptic_{split}" / f"{fname}.png")
   return {"image": {"id": image_id, "file_name": f"{fname}.jpg", "height": h, "width": w},
           "annotation": {"image_id": image_id, "file_name": f"{fname}.png", "segments_info": info}}

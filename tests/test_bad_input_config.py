@@ -6,6 +6,7 @@ import pathlib
 import re
 import runpy
 
+import ml_collections
 import pytest
 
 from dataseg_jax import config as config_lib
@@ -28,6 +29,7 @@ def set_key(config, key: str, value) -> None:
 @pytest.mark.parametrize("key,value,message", [
     ("model.backbone.name", "swin", "config.model.backbone.name"),
     ("model.num_queries", 0, "config.model.num_queries"),
+    ("model.num_queries", -3, "config.model.num_queries: must be >= 1, got -3"),
     ("data.max_segments", 500, "config.data.max_segments"),
     ("model.dtype", "float16", "config.model.dtype"),
     ("model.classifier", "mlp", "config.model.classifier"),
@@ -99,4 +101,34 @@ def test_batch_sizes_must_split_over_the_configured_data_devices(key, value, mes
   config_lib.validate(c)
   set_key(c, key, value)
   with pytest.raises(ValueError, match="^" + re.escape(message)):
+    config_lib.validate(c)
+
+
+def test_prepared_tfds_data_of_coco_instances_trains_only_boxes():
+  """Prepared TFDS data holds no coco_instances masks: a trained entry with task 'instance' would learn from empty
+  masks, so config.validate refuses it; as boxes, from the native files, or evaluation only, it passes."""
+  c = toy_config()
+  c.data.datasets.toy_city = config_lib.dataset_entry(
+      format="coco_instances", task="instance", train_images="toy_city/train",
+      train_annotations="toy_city/annotations/train_instances.json", tfds_dir="tfds")
+  with pytest.raises(ValueError, match="^" + re.escape(
+      "config.data.datasets.toy_city.tfds_dir: prepared TFDS data holds no coco_instances masks (only boxes), so it "
+      "cannot train task 'instance'; train it from the native files (tfds_dir='') or with task='box'")):
+    config_lib.validate(c)
+  for key, value in (("task", "box"), ("tfds_dir", ""), ("ratio", 0.0)):
+    ok = c.copy_and_resolve_references()
+    ok.data.datasets.toy_city[key] = value
+    config_lib.validate(ok)
+
+
+@pytest.mark.parametrize("entries", ["none", "unused"])
+def test_a_config_without_a_dataset_to_train_or_evaluate_is_refused(entries):
+  c = toy_config()
+  if entries == "none":
+    c.data.datasets = ml_collections.ConfigDict()
+  else:
+    for e in c.data.datasets.values():
+      e.ratio, e.eval_tasks = 0.0, ()
+  c.best_checkpoint_metric = ""
+  with pytest.raises(ValueError, match=r"^config\.data\.datasets: no entry has ratio > 0 or eval_tasks \(entries: "):
     config_lib.validate(c)

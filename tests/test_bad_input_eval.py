@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import evaluate_predictions  # noqa: E402
 import test_eval_evaluator as evaluation_tests  # noqa: E402
+from dataseg_jax import panoptic_ids  # noqa: E402
 from dataseg_jax.evaluation import evaluator  # noqa: E402
 from dataseg_jax.evaluation import instance  # noqa: E402
 from dataseg_jax.evaluation import panoptic  # noqa: E402
@@ -150,7 +151,7 @@ def test_a_truncated_prediction_png_is_an_error_naming_it(tmp_path, task):
   ids = np.random.default_rng(0).integers(0, 2, (64, 64))
   for folder in ("gt", "pred"):
     (tmp_path / folder).mkdir()
-    picture = panoptic.id2rgb(ids) if task == "panoptic" else ids.astype(np.uint8)
+    picture = panoptic_ids.id_to_rgb(ids) if task == "panoptic" else ids.astype(np.uint8)
     Image.fromarray(picture).save(tmp_path / folder / "a.png")
   png = tmp_path / "pred/a.png"
   png.write_bytes(png.read_bytes()[:len(png.read_bytes()) // 2])

@@ -63,10 +63,20 @@ def test_names_file_rule(tmp_path, data, want):
     (_npz_bytes(), r"names.txt: a binary file \(it holds NUL bytes, e.g. an .npz of embeddings\), not a names file"),
     (b"Idx\tName\n1\tcat\n3\tdog\n", r"names.txt: line 3: Idx is '3' but this row is class 2"),
     (b"Idx\tName\n1\tcat\n2\n", r"names.txt: line 3 has 1 tab-separated columns but the header has 2 \(idx, name\)"),
+    (b"building, edifice\nsky\nBuilding;house\n",
+     r"line 3 'Building;house' duplicates line 1 'building, edifice' \(both are the class 'building'\)"),
 ])
 def test_bad_names_file_names_the_file_and_line(tmp_path, data, message):
   with pytest.raises(names.NamesFileError, match=message):
     names.read_names(_write(tmp_path, data))
+
+
+def test_a_json_file_is_not_a_names_file(tmp_path):
+  """A JSON vocabulary read line by line would give classes such as '{' and '"categories": [': refused instead."""
+  data = b'{"categories": [\n{"id": 1, "name": "cat", "isthing": 1}\n]}\n'
+  assert names.parse_names(data) == ['{"categories": [', '{"id": 1, "name": "cat", "isthing": 1}', "]}"]
+  with pytest.raises(names.NamesFileError, match=r"vocab.json: a JSON file, not a names file; write a UTF-8 text"):
+    names.read_names(_write(tmp_path, data, "vocab.json"))
 
 
 def test_missing_names_file_and_lists_that_may_be_empty(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 
 from data_pipelines import paths
 from data_pipelines import transfer
+from dataseg_jax import panoptic_ids
 from dataseg_jax.evaluation import panoptic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def test_prediction_files_outside_their_folder_are_refused(tmp_path):
   ids[:2] = 1
   for folder in ("gt", "pred"):
     (tmp_path / folder).mkdir()
-    Image.fromarray(panoptic.id2rgb(ids)).save(tmp_path / folder / "a.png")
+    Image.fromarray(panoptic_ids.id_to_rgb(ids)).save(tmp_path / folder / "a.png")
   cats = [{"id": 1, "name": "cat", "isthing": 1}]
   segs = [{"id": 1, "category_id": 1}]
   gt = {"images": [{"id": 1, "file_name": "a.jpg"}], "categories": cats,

@@ -16,6 +16,7 @@ from data_pipelines import registry
 from dataseg_jax import contract
 from dataseg_jax.train import loop
 from dataseg_jax.vocab import embeddings
+from dataseg_jax.vocab import names as names_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,7 @@ def test_train_iterator_draws_all_four_training_datasets_never_the_heldout(toy):
   vocab = registry.build_vocab(c)
   it = mixture.TrainIterator(c, vocab)
   seen = collections.Counter()
-  heldout_rows = [vocab.names.index(n) for n in (toy / "heldout_names.txt").read_text().split()]
+  heldout_rows = [vocab.names.index(n) for n in names_lib.read_names(toy / "heldout_names.txt")]
   first = mixture.dataset_choices(c, 64)[:, 0]  # the draws: enough steps for each dataset to come up once
   steps = 1 + max(int(np.argmax(first == k)) for k in range(4))
   assert len(set(first.tolist())) == 4 and steps <= 24

@@ -97,18 +97,6 @@ def test_tfds_path_decodes_palette_labels_and_grayscale_images_like_native(tmp_p
     assert b["image"].shape == (24, 32, 3)
 
 
-def test_coco_instances_trains_from_prepared_data_only_as_boxes(tmp_path):
-  """Prepared data holds no coco_instances masks: task 'instance' would train on empty masks, so it is refused."""
-  from data_pipelines import mixture  # pylint: disable=g-import-not-at-top
-  from dataseg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = common.toy_config(common.write_toy(tmp_path / "toy", train=2, val=1, size=48))
-  config.data.datasets = {"toy_city": config_lib.dataset_entry(
-      format="coco_instances", task="instance", train_images="toy_city/train",
-      train_annotations="toy_city/annotations/train_instances.json", tfds_dir=str(tmp_path / "tfds"))}
-  with pytest.raises(ValueError, match="no coco_instances masks.*task='box'"):
-    mixture.TrainIterator(config, registry.build_vocab(config))
-
-
 def test_command_line_takes_config_arguments_and_overrides(tmp_path):
   """`python scripts/prepare_tfds.py --config FILE[:arg] --config.data_dir=DIR ...` (the README's command) prepares
   the entry from DIR, wherever it is run from."""

@@ -11,6 +11,7 @@ from PIL import Image
 from pycocotools import coco as coco_lib
 from pycocotools import cocoeval
 
+from dataseg_jax import panoptic_ids
 from dataseg_jax.evaluation import instance
 from dataseg_jax.evaluation import panoptic
 from dataseg_jax.evaluation import semantic
@@ -160,7 +161,7 @@ def _write_set(root, name, images):
   anns = []
   for iid, (ids, segs) in images.items():
     fn = f"{iid:06d}.png"
-    Image.fromarray(panoptic.id2rgb(ids)).save(d / fn)
+    Image.fromarray(panoptic_ids.id_to_rgb(ids)).save(d / fn)
     anns.append({"image_id": iid, "file_name": fn, "segments_info": segs})
   data = {"images": [{"id": i, "file_name": f"{i:06d}.jpg"} for i in images], "annotations": anns,
           "categories": CATEGORIES}
@@ -174,6 +175,24 @@ def gt_set(tmp_path_factory):
   root = tmp_path_factory.mktemp("pan")
   images = {i: _random_gt_image(rng, 48, 64) for i in range(1, 9)}
   return root, images, _write_set(root, "gt", images)
+
+
+def test_panoptic_id_codec_matches_panopticapi_rule_and_round_trips():
+  """id = R + 256 G + 256^2 B (panopticapi rgb2id) on hand values, uint8 input without wrapping, the inverse on
+  random ids, and an id that three 8-bit channels cannot hold refused."""
+  hand = {(0, 0, 0): 0, (1, 0, 0): 1, (0, 1, 0): 256, (0, 0, 1): 65536, (1, 2, 3): 1 + 2 * 256 + 3 * 65536,
+          (255, 255, 255): 16777215, (7, 0, 26): 7 + 26 * 65536}
+  colours = np.array(list(hand), np.uint8)[None]  # [1, 7, 3] uint8, as a PNG decodes
+  np.testing.assert_array_equal(panoptic_ids.rgb_to_id(colours), [list(hand.values())])
+  np.testing.assert_array_equal(panoptic_ids.rgb_to_id(colours), _ref_rgb2id(colours))
+  np.testing.assert_array_equal(panoptic_ids.id_to_rgb(np.array(list(hand.values()))), np.array(list(hand)))
+  ids = np.random.default_rng(0).integers(0, panoptic_ids.MAX_ID + 1, (5, 7))
+  rgb = panoptic_ids.id_to_rgb(ids)
+  assert rgb.dtype == np.uint8 and rgb.shape == (5, 7, 3)
+  np.testing.assert_array_equal(panoptic_ids.rgb_to_id(rgb), ids)
+  for bad in (-1, panoptic_ids.MAX_ID + 1):
+    with pytest.raises(ValueError, match="0..16777215"):
+      panoptic_ids.id_to_rgb(np.array([[0, bad]]))
 
 
 @pytest.mark.parametrize("mode", ["perfect", "empty", "random", "shifted"])
@@ -214,12 +233,12 @@ def test_pq_on_coco_sample_with_dropped_segment(refdata, tmp_path):
   r = refdata / "coco_panoptic_sample"
   data = json.loads((r / "panoptic_examples.json").read_text())
   ann = data["annotations"][0]
-  ids = panoptic.rgb2id(np.array(Image.open(r / "panoptic_examples" / ann["file_name"])))
+  ids = panoptic_ids.rgb_to_id(np.array(Image.open(r / "panoptic_examples" / ann["file_name"])))
   drop = next(s for s in ann["segments_info"] if s["iscrowd"] == 0)
   ids[ids == drop["id"]] = 0
   ann["segments_info"] = [s for s in ann["segments_info"] if s["id"] != drop["id"]]
   (tmp_path / "pred").mkdir()
-  Image.fromarray(panoptic.id2rgb(ids)).save(tmp_path / "pred" / ann["file_name"])
+  Image.fromarray(panoptic_ids.id_to_rgb(ids)).save(tmp_path / "pred" / ann["file_name"])
   for other in data["annotations"][1:]:
     (tmp_path / "pred" / other["file_name"]).write_bytes((r / "panoptic_examples" / other["file_name"]).read_bytes())
   (tmp_path / "pred.json").write_text(json.dumps(data))

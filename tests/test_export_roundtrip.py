@@ -145,9 +145,10 @@ def test_swapped_vocabulary_equals_in_framework_model(exported):
     served.set_vocabulary([f"n{k}" for k in range(C_MAX + 1)], np.zeros((C_MAX + 1, D), np.float32), [False] * 8)
 
 
-def test_loader_imports_only_jax_numpy_and_the_names_reader(exported):
+def test_loader_imports_only_jax_numpy_the_names_reader_and_trees(exported):
   *_, out = exported
-  names_reader = ("dataseg_jax", "dataseg_jax.vocab", "dataseg_jax.vocab.names", "dataseg_jax.vocab.vocabulary")
+  pure = ("dataseg_jax", "dataseg_jax.trees", "dataseg_jax.vocab", "dataseg_jax.vocab.names",
+          "dataseg_jax.vocab.vocabulary")
   code = (
       "import importlib.util, sys, numpy as np\n"
       f"spec = importlib.util.spec_from_file_location('loader', {str(REPO / 'dataseg_jax/export/loader.py')!r})\n"
@@ -155,7 +156,7 @@ def test_loader_imports_only_jax_numpy_and_the_names_reader(exported):
       f"e = m.ExportedModel({str(out)!r})\n"
       "r = e(np.zeros((2, e.image_size, e.image_size, 3), np.uint8))\n"
       "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('flax', 'dataseg_jax', 'data_pipelines',"
-      f" 'optax', 'orbax', 'tensorflow') and k not in {names_reader!r})\n"
+      f" 'optax', 'orbax', 'tensorflow') and k not in {pure!r})\n"
       "print(r['semantic'].shape, bad)\n")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert proc.stdout.strip() == f"(2, {SIZE}, {SIZE}) []"

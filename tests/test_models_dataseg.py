@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from configs import toy
-from dataseg_jax import config as config_lib
 from dataseg_jax.models import dataseg
 from dataseg_jax.models import layers
 from dataseg_jax.models import transformer_decoder
@@ -177,27 +176,6 @@ def test_embedding_width_mismatch_names_embed_dim():
   images, embeddings, class_mask = inputs(m, size)
   with pytest.raises(ValueError, match=r"config\.model\.embed_dim"):
     jax.eval_shape(dataseg.DataSeg(m).init, jax.random.key(0), images, embeddings[:, :-1], class_mask)
-
-
-def test_unknown_backbone_names_key():
-  m, size = tiny("toy")
-  m.backbone.name = "swin"
-  with pytest.raises(ValueError, match=r"config\.model\.backbone\.name"):
-    jax.eval_shape(dataseg.DataSeg(m).init, jax.random.key(0), *inputs(m, size))
-  c = toy.get_config()
-  c.model.backbone.name = "swin"
-  with pytest.raises(ValueError, match=r"config\.model\.backbone\.name"):
-    config_lib.validate(c)
-
-
-@pytest.mark.parametrize("queries", [0, -3])
-def test_nonpositive_queries_names_key_in_validate_and_model(queries):
-  c = toy.get_config()
-  c.model.num_queries = queries
-  with pytest.raises(ValueError, match=r"config\.model\.num_queries"):
-    config_lib.validate(c)
-  with pytest.raises(ValueError, match=r"config\.model\.num_queries"):
-    jax.eval_shape(dataseg.DataSeg(c.model).init, jax.random.key(0), *inputs(c.model, 64))
 
 
 @pytest.mark.parametrize("name", ["toy", "vit_relpos"])

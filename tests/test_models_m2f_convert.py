@@ -16,6 +16,7 @@ import pytest
 
 import test_train_loop as train_loop
 from dataseg_jax import config as config_lib
+from dataseg_jax import trees
 from dataseg_jax.models import checkpoint_io
 from dataseg_jax.models import convert_mask2former
 from dataseg_jax.models import dataseg
@@ -212,8 +213,8 @@ def test_script_npz_fits_a_dataseg_through_model_init_from(tmp_path, capsys):
   loaded = loop.pretrained_params(config, state)
   assert sorted(loaded) == ["backbone", "pixel_decoder", "transformer_decoder"]
   want = convert_mask2former.convert_hf_mask2former(sd, config.model)[0]
-  for k, v in checkpoint_io.flatten_params(want).items():
-    np.testing.assert_array_equal(checkpoint_io.flatten_params(loaded)[k], v, err_msg=k)
+  for k, v in trees.flatten(want).items():
+    np.testing.assert_array_equal(trees.flatten(loaded)[k], v, err_msg=k)
 
   (tmp_path / "other.json").write_text(json.dumps({**model.config.to_dict(), "num_attention_heads": 4}))
   with pytest.raises(ValueError, match=r"config.model.decoder.num_heads=2, .*num_attention_heads is 4"):
@@ -235,14 +236,14 @@ def test_model_init_from_starts_training_from_the_npz_classifier_at_init(tmp_pat
   """A whole-model .npz (backbone + query table of the loop tests' tiny model, both + 1) with a backbone.init_from
   over one backbone leaf (+ 2): the first state holds them, and the classifier (not in the file) its init."""
   c = train_loop.config(total=1)
-  fresh = checkpoint_io.flatten_params(first_params(c))
+  fresh = trees.flatten(first_params(c))
   whole = {k: v + 1.0 for k, v in fresh.items() if not k.startswith("classifier/")}
-  checkpoint_io.save_params_npz(tmp_path / "model.npz", checkpoint_io.unflatten_params(whole))
+  checkpoint_io.save_params_npz(tmp_path / "model.npz", trees.unflatten(whole))
   checkpoint_io.save_params_npz(tmp_path / "backbone.npz", {"kernel": fresh["backbone/kernel"] + 2.0})
   with c.unlocked():
     c.model.init_from = str(tmp_path / "model.npz")
     c.model.backbone.init_from = str(tmp_path / "backbone.npz")
-  got = checkpoint_io.flatten_params(first_params(c))
+  got = trees.flatten(first_params(c))
   assert sorted(got) == sorted(fresh) and any(k.startswith("classifier/") for k in got)
   for k, v in fresh.items():
     want = v + 2.0 if k == "backbone/kernel" else v if k.startswith("classifier/") else v + 1.0

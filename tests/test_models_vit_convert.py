@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dataseg_jax import trees
 from dataseg_jax.models import checkpoint_io
 from dataseg_jax.models import dataseg
 from dataseg_jax.models import vit
@@ -187,8 +188,8 @@ def test_script_npz_initialises_a_vit_dataseg_backbone(tmp_path, capsys):
     assert from_init in capsys.readouterr().out
     with config.unlocked():
       config.model.backbone.init_from = str(out)
-    backbone = checkpoint_io.flatten_params(loop.pretrained_backbone(config, state))
-    for k, v in checkpoint_io.flatten_params(trunk).items():
+    backbone = trees.flatten(loop.pretrained_backbone(config, state))
+    for k, v in trees.flatten(trunk).items():
       np.testing.assert_array_equal(backbone[k], v, err_msg=k)
     assert backbone["pos_embed"].shape == (1, 4, 4, HIDDEN)
     np.testing.assert_array_equal(backbone["res2_norm2/scale"], 1.0)  # the pyramid's init, not zeros

@@ -16,6 +16,7 @@ import pytest
 
 import test_train_step as tiny
 from dataseg_jax import config as config_lib
+from dataseg_jax import trees
 from dataseg_jax.train import checkpointing, loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -351,21 +352,21 @@ def test_backbone_init_from_a_converted_npz_replaces_the_random_init(tmp_path):
   c.optimizer.backbone_multiplier = 0.0  # the backbone after any step is its initial state
   fresh = loop.train(c, str(tmp_path / "fresh"), components(c))
   assert fresh["step"] == 2
-  backbone = checkpoint_io.unflatten_params(
-      {k: v + 1.0 for k, v in checkpoint_io.flatten_params(
+  backbone = trees.unflatten(
+      {k: v + 1.0 for k, v in trees.flatten(
           checkpointing.restore_variables(str(tmp_path / "fresh"))["params"]["backbone"]).items()})
-  partial = dict(checkpoint_io.flatten_params(backbone))
+  partial = dict(trees.flatten(backbone))
   kept = next(k for k in sorted(partial) if np.any(partial[k] != 1.0))  # lacking in the file: keeps its init
   del partial[kept]
-  checkpoint_io.save_params_npz(tmp_path / "backbone.npz", checkpoint_io.unflatten_params(partial))
+  checkpoint_io.save_params_npz(tmp_path / "backbone.npz", trees.unflatten(partial))
   c.total_steps = 1
   with c.unlocked():
     c.model.backbone.init_from = str(tmp_path / "backbone.npz")
   loop.train(c, str(tmp_path / "pretrained"), components(c))
-  got = checkpoint_io.flatten_params(checkpointing.restore_variables(str(tmp_path / "pretrained"))["params"]["backbone"])
+  got = trees.flatten(checkpointing.restore_variables(str(tmp_path / "pretrained"))["params"]["backbone"])
   for k, v in partial.items():
     np.testing.assert_array_equal(got[k], v)
-  init = checkpoint_io.flatten_params(backbone)[kept] - 1.0
+  init = trees.flatten(backbone)[kept] - 1.0
   assert np.any(init != 0), kept
   np.testing.assert_allclose(got[kept], init, atol=1e-6)  # init + 1 - 1 in float32
   with c.unlocked():

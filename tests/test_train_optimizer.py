@@ -32,11 +32,6 @@ def test_schedule_matches_numpy_transcription(schedule):
     np.testing.assert_allclose(float(fn(t)), reference_lr(t, schedule, 10, 100), rtol=1e-5, atol=1e-9)  # float32 cos near pi
 
 
-def test_unknown_schedule_names_the_key():
-  with pytest.raises(ValueError, match="config.optimizer.schedule"):
-    optimizer_lib.learning_rate_schedule(cfg("step"))
-
-
 def params():
   return {"backbone": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)},
           "transformer_decoder": {"kernel": jnp.ones((3, 4)), "query_embed": jnp.ones((2, 4)),

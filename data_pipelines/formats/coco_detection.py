@@ -12,11 +12,14 @@ from data_pipelines.formats import coco_instances
 NAME = "coco_detection"
 LAYOUT = "COCO detection layout: <images dir>/FILE.jpg and a COCO JSON with 'bbox' annotations"
 TRAIN_TASKS = ("box",)
-EVAL_TASKS = ("instance",)
 INSTANCE_GT_IN_ANNOTATIONS = False
 VAL_PANOPTIC_ANNOTATIONS = False
 TFDS_LABEL_CHANNELS = 0
 SEGMENTS_ARE_CLASSES = False
+# Evaluation reads the val split from `val_instances` as coco_instances does, and scores it the same way.
+EVAL_TASKS = coco_instances.EVAL_TASKS
+ground_truth = coco_instances.ground_truth
+check_example = coco_instances.check_example
 
 
 def dataset_vocab(entry):
@@ -49,13 +52,3 @@ def val_task(entry) -> str:
   """The task whose targets the val stream decodes: 'instance' (masks) when the val split is `val_instances`."""
   return "instance" if entry.val_instances else entry.task
 
-
-def ground_truth(entry, index: readers.Index, vocab, instance_gt) -> readers.InstanceGroundTruth:
-  """The evaluation ground truth: the instances of `val_instances` (`instance_gt`)."""
-  del entry, index, vocab
-  return readers.InstanceGroundTruth(instance_gt)
-
-
-def check_example(index: readers.Index, r: int, ex: dict) -> tuple:
-  """check_dataset's rules for decoded example `ex`: (the class name of each box, no further problems)."""
-  return readers.segment_classes(index, r, ex)

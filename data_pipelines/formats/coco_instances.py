@@ -85,11 +85,13 @@ def val_task(entry) -> str:
 
 
 def ground_truth(entry, index: readers.Index, vocab, instance_gt) -> readers.InstanceGroundTruth:
-  """The evaluation ground truth: the instances of the val JSON (`instance_gt`)."""
+  """The evaluation ground truth: the instances of the val JSON (`val_instances` when set), `instance_gt`, scored
+  by COCOeval (also coco_detection's and lvis')."""
   del entry, index, vocab
   return readers.InstanceGroundTruth(instance_gt)
 
 
 def check_example(index: readers.Index, r: int, ex: dict) -> tuple:
-  """check_dataset's rules for decoded example `ex`: (the class name of each instance, no further problems)."""
+  """check_dataset's rules for decoded example `ex`: (the class name of each instance or box, no further
+  problems) (also coco_detection's and lvis')."""
   return readers.segment_classes(index, r, ex)

@@ -19,12 +19,17 @@ from data_pipelines.formats import coco_instances
 NAME = "lvis"
 LAYOUT = ("LVIS layout: <COCO root>/{train2017,val2017}/FILE.jpg and an LVIS JSON (COCO instances whose images "
           "name their file by 'coco_url' and list 'not_exhaustive_category_ids' and 'neg_category_ids')")
-TRAIN_TASKS = ("instance", "box")
-EVAL_TASKS = ("instance",)
-INSTANCE_GT_IN_ANNOTATIONS = True
-VAL_PANOPTIC_ANNOTATIONS = False
-TFDS_LABEL_CHANNELS = 0
-SEGMENTS_ARE_CLASSES = False
+# What an instances JSON gives, decoding and evaluation are coco_instances' own; only reading the JSON differs.
+TRAIN_TASKS = coco_instances.TRAIN_TASKS
+EVAL_TASKS = coco_instances.EVAL_TASKS
+INSTANCE_GT_IN_ANNOTATIONS = coco_instances.INSTANCE_GT_IN_ANNOTATIONS
+VAL_PANOPTIC_ANNOTATIONS = coco_instances.VAL_PANOPTIC_ANNOTATIONS
+TFDS_LABEL_CHANNELS = coco_instances.TFDS_LABEL_CHANNELS
+SEGMENTS_ARE_CLASSES = coco_instances.SEGMENTS_ARE_CLASSES
+decode = coco_instances.decode
+val_task = coco_instances.val_task
+ground_truth = coco_instances.ground_truth
+check_example = coco_instances.check_example
 
 
 def dataset_vocab(entry):
@@ -46,23 +51,3 @@ def read(dataset, split, coco_root, json_path, bad: readers.BadInput, names=None
   return readers.read_coco_boxes(dataset, split, coco_root, json_path, bad, names, fmt=NAME, layout=LAYOUT,
                                  keep_annotations=True, data=data)
 
-
-def decode(index: readers.Index, row: dict, image, r, reduce_zero_label: bool, masks: bool) -> dict:
-  """As coco_instances: the masks rasterised into idmap [h, w], or with `masks` False only the boxes."""
-  return coco_instances.decode(index, row, image, r, reduce_zero_label, masks)
-
-
-def val_task(entry) -> str:
-  """The task whose targets the val stream decodes: the entry's own."""
-  return entry.task
-
-
-def ground_truth(entry, index: readers.Index, vocab, instance_gt) -> readers.InstanceGroundTruth:
-  """The evaluation ground truth: the instances of the val JSON (`instance_gt`), scored by COCOeval."""
-  del entry, index, vocab
-  return readers.InstanceGroundTruth(instance_gt)
-
-
-def check_example(index: readers.Index, r: int, ex: dict) -> tuple:
-  """check_dataset's rules for decoded example `ex`: (the class name of each instance, no further problems)."""
-  return readers.segment_classes(index, r, ex)

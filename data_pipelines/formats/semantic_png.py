@@ -23,6 +23,7 @@ from PIL import Image
 
 from data_pipelines import readers
 from data_pipelines.formats import coco_panoptic
+from dataseg_jax import panoptic_ids
 from dataseg_jax.vocab import names as names_lib
 from dataseg_jax.vocab import vocabulary
 
@@ -200,7 +201,7 @@ def load_panoptic_gt(entry: dict, image_size=None) -> np.ndarray:
   if image_size is not None and tuple(rgb.shape[:2]) != tuple(image_size):
     raise ValueError(f"{path}: panoptic PNG is {rgb.shape[1]}x{rgb.shape[0]} but its image is "
                      f"{image_size[1]}x{image_size[0]}; regenerate it at the image's size")
-  ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+  ids = panoptic_ids.rgb_to_id(rgb)
   listed = np.array(sorted(s["id"] for s in entry["segments_info"]), np.int64)
   return np.where(np.isin(ids, listed), ids, 0)
 

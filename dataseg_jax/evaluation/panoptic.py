@@ -20,24 +20,10 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines import paths
+from dataseg_jax import panoptic_ids
 
-OFFSET = 256 * 256 * 256
+OFFSET = panoptic_ids.MAX_ID + 1  # panopticapi's OFFSET: a (gt id, predicted id) pair is gt * OFFSET + pred
 VOID = 0
-
-
-def rgb2id(color: np.ndarray) -> np.ndarray:
-  """COCO panoptic PNG [H, W, 3] uint8 -> segment ids [H, W] int64: R + 256 G + 256^2 B."""
-  color = np.asarray(color)
-  if color.ndim == 2:
-    return color.astype(np.int64)
-  color = color.astype(np.int64)
-  return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
-
-
-def id2rgb(ids: np.ndarray) -> np.ndarray:
-  """Segment ids [H, W] -> uint8 [H, W, 3], the inverse of `rgb2id`."""
-  ids = np.asarray(ids, np.int64)
-  return np.stack([ids % 256, ids // 256 % 256, ids // (256 * 256) % 256], -1).astype(np.uint8)
 
 
 class PQStat:
@@ -180,7 +166,7 @@ def read_png_ids(path) -> np.ndarray:
     raise FileNotFoundError(f"panoptic PNG {path} not found")
   try:
     with Image.open(path) as im:
-      return rgb2id(np.array(im.convert("RGB")))
+      return panoptic_ids.rgb_to_id(np.array(im.convert("RGB")))
   except (OSError, SyntaxError, ValueError) as e:
     raise ValueError(f"{path}: the panoptic PNG does not decode ({e}); write it again as an RGB PNG") from None
 

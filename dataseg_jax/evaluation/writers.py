@@ -16,7 +16,7 @@ from PIL import ImageDraw
 from PIL import ImageFont
 from scipy import ndimage
 
-from dataseg_jax.evaluation import panoptic
+from dataseg_jax import panoptic_ids
 
 
 def write_semantic_png(path, labels: np.ndarray) -> None:
@@ -40,7 +40,7 @@ class PanopticWriter:
 
   def add(self, image_id, file_name: str, segment_ids: np.ndarray, segments_info: list) -> None:
     """segment_ids int [H, W] (0 void); segments_info [{'id', 'category_id', ...}] for ids present."""
-    Image.fromarray(panoptic.id2rgb(segment_ids)).save(os.path.join(self.png_dir, file_name))
+    Image.fromarray(panoptic_ids.id_to_rgb(segment_ids)).save(os.path.join(self.png_dir, file_name))
     h, w = np.shape(segment_ids)[:2]
     self.images.append({"id": image_id, "file_name": os.path.splitext(file_name)[0] + ".jpg",
                         "height": int(h), "width": int(w)})

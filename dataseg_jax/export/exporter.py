@@ -20,23 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
+from dataseg_jax import trees
 from dataseg_jax.evaluation import postprocess
 
 OUTPUTS = ("raw", "postprocessed")
 PLATFORMS = ("cpu", "cuda", "tpu")  # the exported program holds a lowering for each
-
-
-def _flatten(tree, prefix="") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if "/" in str(k):
-      raise ValueError(f"parameter name {k!r} contains '/', which the export uses as the path separator")
-    key = f"{prefix}{k}"
-    if isinstance(v, dict) or hasattr(v, "items"):
-      out.update(_flatten(v, key + "/"))
-    else:
-      out[key] = np.asarray(v)
-  return out
 
 
 def inference_fn(model, eval_config, outputs: str = "postprocessed"):
@@ -145,7 +133,7 @@ def export_model(config, variables, names, embeddings, things, out_dir: str, *, 
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "model.stablehlo"), "wb") as f:
     f.write(exported.serialize())
-  np.savez(os.path.join(out_dir, "params.npz"), **_flatten(jax.device_get(params)))
+  np.savez(os.path.join(out_dir, "params.npz"), **trees.flatten(jax.device_get(params)))
   write_vocabulary_and_config(out_dir, config, names, embeddings, things, c_max=c_max, batch_size=batch_size,
                               outputs=outputs, export_format="stablehlo")
   return out_dir

@@ -8,8 +8,8 @@ An export directory holds:
   names.txt         the vocabulary, one class name a line; things.txt its thing classes (both read by the one names
                     reader, `dataseg_jax.vocab.names`);
   config.json       image size, batch size, C_max, output kind, thresholds, text encoder and prompts.
-This file imports only the standard library, numpy, jax and that pure-Python names reader (no flax, tf, optax, orbax
-or training code).
+This file imports only the standard library, numpy, jax, that pure-Python names reader and the pure-Python
+`dataseg_jax.trees` (no flax, tf, optax, orbax or training code).
 """
 import json
 import os
@@ -18,18 +18,8 @@ import jax
 import numpy as np
 from jax import export as jax_export
 
+from dataseg_jax import trees
 from dataseg_jax.vocab import names as names_lib
-
-
-def _unflatten(flat: dict) -> dict:
-  tree = {}
-  for key, value in flat.items():
-    node = tree
-    *parents, leaf = key.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
 
 
 class ExportedModel:
@@ -48,7 +38,7 @@ class ExportedModel:
     with open(os.path.join(path, "model.stablehlo"), "rb") as f:
       self.exported = jax_export.deserialize(bytearray(f.read()))
     with np.load(os.path.join(path, "params.npz")) as z:
-      self.params = jax.device_put(_unflatten({k: z[k] for k in z.files}))
+      self.params = jax.device_put(trees.unflatten({k: z[k] for k in z.files}))
     names = names_lib.read_names(os.path.join(path, "names.txt"))
     things_path = os.path.join(path, "things.txt")
     things = set(names_lib.read_names(things_path, allow_empty=True)) if os.path.isfile(things_path) else set()

@@ -315,13 +315,6 @@ def layer_losses(logits: jax.Array, masks: jax.Array, ex: dict, match: jax.Array
   return out
 
 
-def _check_shapes(logits: jax.Array, batch: dict) -> None:
-  q, n = logits.shape[2], batch["seg_class"].shape[-1]
-  if n > q:
-    raise ValueError(f"criterion: {n} target segments per example but only {q} queries; "
-                     "lower config.data.max_segments or raise config.model.num_queries")
-
-
 def _point_sums(logits: jax.Array, masks: jax.Array, ex: dict, config: ml_collections.ConfigDict,
                 source: PointSource, per_layer_inputs):
   """(unnormalised loss sums {name: [L, B]}, merge_statistics {name: [L, B]}) with point-sampled mask terms.
@@ -447,7 +440,6 @@ def criterion_with_points(outputs: dict, batch: dict, config: ml_collections.Con
   `points` has one entry per layer of `outputs`; without deep supervision only the last is used.
   """
   logits, masks = _layers(outputs, config)
-  _check_shapes(logits, batch)
   num_layers = logits.shape[0]
   xs = (points.match[-num_layers:], points.over[-num_layers:], points.tail[-num_layers:])
   ex = {k: batch[k] for k in _example_keys()}
@@ -469,7 +461,6 @@ def criterion(outputs: dict, batch: dict, config: ml_collections.ConfigDict, rng
     all terms; weights applied, summed over decoder layers; stats per supervised decoder layer, no gradient.
   """
   logits, masks = _layers(outputs, config)
-  _check_shapes(logits, batch)
   num_layers, batch_size = logits.shape[:2]
   ex = {k: batch[k] for k in _example_keys()}
   if config.loss.sampling == "dense":

@@ -36,7 +36,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dataseg_jax import config as config_lib
 from dataseg_jax.contract import Task
 
 LOGIT_FORMULAS = ("noisy_or", "max")  # formulas whose merged map is a logit map
@@ -73,16 +72,13 @@ def merge_groups(log_probs: jax.Array, task: jax.Array, seg_class: jax.Array, se
     log_probs: [Q, C + 1] log class probabilities (index C = background).
     task: int32 [] (contract.Task).
     seg_class, seg_is_thing, seg_valid: [N] the example's ground-truth segments.
-    mode: 'hard' or 'soft' (config.loss.merge).
+    mode: 'hard' or 'soft' (config.loss.merge; config.validate refuses any other).
     background_joins: whether a proposal whose argmax over C + 1 is background joins its best class's group
       (config.loss.merge_background).
 
   Returns:
     Groups.
   """
-  if mode not in config_lib.MERGE_MODES:
-    raise ValueError(f"merge_groups: mode must be one of {config_lib.MERGE_MODES} (config.loss.merge), "
-                     f"got {mode!r}")
   q, c1 = log_probs.shape
   num_classes = c1 - 1
   cls = jnp.argmax(log_probs[:, :num_classes], axis=-1)
@@ -134,7 +130,8 @@ def _log_expm1(s: jax.Array) -> jax.Array:
 
 def selected_maps(flat: jax.Array, groups: Groups, select: jax.Array, formula: str):
   """(maps [K, P], is_logit [K]): the map predicted by each slot that the one-hot rows select [K, Q] pick, from
-  the proposals' mask logits flat [Q, P] (a zero row of `select` gives a zero map).
+  the proposals' mask logits flat [Q, P] (a zero row of `select` gives a zero map); `formula` is one of
+  config.MERGE_MASKS (config.loss.merge_mask; config.validate refuses any other).
 
   A logit map for a single slot and for the noisy_or and max formulas, a probability map for clip (module
   docstring). Rows are selected and merged by matmuls at full float32 precision (exact for one-hot rows; a
@@ -149,11 +146,8 @@ def selected_maps(flat: jax.Array, groups: Groups, select: jax.Array, formula: s
   elif formula == "max":
     top = jax.ops.segment_max(flat, groups.leader, flat.shape[0])
     merged = _matmul(select, jnp.where(jnp.isfinite(top), top, 0.0))
-  elif formula == "clip":
+  else:  # 'clip'
     merged = jnp.clip(_matmul(_matmul(select, groups.member), jax.nn.sigmoid(flat)), 0.0, 1.0)
-  else:
-    raise ValueError(f"selected_maps: formula must be one of {config_lib.MERGE_MASKS} (config.loss.merge_mask), "
-                     f"got {formula!r}")
   return jnp.where(single[:, None], own, merged), single | (formula in LOGIT_FORMULAS)
 
 

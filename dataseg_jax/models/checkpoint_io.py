@@ -6,38 +6,18 @@
 """
 import numpy as np
 
-
-def flatten_params(tree, prefix: str = "") -> dict:
-  """{'a': {'b': x}} -> {'a/b': x}."""
-  out = {}
-  for k, v in tree.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(flatten_params(v, key + "/"))
-    else:
-      out[key] = np.asarray(v)
-  return out
-
-
-def unflatten_params(flat: dict) -> dict:
-  """{'a/b': x} -> {'a': {'b': x}}."""
-  tree = {}
-  for key, value in flat.items():
-    node = tree
-    *parents, leaf = key.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+from dataseg_jax import trees
 
 
 def save_params_npz(path, params) -> None:
-  np.savez(path, **flatten_params(params))
+  """Nested dict of arrays -> .npz with one array per '/'-joined path (`trees.flatten`)."""
+  np.savez(path, **trees.flatten(params))
 
 
 def load_params_npz(path) -> dict:
+  """The inverse of `save_params_npz`: nested dict of numpy arrays."""
   with np.load(path) as f:
-    return unflatten_params({k: f[k] for k in f.files})
+    return trees.unflatten({k: f[k] for k in f.files})
 
 
 def merge_into(params, loaded: dict, where: str = "params") -> dict:

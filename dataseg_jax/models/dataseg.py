@@ -38,13 +38,12 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 def build_backbone(cfg: ml_collections.ConfigDict, dtype) -> nn.Module:
+  """The backbone config.model.backbone.name names: 'resnet' or 'vit' (config.validate refuses any other)."""
   b = cfg.backbone
   if b.name == "resnet":
     return resnet.ResNet(b.depth, b.width, b.remat, dtype, name="backbone")
-  if b.name == "vit":
-    return vit.ViTDet(b.patch_size, b.hidden_dim, b.num_layers, b.num_heads, b.mlp_dim, b.window_size,
-                      tuple(b.global_blocks), b.rel_pos, b.remat, cfg.hidden_dim, dtype, name="backbone")
-  raise ValueError(f"config.model.backbone.name: unknown backbone {b.name!r}; expected 'resnet' or 'vit'")
+  return vit.ViTDet(b.patch_size, b.hidden_dim, b.num_layers, b.num_heads, b.mlp_dim, b.window_size,
+                    tuple(b.global_blocks), b.rel_pos, b.remat, cfg.hidden_dim, dtype, name="backbone")
 
 
 class DataSeg(nn.Module):
@@ -54,8 +53,6 @@ class DataSeg(nn.Module):
   def __call__(self, images, class_embeddings, class_mask, *, train: bool = False):
     # No dropout or batch statistics [default: dropout 0]: `train` changes only the classifier's temperature.
     cfg = self.config
-    if cfg.num_queries <= 0:
-      raise ValueError(f"config.model.num_queries: must be > 0, got {cfg.num_queries}")
     dtype = jnp.dtype(cfg.dtype)
     x = (images.astype(jnp.float32) - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
     feats = build_backbone(cfg, dtype)(x.astype(dtype))

@@ -44,6 +44,7 @@ from etils import epath
 from dataseg_jax import config as config_lib
 from dataseg_jax import contract
 from dataseg_jax import hardware
+from dataseg_jax import trees
 from dataseg_jax.models import checkpoint_io
 from dataseg_jax import sharding as sharding_lib
 from dataseg_jax.train import checkpointing, optimizer as optimizer_lib, state as state_lib
@@ -206,12 +207,12 @@ def pretrained_params(config, abstract_state):
   backbone, pixel_decoder, transformer_decoder it holds; the classifier keeps its initialisation) with
   `config.model.backbone.init_from` over its backbone. A key or shape the model lacks stops at start."""
   loaded = _converted_npz(config.model.get("init_from", ""), "config.model.init_from")
-  flat = checkpoint_io.flatten_params(loaded or {})
+  flat = trees.flatten(loaded or {})
   backbone = pretrained_backbone(config, abstract_state)
-  flat.update(checkpoint_io.flatten_params({"backbone": backbone} if backbone is not None else {}))
+  flat.update(trees.flatten({"backbone": backbone} if backbone is not None else {}))
   if not flat:
     return None
-  pretrained = checkpoint_io.unflatten_params(flat)
+  pretrained = trees.unflatten(flat)
   checkpoint_io.merge_into(abstract_state.params, pretrained)  # keys and shapes, at start
   return pretrained
 
@@ -502,14 +503,5 @@ def evaluate(config, components: Components, state: state_lib.TrainState, workdi
 
 def flatten_config(config) -> dict:
   """`{'optimizer.learning_rate': 1e-4, ...}` with non-scalar values as JSON strings (for write_hparams)."""
-  out = {}
-
-  def walk(d, prefix):
-    for k, v in d.items():
-      if hasattr(v, "items"):
-        walk(v, f"{prefix}{k}.")
-      else:
-        out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
-
-  walk(config, "")
-  return out
+  return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
+          for k, v in trees.flatten(config, sep=".").items()}

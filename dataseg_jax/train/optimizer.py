@@ -23,16 +23,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dataseg_jax.config import SCHEDULES
-
 POLY_POWER = 0.9  # [default: Mask2Former / detectron2 WarmupPolyLR]
 
 
 def learning_rate_schedule(config):
-  """`t -> lr(t)` for the whole model (see the module docstring); `t` is the optimizer step."""
+  """`t -> lr(t)` for the whole model (see the module docstring); `t` is the optimizer step; config.optimizer.schedule
+  is one of config.SCHEDULES (config.validate refuses any other)."""
   o = config.optimizer
-  if o.schedule not in SCHEDULES:
-    raise ValueError(f"config.optimizer.schedule={o.schedule!r}: expected one of {SCHEDULES}")
   base, warmup, total = float(o.learning_rate), int(o.warmup_steps), int(config.total_steps)
 
   def schedule(t):
@@ -43,7 +40,7 @@ def learning_rate_schedule(config):
       decay = (1.0 - frac) ** POLY_POWER
     elif o.schedule == "cosine":
       decay = 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-    else:
+    else:  # 'constant'
       decay = 1.0
     return base * warm * decay
 

@@ -4,7 +4,8 @@ Training's `names` and `thing_classes` files and a semantic dataset's `objectInf
 transfer benchmarks' lists, `scripts/embed_vocab.py --names`, `scripts/predict.py --vocab / --things` and an
 export's `names.txt` / `things.txt` are all read by `read_names`, with one rule:
 
-- UTF-8 text; a byte-order mark at the start is dropped; lines end with `\\n` or `\\r\\n`; the final newline is
+- UTF-8 text, never JSON: a `.json` file is refused (the JSON vocabularies of dataseg_jax/vocab/ are built-ins,
+  read by `vocabulary.load_builtin` with their ids and thing flags). A byte-order mark at the start is dropped; lines end with `\\n` or `\\r\\n`; the final newline is
   optional.
 - A line whose first non-blank character is `#` is a comment and is skipped.
 - Every other line is one class, in label order (line k of the names = class k), surrounding spaces stripped.
@@ -14,8 +15,11 @@ export's `names.txt` / `things.txt` are all read by `read_names`, with one rule:
   `objectInfo150.txt`: `Idx Ratio Train Val Name`), the file is a table: every later line has as many columns, the
   class is its `Name` column, and an `Idx` column must count 1, 2, 3, ... A lone word on the first line (`Idx`) is a
   class, not a header.
-- Each name must keep a name after `vocabulary.normalise_name` (a line ',' does not), and no two lines may name the
-  same class after it ('Car' and 'car ' clash: they would share one text embedding and one union row).
+- A line may list synonyms separated by ',' or ';' ('building, edifice'): the line is kept whole as the class's
+  name, and its first synonym, normalised, is its key (`vocabulary.normalise_name`: lower case, '_' '-' '/' as
+  spaces, COCO's '-merged' / '-stuff' / '-other' suffixes dropped).
+- Each name must keep a key (a line ',' has none), and no two lines may have the same key ('Car' and 'car ' clash,
+  and so do 'building, edifice' and 'building': they would share one text embedding and one union row).
 - A file with no names is an error, except for lists that may be empty (`allow_empty`: thing classes).
 
 Errors are `NamesFileError` (a ValueError) naming the file and the line (or byte offset) and saying what to do; a
@@ -104,6 +108,9 @@ def read_names(path, allow_empty: bool = False) -> list:
   """Names file -> class names [K] in label order (see the module docstring for the rule and the errors);
   `allow_empty` accepts a file with no names (a list of thing classes that has none)."""
   path = pathlib.Path(path)
+  if path.suffix.lower() == ".json":
+    raise NamesFileError(f"{path}: a JSON file, not a names file; write a UTF-8 text file with one class name per "
+                         "line, in label order")
   if not path.is_file():
     raise FileNotFoundError(f"names file {path} not found; write a UTF-8 text file with one class name per line, in "
                             "label order")
