@@ -40,14 +40,14 @@ def _broken(toy, tmp_path, datasets, policy):
     jpg = sorted((root / folder).glob("*.jpg"))[0]
     jpg.write_bytes(jpg.read_bytes()[:300])
     broken[name] = jpg
-  c = evaluation_tests._config(root)
+  c = evaluation_tests.eval_config(root)
   c.data.datasets = {n: c.data.datasets[n] for n in datasets}
   c.eval.on_bad_example = policy
   return c, broken
 
 
 def _evaluate(c, workdir):
-  vocab, emb, model, variables = evaluation_tests._stand_in(c)
+  vocab, emb, model, variables = evaluation_tests.stand_in(c)
   return evaluator.evaluate(c, variables, vocab, emb, str(workdir), 3, model=model)
 
 

@@ -53,7 +53,7 @@ class StandIn(nn.Module):
     return {"pred_logits": logits[None], "pred_masks": masks[None]}
 
 
-def _stand_in(config):
+def stand_in(config):
   """(union vocabulary, unit random embeddings [C, 8], StandIn, its variables) for `config`'s datasets."""
   from data_pipelines import registry
   vocab = registry.build_vocab(config)
@@ -65,7 +65,7 @@ def _stand_in(config):
   return vocab, emb, model, variables
 
 
-def _config(root):
+def eval_config(root):
   """configs/toy.py on the toy data at `root`, evaluated at 64 px in batches of 2 with thresholds for StandIn."""
   c = toy.get_config()
   c.data_dir = str(root)
@@ -82,9 +82,9 @@ def _config(root):
 def evaluated(tmp_path_factory):
   root = tmp_path_factory.mktemp("toy")
   make_toy_data.write(str(root), train=2, val=5, size=64, seed=0)
-  c = _config(root)
+  c = eval_config(root)
   _number_categories_from_zero(root / c.data.datasets.toy_ade.val_panoptic_annotations)
-  vocab, emb, model, variables = _stand_in(c)
+  vocab, emb, model, variables = stand_in(c)
   workdir = tmp_path_factory.mktemp("work")
   logs = _Messages()
   logger = logging.getLogger()
@@ -283,7 +283,7 @@ def _evaluate_alone(config, name: str, workdir, step: int, **entry) -> dict:
     if other != name:
       del c.data.datasets[other]
   c.data.datasets[name].update(entry)
-  vocab, emb, model, variables = _stand_in(c)
+  vocab, emb, model, variables = stand_in(c)
   return evaluator.evaluate(c, variables, vocab, emb, str(workdir), step, model=model)
 
 
@@ -365,9 +365,9 @@ import jax
 sys.path.insert(0, sys.argv[1])
 import test_eval_evaluator as t
 from dataseg_jax.evaluation import evaluator
-c = t._config(sys.argv[2])
+c = t.eval_config(sys.argv[2])
 c.data.eval_batch_size = 8
-vocab, emb, model, variables = t._stand_in(c)
+vocab, emb, model, variables = t.stand_in(c)
 rows = []  # rows of a batch on one device
 make = evaluator.make_infer_fn
 
@@ -417,10 +417,10 @@ sys.path.insert(0, sys.argv[1])
 import test_eval_evaluator as t
 from dataseg_jax.evaluation import evaluator
 from dataseg_jax import sharding as sharding_lib
-c = t._config(sys.argv[2])
+c = t.eval_config(sys.argv[2])
 c.distributed = True
 sharding_lib.maybe_initialize_distributed(c)
-vocab, emb, model, variables = t._stand_in(c)
+vocab, emb, model, variables = t.stand_in(c)
 metrics = evaluator.evaluate(c, variables, vocab, emb, sys.argv[3], 7, model=model)
 print("RESULT=" + json.dumps(metrics))
 """

@@ -61,7 +61,7 @@ def test_weight_decay_mask_on_the_model_follows_mask2former(name):
   m, size = tiny(name)
   shapes = jax.eval_shape(dataseg.DataSeg(m).init, jax.random.key(0), *inputs(m, size))
   params = flax.core.meta.unbox(shapes["params"])
-  mask = {"/".join(optimizer_lib._path_names(p)): v
+  mask = {"/".join(optimizer_lib.path_names(p)): v
           for p, v in jax.tree_util.tree_flatten_with_path(optimizer_lib.weight_decay_mask(params))[0]}
   batch_norms = ("bn1", "bn2", "bn3", "downsample_bn")  # ResNet's; the LayerNorms and GroupNorms are '*norm*'
   expected_off = {k for k in mask if "norm" in k.split("/")[-2] or k.split("/")[-2] in batch_norms}

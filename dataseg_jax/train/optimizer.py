@@ -47,14 +47,15 @@ def learning_rate_schedule(config):
   return schedule
 
 
-def _path_names(path) -> list[str]:
+def path_names(path) -> list[str]:
+  """The key names along a `jax.tree_util` key path: `['backbone', 'stem', 'kernel']`."""
   return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
 
 
 def parameter_groups(params):
   """`'backbone'` for leaves under the top-level `backbone` key, `'rest'` otherwise (same tree as params)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: "backbone" if _path_names(path)[:1] == ["backbone"] else "rest", params)
+      lambda path, _: "backbone" if path_names(path)[:1] == ["backbone"] else "rest", params)
 
 
 # Parameters that are not decayed, by name (see the module docstring).
@@ -70,7 +71,7 @@ def _is_norm(module: str) -> bool:
 def weight_decay_mask(params):
   """True for the parameters that weight decay applies to (see the module docstring), same tree as params."""
   def decays(path, _):
-    names = _path_names(path)
+    names = path_names(path)
     if names[-1] in NO_DECAY_NAMES or tuple(names[-2:]) in NO_DECAY_PATHS:
       return False
     return not (len(names) > 1 and _is_norm(names[-2]))
