@@ -77,9 +77,15 @@ def vocab_datasets(config: ml_collections.ConfigDict) -> tuple:
 
 
 def build_vocab(config: ml_collections.ConfigDict) -> vocabulary.UnionVocab:
-  """UnionVocab over the training then the evaluation-only entries (see the module docstring); logs it. A config
-  with none is refused by config.validate."""
+  """UnionVocab over the training then the evaluation-only entries (see the module docstring); logs it.
+
+  Raises ValueError when no entry trains or evaluates (config.validate admits that: a run may feed its own batches
+  and vocabulary instead of dataset entries)."""
   train, eval_only = vocab_datasets(config)
+  if not train + eval_only:
+    raise ValueError(f"config.data.datasets: no entry has ratio > 0 or eval_tasks (entries: "
+                     f"{list(config.data.datasets)}); add a dataset entry with a ratio to train on it or eval_tasks "
+                     "to evaluate it")
   vocabs = {name: dataset_vocab(resolve_entry(config, name)) for name in train + eval_only}
   union = vocabulary.UnionVocab.from_datasets(vocabs, eval_only=eval_only)
   logging.info("%s", union.summary())

@@ -344,9 +344,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.loss.merge_mask == "max" and config.loss.merge == "soft":
     fail("loss.merge_mask", "'max' takes the largest member of a hard group; the soft merge weighs every "
          "proposal: use 'noisy_or' or 'clip' with loss.merge='soft'")
-  if not any(e.ratio > 0 or tuple(e.eval_tasks) for e in d.datasets.values()):
-    fail("data.datasets", f"no entry has ratio > 0 or eval_tasks (entries: {list(d.datasets)}); add a dataset entry "
-         "with a ratio to train on it or eval_tasks to evaluate it")
   for name, e in d.datasets.items():
     if e.image_size < 0 or e.image_size % 32:
       fail(f"data.datasets.{name}.image_size", f"must be a multiple of 32 (0: data.image_size), got {e.image_size}")

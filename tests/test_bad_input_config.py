@@ -9,6 +9,7 @@ import runpy
 import ml_collections
 import pytest
 
+from data_pipelines import registry
 from dataseg_jax import config as config_lib
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -130,5 +131,6 @@ def test_a_config_without_a_dataset_to_train_or_evaluate_is_refused(entries):
     for e in c.data.datasets.values():
       e.ratio, e.eval_tasks = 0.0, ()
   c.best_checkpoint_metric = ""
+  config_lib.validate(c)  # a run may feed its own batches and vocabulary
   with pytest.raises(ValueError, match=r"^config\.data\.datasets: no entry has ratio > 0 or eval_tasks \(entries: "):
-    config_lib.validate(c)
+    registry.build_vocab(c)
