@@ -25,7 +25,6 @@ import ml_collections
 
 from data_pipelines import formats
 from data_pipelines import readers
-from dataseg_jax import contract
 from dataseg_jax.vocab import vocabulary
 
 _PATH_KEYS = ("train_images", "train_annotations", "train_panoptic_dir", "val_images",
@@ -34,25 +33,12 @@ _PATH_KEYS = ("train_images", "train_annotations", "train_panoptic_dir", "val_im
 
 
 def resolve_entry(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """A copy of entry `name` with its paths joined to `config.data_dir`, after checking its fields."""
+  """A copy of entry `name` with its paths joined to `config.data_dir` (its fields are checked by config.validate)."""
   if name not in config.data.datasets:
     raise ValueError(f"unknown dataset {name!r}; config.data.datasets has {list(config.data.datasets)}")
   e = ml_collections.ConfigDict(config.data.datasets[name].to_dict())
-  where = f"config.data.datasets.{name}"
-  fmt = formats.get(e.format, f"{where}.format")
-  contract.task_from_name(e.task)
-  if e.task not in fmt.TRAIN_TASKS:
-    raise ValueError(f"{where}.task: {e.task!r} cannot be trained from {e.format}; "
-                     f"expected one of {fmt.TRAIN_TASKS}")
   if "val_panoptic_annotations" not in e:
     e.val_panoptic_annotations = ""
-  if e.val_panoptic_annotations and not fmt.VAL_PANOPTIC_ANNOTATIONS:
-    takers = " and ".join(f.NAME for f in formats.modules() if f.VAL_PANOPTIC_ANNOTATIONS)
-    raise ValueError(f"{where}.val_panoptic_annotations is for {takers} entries; a {e.format} entry "
-                     "takes its val ground truth from val_annotations")
-  if e.val_panoptic_annotations and not e.val_panoptic_dir:
-    raise ValueError(f"{where}.val_panoptic_dir is empty; set it to the folder of the PNGs of "
-                     f"val_panoptic_annotations={e.val_panoptic_annotations!r}")
   root = pathlib.Path(os.path.expanduser(config.data_dir or "."))
   for key in _PATH_KEYS:
     if e.get(key):

@@ -12,6 +12,7 @@ import math
 import ml_collections
 
 from data_pipelines import formats
+from dataseg_jax import contract
 
 BACKBONES = ("resnet", "vit")
 SCHEDULES = ("poly", "cosine", "constant")  # config.optimizer.schedule (train/optimizer.py)
@@ -349,11 +350,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail(f"data.datasets.{name}.image_size", f"must be a multiple of 32 (0: data.image_size), got {e.image_size}")
     if e.ratio < 0:
       fail(f"data.datasets.{name}.ratio", f"must be >= 0 (0 = evaluation only), got {e.ratio}")
+    _validate_entry_format(name, e, fail)
     eval_tasks(config, name)
     if e.ratio > 0 and e.tfds_dir and e.task != "box" and not formats.get(e.format).TFDS_LABEL_CHANNELS:
       fail(f"data.datasets.{name}.tfds_dir", f"prepared TFDS data holds no {e.format} masks (only boxes), so it "
            f"cannot train task {e.task!r}; train it from the native files (tfds_dir='') or with task='box'")
   _validate_best_checkpoint(config, fail)
+
+
+def _validate_entry_format(name: str, e: ml_collections.ConfigDict, fail) -> None:
+  """The entry's task is one its format can train, and val_panoptic_annotations only where the format takes it."""
+  fmt = formats.get(e.format, f"config.data.datasets.{name}.format")
+  if e.task.lower() not in contract.TASK_NAMES:
+    fail(f"data.datasets.{name}.task", f"unknown task {e.task!r}; expected one of {sorted(contract.TASK_NAMES)}")
+  if e.task not in fmt.TRAIN_TASKS:
+    fail(f"data.datasets.{name}.task", f"{e.task!r} cannot be trained from {e.format}; expected one of "
+         f"{fmt.TRAIN_TASKS}")
+  panoptic_json = e.get("val_panoptic_annotations", "")
+  if panoptic_json and not fmt.VAL_PANOPTIC_ANNOTATIONS:
+    takers = " and ".join(f.NAME for f in formats.modules() if f.VAL_PANOPTIC_ANNOTATIONS)
+    fail(f"data.datasets.{name}.val_panoptic_annotations", f"is for {takers} entries; a {e.format} entry takes "
+         "its val ground truth from val_annotations")
+  if panoptic_json and not e.val_panoptic_dir:
+    fail(f"data.datasets.{name}.val_panoptic_dir", f"is empty; set it to the folder of the PNGs of "
+         f"val_panoptic_annotations={panoptic_json!r}")
 
 
 def eval_tasks(config: ml_collections.ConfigDict, name: str) -> tuple:

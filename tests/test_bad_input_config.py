@@ -134,3 +134,17 @@ def test_a_config_without_a_dataset_to_train_or_evaluate_is_refused(entries):
   config_lib.validate(c)  # a run may feed its own batches and vocabulary
   with pytest.raises(ValueError, match=r"^config\.data\.datasets: no entry has ratio > 0 or eval_tasks \(entries: "):
     registry.build_vocab(c)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("task", "semantics", "config.data.datasets.toy_o365.task: unknown task 'semantics'; expected one of"),
+    ("task", "semantic", "config.data.datasets.toy_o365.task: 'semantic' cannot be trained from coco_detection; "
+     "expected one of"),
+    ("val_panoptic_annotations", "pan.json", "config.data.datasets.toy_o365.val_panoptic_annotations: is for "),
+])
+def test_an_entry_whose_format_cannot_train_its_task_or_read_its_files_is_refused(key, value, message):
+  c = toy_config()
+  config_lib.validate(c)
+  c.data.datasets.toy_o365[key] = value
+  with pytest.raises(ValueError, match="^" + re.escape(message)):
+    config_lib.validate(c)

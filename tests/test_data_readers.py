@@ -12,6 +12,7 @@ from data_pipelines import registry
 from data_pipelines.formats import coco_instances
 from data_pipelines.formats import coco_panoptic
 from data_pipelines.formats import semantic_png
+from dataseg_jax import config as config_lib
 from dataseg_jax.vocab import names as names_lib
 from dataseg_jax.vocab import vocabulary
 import test_data_common as common
@@ -130,8 +131,8 @@ def test_panoptic_ground_truth_errors_name_the_file(toy_dir, tmp_path):
   assert len(index) == 7 and bad.counts == {"missing_panoptic_annotation": 1}
   assert "ADE_val_00000001.jpg has no annotation in" in bad.messages[0][1]
   config.data.datasets.toy_ade.val_panoptic_dir = ""
-  with pytest.raises(ValueError, match="toy_ade.val_panoptic_dir is empty"):
-    registry.build_index(config, "toy_ade", "val")
+  with pytest.raises(ValueError, match=r"^config\.data\.datasets\.toy_ade\.val_panoptic_dir: is empty"):
+    config_lib.validate(config)
 
 
 def test_toy_panoptic_reader_areas_match_json(toy_dir):
