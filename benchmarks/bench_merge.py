@@ -109,7 +109,7 @@ def run(name: str, data_dir: str, variants, steps, r50_size: int) -> dict:
   out = {}
   for variant in variants:
     config = load_config(name, data_dir, r50_size)
-    config.loss.update(VARIANTS[variant])
+    config.loss.update(VARIANTS[variant], merge_stats_stride=1)  # every pixel, not the training logs' estimate
     with tempfile.TemporaryDirectory() as cache:
       components = loop.build_components(config, cache)
     batches = fixed_batches(config, components.vocab)

@@ -97,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   l.merge_mask = "noisy_or"           # [ours, docs/results.md A/B] merged mask: 'noisy_or', 'max' or 'clip' (merge.py)
   l.merge_background = False          # [ours] True: a proposal whose argmax is background joins its class's group
   l.match_leftover = True             # [ours] segments left over by MERGE are matched to single proposals
+  l.merge_stats_stride = 4            # the MERGE instrument counts every k-th row and column of the mask grid
   c.matcher = mt = ml_collections.ConfigDict()
   mt.class_cost = 2.0
   mt.mask_cost = 5.0
@@ -273,6 +274,7 @@ _BOUNDS = (
     ("optimizer.max_nonfinite_steps", lambda v: v >= 1, ">= 1"),
     ("loss.num_points", lambda v: v >= 1, ">= 1"),
     ("loss.row_block", lambda v: v >= 1, ">= 1"),
+    ("loss.merge_stats_stride", lambda v: v >= 1, ">= 1"),
     ("loss.oversample_ratio", lambda v: v >= 1, ">= 1 (candidates per sampled point)"),
     ("loss.importance_sample_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("matcher.num_points", lambda v: v >= 1, ">= 1"),

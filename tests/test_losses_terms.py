@@ -553,3 +553,29 @@ def test_vanishing_gradient_pixels_by_hand(formula, zero):
   count, pixels = merge.vanishing_gradient_pixels(flat, groups, formula)
   assert float(pixels) == 3.0
   assert float(count) == zero + (formula == "clip")  # clip saturates on (3, 3) as well
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_zero_gradient_fraction_counts_every_stride_th_row_and_column(stride):
+  """The criterion's merge_zero_grad_frac is the vanishing-gradient count over the merged groups' masks at every
+  `loss.merge_stats_stride`-th row and column (1: every pixel), divided by the pixels counted there."""
+  from dataseg_jax.losses import merge
+  cfg = small_config()
+  cfg.loss.merge_stats_stride = stride
+  rng = np.random.default_rng(5)
+  outputs, batch = random_batch(rng, b=1, q=6, c=3, n=3, layers=1, tasks=(Task.SEMANTIC,))
+  outputs["pred_logits"][..., 0] += 20.0  # one group of six
+  outputs["pred_masks"] *= 8.0  # confident masks: some pixels saturate
+  batch["seg_class"][0] = [0, 1, 2]
+  batch["seg_valid"][:] = True
+  points = criterion_lib.draw_points(jax.random.key(0), 1, 1, 3, cfg)
+  _, _, stats = criterion_lib.criterion_with_points(outputs, batch, cfg, points)
+  masks = jnp.asarray(outputs["pred_masks"][0, 0])  # layer 0, example 0: [Q, h, w]
+  log_probs = jax.nn.log_softmax(jnp.asarray(outputs["pred_logits"][0, 0]))
+  groups = merge.merge_groups(log_probs, jnp.int32(Task.SEMANTIC), jnp.asarray(batch["seg_class"][0]),
+                              jnp.asarray(batch["seg_is_thing"][0]), jnp.asarray(batch["seg_valid"][0]), "hard")
+  sub = masks[:, ::stride, ::stride]
+  count, pixels = merge.vanishing_gradient_pixels(sub.reshape(6, -1), groups, "noisy_or")
+  assert float(pixels) == sub.shape[1] * sub.shape[2]  # one merged group: its slot's map
+  assert 0 < float(count) < float(pixels)
+  assert float(stats["merge_zero_grad_frac"][0]) == pytest.approx(float(count) / float(pixels), rel=1e-6)
