@@ -47,14 +47,15 @@ def run_part(part: str, quick: bool, threads: int) -> dict:
   return result
 
 
-def cpu_model() -> dict:
-  """The CPU's model name and vector extensions (Linux /proc/cpuinfo; {} elsewhere): XLA and the PyTorch peer use
-  AVX-512 and AMX differently, so their ratio depends on the host as well as on the code."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
+  """The CPU's model name and vector extensions (from Linux's `cpuinfo`; {} where it cannot be read): XLA and the
+  PyTorch peer use AVX-512 and AMX differently, so their ratio depends on the host as well as on the code."""
   try:
-    info = pathlib.Path("/proc/cpuinfo").read_text()
+    info = pathlib.Path(cpuinfo).read_text()
   except OSError:
     return {}
-  fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+  first = info.split("\n\n")[0]  # the first processor's block
+  fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
   fields = {k.strip(): v.strip() for k, v in fields.items()}
   flags = fields.get("flags", "").split()
   return {"cpu_model": f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model "

@@ -25,3 +25,17 @@ def test_bench_refuses_an_unknown_part_before_running_any():
   proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), "--only", "model,nope"], capture_output=True,
                         text=True, timeout=60)
   assert proc.returncode == 2 and "unknown parts ['nope']" in proc.stderr, proc.stderr
+
+
+def test_bench_records_the_cpu_model_from_proc_cpuinfo(tmp_path):
+  """machine.cpu_model / cpu_vector come from cpuinfo's first processor; {} where it cannot be read."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("bench", BENCHMARKS / "bench.py")
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\ncpu family\t: 6\nmodel\t\t: 207\nmodel name\t: Test CPU\n"
+                  "flags\t\t: fpu avx2 avx512f amx_bf16\n\nprocessor\t: 1\nmodel name\t: Other CPU\nflags\t\t: fpu\n")
+  assert bench.cpu_model(str(info)) == {"cpu_model": "Test CPU (family 6 model 207)",
+                                        "cpu_vector": "avx2 avx512f amx_bf16"}
+  assert bench.cpu_model(str(tmp_path / "missing")) == {}
