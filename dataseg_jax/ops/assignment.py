@@ -8,7 +8,7 @@
 Measured reasons (docs/scaling.md, docs/bench/cpu_2core.json, docs/bench/gpu_h200_step.json): at B=16, Q=N=100 the
 callback takes 3.1 ms on this 2-core CPU against 4.2 ms for a scipy loop; on an H200 a `while_loop` solver (optax's)
 took 57 ms against 7 ms for scipy on the host; `shortest_augmenting_paths` takes 15 ms dense and 1.2 ms with 20 of
-100 targets real under jit on the CPU, against 27 and 71 ms for optax's solver (measured 2026-11-30).
+100 targets real under jit on the CPU (2026-12-06), where optax's solver took 27 and 71 ms (2026-11-30).
 """
 import concurrent.futures
 import functools
