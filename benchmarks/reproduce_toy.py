@@ -20,7 +20,8 @@ exposure"); `joint_equal_steps` is the joint model at S steps ("equal total step
   merge_first_guess  joint with the simplest MERGE (FIRST_GUESS): clipped sum, background proposals in their class's
                      group, left-over segments without a loss
   <variant>_dense    the variant with the dense criterion (config.loss.sampling='dense'): the points/dense A/B
-  renamed            the joint model evaluated with toy_ade's classes renamed to synonyms (no training)
+  renamed            the joint model evaluated with toy_ade's classes renamed to synonyms (no training);
+                     renamed_dense evaluates joint_dense
 
 Each run is scripts/train.py then scripts/eval.py with `--config.seed=<seed>`; every command is in
 WORKDIR/results.json. Finished runs are reused. Results: WORKDIR/results.json and markdown tables on stdout
@@ -74,7 +75,7 @@ VARIANTS = {
 }
 VARIANTS.update({f"{name}_dense": (config, overrides + ["--config.loss.sampling=dense"], units)
                  for name, (config, overrides, units) in list(VARIANTS.items())})
-RENAMED_OF = {"renamed": "joint"}  # evaluation-only variant -> the trained one it renames
+RENAMED_OF = {"renamed": "joint", "renamed_dense": "joint_dense"}  # evaluation-only variant -> the trained one it renames
 ADE_TRAIN = {"alone_toy_ade600": 600, "alone_toy_ade600_dense": 600}  # variant -> toy_ade training images, read from <data_dir>_ade<N>
 DEFAULT_VARIANTS = ("alone_toy_ade", "alone_toy_ade600", "alone_toy_coco", "alone_toy_o365", "joint", "joint_equal_steps", "ade_coco",
                     "control", "learned", "renamed", "merge_clip", "merge_max", "merge_first_guess")

@@ -39,3 +39,16 @@ def test_bench_records_the_cpu_model_from_proc_cpuinfo(tmp_path):
   assert bench.cpu_model(str(info)) == {"cpu_model": "Test CPU (family 6 model 207)",
                                         "cpu_vector": "avx2 avx512f amx_bf16"}
   assert bench.cpu_model(str(tmp_path / "missing")) == {}
+
+
+def test_reproduce_toy_renamed_variants_only_evaluate_their_trained_run(tmp_path):
+  """renamed / renamed_dense: one scripts/eval.py with the trained variant's overrides and toy_ade's synonyms."""
+  import reproduce_toy
+  for renamed, trained in (("renamed", "joint"), ("renamed_dense", "joint_dense")):
+    (cmd,) = reproduce_toy.commands(renamed, 3, 100, "data/toy", tmp_path)
+    _, overrides, units = reproduce_toy.VARIANTS[trained]
+    assert cmd[0] == "scripts/eval.py" and set(overrides) <= set(cmd), cmd
+    assert f"--config.total_steps={units * 100}" in cmd and f"--workdir={tmp_path / f'{renamed}_seed3'}" in cmd
+    assert f"--config.data.datasets.toy_ade.names={tmp_path / 'toy_ade_synonyms.txt'}" in cmd
+  assert (tmp_path / "toy_ade_synonyms.txt").read_text().split() == [reproduce_toy.SYNONYMS[n]
+                                                                    for n in reproduce_toy.TOY_ADE]
