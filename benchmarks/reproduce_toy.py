@@ -123,6 +123,11 @@ def ensure_data(data_dir: str, variants) -> None:
                      check=True)
 
 
+def metrics_file(root: pathlib.Path, variant: str, seed: int) -> pathlib.Path:
+  """Where a (variant, seed) run's evaluation writes its metrics; a run whose file exists is reused."""
+  return root / f"{variant}_seed{seed}" / "eval" / "metrics.json"
+
+
 def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Path) -> dict:
   """Trains and evaluates one (variant, seed) unless its metrics exist; returns the metrics and the commands.
 
@@ -137,13 +142,13 @@ def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Pa
       workdir.mkdir(parents=True, exist_ok=True)
       link.symlink_to((root / f"{trained}_seed{seed}" / "checkpoints").resolve(), target_is_directory=True)
   cmds = commands(variant, seed, steps, data_dir, root)
-  metrics_file = workdir / "eval" / "metrics.json"
-  if not metrics_file.exists():
+  metrics_path = metrics_file(root, variant, seed)
+  if not metrics_path.exists():
     for cmd in cmds:
       proc = subprocess.run([sys.executable, *cmd], cwd=REPO, capture_output=True, text=True)
       if proc.returncode:
         sys.exit(f"reproduce_toy: failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-  metrics = json.loads(metrics_file.read_text())["metrics"]
+  metrics = json.loads(metrics_path.read_text())["metrics"]
   return {"metrics": dict(metrics, **derived_metrics(metrics)), "commands": [" ".join(["python", *c]) for c in cmds]}
 
 
@@ -216,14 +221,16 @@ def main(argv):
   root.mkdir(parents=True, exist_ok=True)
   ensure_data(a.data_dir, a.variants)
   seeds = [int(s) for s in a.seeds]
-  t0, total, done = time.time(), len(seeds) * len(a.variants), 0
+  t0, total, done, trained = time.time(), len(seeds) * len(a.variants), 0, 0
   runs = {v: {} for v in a.variants}
   for seed in seeds:  # seed-major: a run cut short still has every variant at the first seeds
     for variant in a.variants:
+      reused = metrics_file(root, variant, seed).exists()
       runs[variant][seed] = run_one(variant, seed, a.steps, a.data_dir, root)
-      done += 1
-      eta = (time.time() - t0) / done * (total - done)
-      print(f"[{done}/{total}] {variant} seed {seed} done; ETA {eta / 60:.0f} min", flush=True)
+      done, trained = done + 1, trained + (not reused)
+      # The ETA averages the runs this invocation trained: a reused run takes no time and would shrink it.
+      eta = f"ETA {(time.time() - t0) / trained * (total - done) / 60:.0f} min" if trained else "reused"
+      print(f"[{done}/{total}] {variant} seed {seed} done; {eta}", flush=True)
   summary = summarise(runs)
   (root / "results.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
   print(table(summary))
