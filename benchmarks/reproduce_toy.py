@@ -91,9 +91,19 @@ def write_renamed_vocab(root: pathlib.Path) -> list:
           "--config.data.datasets.toy_ade.val_panoptic_annotations="]
 
 
+def run_dir(root: pathlib.Path, variant: str, seed: int) -> pathlib.Path:
+  """The workdir of one (variant, seed) run."""
+  return root / f"{variant}_seed{seed}"
+
+
+def metrics_file(root: pathlib.Path, variant: str, seed: int) -> pathlib.Path:
+  """Where a (variant, seed) run's evaluation writes its metrics; a run whose file exists is reused."""
+  return run_dir(root, variant, seed) / "eval" / "metrics.json"
+
+
 def commands(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Path) -> list:
   """The scripts and arguments of one (variant, seed): train then eval, or eval alone for a renamed variant."""
-  workdir = root / f"{variant}_seed{seed}"
+  workdir = run_dir(root, variant, seed)
   trained = RENAMED_OF.get(variant)
   config, overrides, units = VARIANTS[trained or variant]
   if trained:
@@ -123,24 +133,19 @@ def ensure_data(data_dir: str, variants) -> None:
                      check=True)
 
 
-def metrics_file(root: pathlib.Path, variant: str, seed: int) -> pathlib.Path:
-  """Where a (variant, seed) run's evaluation writes its metrics; a run whose file exists is reused."""
-  return root / f"{variant}_seed{seed}" / "eval" / "metrics.json"
-
-
 def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Path) -> dict:
   """Trains and evaluates one (variant, seed) unless its metrics exist; returns the metrics and the commands.
 
   A `RENAMED_OF` variant trains nothing: it evaluates the run of its trained variant at the same seed (whose
   checkpoints it links into its own workdir) with toy_ade's classes named by their synonyms.
   """
-  workdir = root / f"{variant}_seed{seed}"
+  workdir = run_dir(root, variant, seed)
   trained = RENAMED_OF.get(variant)
   if trained:
     link = workdir / "checkpoints"
     if not link.exists():
       workdir.mkdir(parents=True, exist_ok=True)
-      link.symlink_to((root / f"{trained}_seed{seed}" / "checkpoints").resolve(), target_is_directory=True)
+      link.symlink_to((run_dir(root, trained, seed) / "checkpoints").resolve(), target_is_directory=True)
   cmds = commands(variant, seed, steps, data_dir, root)
   metrics_path = metrics_file(root, variant, seed)
   if not metrics_path.exists():
