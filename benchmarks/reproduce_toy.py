@@ -16,6 +16,9 @@ exposure"); `joint_equal_steps` is the joint model at S steps ("equal total step
                      ade_coco, joint)
   control            toy_ade + toy_coco_disjoint + toy_o365_disjoint (no class in common with toy_ade), 3 S steps
   learned            joint with a learned classifier instead of the text embeddings
+  synonym            toy_ade + toy_coco_nosyn + toy_o365, 3 S steps: toy_coco without person and car, so that
+                     toy_ade's person and car have one other source, toy_o365, which names them human and
+                     automobile (the synonym test); synonym_learned: the same with a learned classifier
   merge_<formula>    joint with config.loss.merge_mask=<formula> (the MERGE A/B; joint is the default's arm)
   merge_first_guess  joint with the simplest MERGE (FIRST_GUESS): clipped sum, background proposals in their class's
                      group, left-over segments without a loss
@@ -26,7 +29,8 @@ exposure"); `joint_equal_steps` is the joint model at S steps ("equal total step
 Each run is scripts/train.py then scripts/eval.py with `--config.seed=<seed>`; every command is in
 WORKDIR/results.json. Finished runs are reused. Results: WORKDIR/results.json and markdown tables on stdout
 (docs/results.md is those tables plus commentary): mean and standard deviation over seeds of each metric,
-toy_ade's mIoU on the classes it shares with toy_coco and on its own apart, and every run's numbers.
+toy_ade's mIoU on the classes it shares with toy_coco, on its own and on person and car apart, and every run's
+numbers.
 """
 import json
 import pathlib
@@ -40,9 +44,13 @@ from absl import flags
 from dataseg_jax import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # scripts/ is a folder of the repository, not an installed package
+from scripts import make_toy_data  # noqa: E402
+
 TOY_ADE = ("sky", "grass", "water", "road", "wall", "curtain", "car", "person", "dog", "chair", "bottle", "lamp")
 TOY_ADE_OWN = ("curtain", "lamp")  # the classes toy_coco does not have (make_toy_data.VOCABS)
 TOY_ADE_THINGS = ("car", "person", "dog", "chair", "bottle", "lamp")
+TOY_ADE_SYNONYMS = ("car", "person")  # the classes toy_o365 names by synonyms (automobile, human)
 SYNONYMS = {"sky": "heavens", "grass": "lawn", "water": "sea", "road": "street", "wall": "partition",
             "curtain": "drape", "car": "automobile", "person": "human", "dog": "hound", "chair": "seat",
             "bottle": "flask", "lamp": "light"}
@@ -50,6 +58,7 @@ METRICS = (  # (key, label); '*' keys are derived by `derived_metrics`
     ("toy_ade/semantic/mIoU", "ADE-like mIoU"),
     ("*toy_ade/semantic/mIoU_shared", "ADE-like mIoU, the 10 classes shared with COCO-like"),
     ("*toy_ade/semantic/mIoU_own", "ADE-like mIoU, its 2 own classes"),
+    ("*toy_ade/semantic/mIoU_synonyms", "ADE-like mIoU, person and car (O365-like: human, automobile)"),
     ("toy_coco/panoptic/PQ", "COCO-like PQ"),
     ("toy_o365/instance/AP", "O365-like mask AP (boxes only: weak transfer)"),
     ("toy_ade/panoptic/PQ", "ADE-like PQ (semantic labels only: weak transfer)"),
@@ -69,6 +78,8 @@ VARIANTS = {
     "ade_coco": ("configs/toy.py:toy_ade+toy_coco", [], 2),
     "control": ("configs/toy.py:toy_ade+toy_coco_disjoint+toy_o365_disjoint", [], 3),
     "learned": ("configs/toy.py", ["--config.model.classifier=learned"], 3),
+    "synonym": ("configs/toy.py:toy_ade+toy_coco_nosyn+toy_o365", [], 3),
+    "synonym_learned": ("configs/toy.py:toy_ade+toy_coco_nosyn+toy_o365", ["--config.model.classifier=learned"], 3),
     "merge_clip": ("configs/toy.py", ["--config.loss.merge_mask=clip"], 3),
     "merge_max": ("configs/toy.py", ["--config.loss.merge_mask=max"], 3),
     "merge_first_guess": ("configs/toy.py", FIRST_GUESS, 3),
@@ -122,10 +133,12 @@ def variant_data_dir(variant: str, data_dir: str) -> str:
 
 
 def ensure_data(data_dir: str, variants) -> None:
-  """Writes the toy world (with the control) and the calibration copies the variants need, when missing."""
+  """Writes the datasets of the toy world (with the diagnostic ones) that `data_dir` lacks, and the calibration
+  copies the variants need, when missing."""
   make = [sys.executable, "scripts/make_toy_data.py"]
-  if not (REPO / data_dir / "toy_o365_disjoint").exists():
-    subprocess.run(make + ["--out", data_dir, "--control"], cwd=REPO, check=True)
+  missing = [n for n in make_toy_data.DATASETS if not (REPO / data_dir / n).exists()]
+  if missing:
+    subprocess.run(make + ["--out", data_dir, "--only", ",".join(missing)], cwd=REPO, check=True)
   for variant in set(variants) & set(ADE_TRAIN):
     out = variant_data_dir(variant, data_dir)
     if not (REPO / out / "toy_ade" / "names.txt").exists():
@@ -158,9 +171,11 @@ def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Pa
 
 
 def derived_metrics(metrics: dict) -> dict:
-  """toy_ade's mIoU over the classes it shares with toy_coco and over its own, from the per-class IoUs."""
+  """toy_ade's mIoU over the classes it shares with toy_coco, over its own and over those toy_o365 names by synonyms,
+  from the per-class IoUs."""
   out = {}
-  for key, classes in (("mIoU_shared", [n for n in TOY_ADE if n not in TOY_ADE_OWN]), ("mIoU_own", TOY_ADE_OWN)):
+  for key, classes in (("mIoU_shared", [n for n in TOY_ADE if n not in TOY_ADE_OWN]), ("mIoU_own", TOY_ADE_OWN),
+                       ("mIoU_synonyms", TOY_ADE_SYNONYMS)):
     ious = [metrics.get(f"toy_ade/semantic/IoU/{n}") for n in classes]
     if all(v is not None for v in ious):
       out[f"toy_ade/semantic/{key}"] = statistics.mean(ious)

@@ -64,12 +64,14 @@ def detection_entry(name: str) -> ml_collections.ConfigDict:
       ratio=1.0, eval_tasks=("instance",))
 
 
-def control_datasets() -> ml_collections.ConfigDict:
-  """The control's large datasets (`make_toy_data.py --control`): toy_coco and toy_o365 without a class of
-  toy_ade's, selected by name, e.g. `configs/toy.py:toy_ade+toy_coco_disjoint+toy_o365_disjoint`."""
+def diagnostic_datasets() -> ml_collections.ConfigDict:
+  """The datasets of docs/results.md's diagnostics (`make_toy_data.py --control`), selected by name: the control's
+  toy_coco and toy_o365 without a class of toy_ade's (`configs/toy.py:toy_ade+toy_coco_disjoint+toy_o365_disjoint`)
+  and the synonym test's toy_coco without person and car (`configs/toy.py:toy_ade+toy_coco_nosyn+toy_o365`)."""
   ds = ml_collections.ConfigDict()
   ds.toy_coco_disjoint = panoptic_entry("toy_coco_disjoint")
   ds.toy_o365_disjoint = detection_entry("toy_o365_disjoint")
+  ds.toy_coco_nosyn = panoptic_entry("toy_coco_nosyn")
   return ds
 
 
@@ -118,7 +120,7 @@ def get_config(arg=None):
   d.datasets = toy_datasets()
   if arg:
     catalogue = toy_datasets()
-    catalogue.update(control_datasets())
+    catalogue.update(diagnostic_datasets())
     d.datasets = config_lib.select_dataset(catalogue, arg, "configs/toy.py")
 
   o = c.optimizer

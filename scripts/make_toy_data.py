@@ -23,9 +23,12 @@ help (docs/results.md measures whether it does). The datasets, by default sizes 
                    OUT/heldout_names.txt), whose vocabulary leaves the trained originals out (open vocabulary).
   OUT/toy_city     (200 / 64) COCO instances JSON (RLE masks) in a fourth label space ('vehicle', 'pedestrian',
                    'puppy', 'boat'): the worked example of docs/datasets.md.
-  --control:       OUT/toy_coco_disjoint and OUT/toy_o365_disjoint, as toy_coco and toy_o365 (same sizes, same
-                   formats, same world) but with classes that toy_ade does not have and scenes without any of
-                   toy_ade's classes: the control of docs/results.md, where joint training has nothing to share.
+  --control:       the diagnostic datasets of docs/results.md, as toy_coco and toy_o365 (same sizes, same formats,
+                   same world): OUT/toy_coco_disjoint and OUT/toy_o365_disjoint, with classes that toy_ade does not
+                   have and scenes without any of toy_ade's classes (the control, where joint training has nothing
+                   to share); OUT/toy_coco_nosyn, toy_coco without person and car in its vocabulary or its scenes,
+                   so that toy_ade's person and car are taught besides toy_ade only by toy_o365, under the synonyms
+                   human and automobile (the synonym test: text against learned classifier).
 
 `--train N` / `--val N` set every dataset's split to N images (tests use a few); `--ade_train N` sets only
 toy_ade's training split (docs/results.md calibrates the world with 60 against 600); `--only` writes a subset.
@@ -77,17 +80,23 @@ VOCABS = {
     "toy_coco_disjoint": {n: n for n in ("sand", "snow", "mud", "gravel", "carpet", "floor", "fence", "cat", "bird",
                                          "boat", "umbrella", "kite", "clock", "cup")},
     "toy_o365_disjoint": {n: n for n in ("cat", "bird", "boat", "umbrella", "kite", "clock", "cup", "horse", "book")},
+    "toy_coco_nosyn": {"sky-other-merged": "sky", "grass-merged": "grass", "water-other": "water", "road": "road",
+                       "wall-other-merged": "wall", "sand": "sand", "snow": "snow", "dog": "dog", "chair": "chair",
+                       "bottle": "bottle", "cat": "cat", "bird": "bird"},
     "toy_city": {"vehicle": "car", "pedestrian": "person", "puppy": "dog", "boat": "boat"},
     "toy_heldout": {n: n for n in ("sky", "beach", "grass", "person", "car", "kitten", "parrot", "canoe")},
 }
 HELDOUT = tuple(VARIANTS)
-# dataset -> (format, default training images, default validation images)
+# dataset -> (format, default training images, default validation images). New datasets go last: a dataset's
+# position seeds its images (`_image_rng`), so appending leaves every existing file as it was.
 DATASETS = {
     "toy_ade": ("semantic", 60, 300), "toy_coco": ("panoptic", 2000, 300), "toy_o365": ("detection", 4000, 300),
     "toy_heldout": ("semantic", 0, 200), "toy_city": ("instances", 200, 64),
     "toy_coco_disjoint": ("panoptic", 2000, 300), "toy_o365_disjoint": ("detection", 4000, 300),
+    "toy_coco_nosyn": ("panoptic", 2000, 300),
 }
 CONTROL = ("toy_coco_disjoint", "toy_o365_disjoint")
+DIAGNOSTIC = CONTROL + ("toy_coco_nosyn",)  # written with --control only
 BACKGROUNDS = ("road", "sand", "wall", "grass")  # unlabelled backgrounds of datasets without stuff classes
 CONTROL_BACKGROUNDS = ("sand", "mud", "gravel", "carpet")  # ... of the control's, which avoid toy_ade's classes
 
@@ -481,11 +490,11 @@ def write_dataset(out: pathlib.Path, name: str, train: int, val: int, size: int,
 
 def write(out: str, train: int = None, val: int = None, ade_train: int = None, size: int = 128, seed: int = 0,
           control: bool = False, only=(), processes: int = os.cpu_count()) -> list:
-  """Writes the datasets `only` (default: all but the control's, with them when `control`) under `out`; `train` /
-  `val`: images of every dataset's split instead of its default, `ade_train`: toy_ade's training images. Returns
-  the names written."""
+  """Writes the datasets `only` (default: all but the DIAGNOSTIC ones, with them when `control`) under `out`;
+  `train` / `val`: images of every dataset's split instead of its default, `ade_train`: toy_ade's training images.
+  Returns the names written."""
   out = pathlib.Path(out)
-  names = list(only) or [n for n in DATASETS if n not in CONTROL or control]
+  names = list(only) or [n for n in DATASETS if n not in DIAGNOSTIC or control]
   unknown = sorted(set(names) - set(DATASETS))
   if unknown:
     raise ValueError(f"unknown datasets {unknown}; expected some of {list(DATASETS)}")
@@ -513,8 +522,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("ade_train", None, "Training images of toy_ade (applied after --train).")
   flags.DEFINE_integer("size", 128, "Image height; widths vary 0.8-1.25x.")
   flags.DEFINE_integer("seed", 0, "The world's seed: the same seed writes the same files.")
-  flags.DEFINE_bool("control", False, "Also write the control datasets (module docstring).")
-  flags.DEFINE_list("only", [], "Datasets to write, comma-separated (default: all but the control's).")
+  flags.DEFINE_bool("control", False, "Also write the diagnostic datasets: the control and the synonym test "
+                    "(module docstring).")
+  flags.DEFINE_list("only", [], "Datasets to write, comma-separated (default: all but the diagnostic ones).")
   flags.DEFINE_integer("processes", os.cpu_count(), "Worker processes (1: none).")
 
 

@@ -52,3 +52,56 @@ def test_reproduce_toy_renamed_variants_only_evaluate_their_trained_run(tmp_path
     assert f"--config.data.datasets.toy_ade.names={tmp_path / 'toy_ade_synonyms.txt'}" in cmd
   assert (tmp_path / "toy_ade_synonyms.txt").read_text().split() == [reproduce_toy.SYNONYMS[n]
                                                                     for n in reproduce_toy.TOY_ADE]
+
+
+def test_reproduce_toy_variants_train_datasets_that_configs_toy_and_the_world_have():
+  """Every variant's config argument loads, and names datasets that make_toy_data writes."""
+  import runpy
+  import reproduce_toy
+  get_config = runpy.run_path(str(BENCHMARKS.parent / "configs/toy.py"))["get_config"]
+  for variant, (config, _, _) in reproduce_toy.VARIANTS.items():
+    arg = config.partition(":")[2] or None
+    names = list(get_config(arg).data.datasets)
+    assert set(names) <= set(reproduce_toy.make_toy_data.DATASETS), (variant, names)
+    if arg:
+      assert names == arg.split("+"), variant
+
+
+def test_toy_world_diagnostics_leave_out_what_they_test(tmp_path):
+  """The control shares no class with toy_ade; toy_coco_nosyn is toy_coco without exactly the classes toy_o365 names
+  by synonyms (reproduce_toy.TOY_ADE_SYNONYMS), in its vocabulary and in the files it writes."""
+  import json
+  import reproduce_toy
+  world = reproduce_toy.make_toy_data
+  ade = set(world.VOCABS["toy_ade"].values())
+  assert list(world.VOCABS["toy_ade"]) == list(reproduce_toy.TOY_ADE)
+  for name in world.CONTROL:
+    assert not ade & set(world.VOCABS[name].values()), name
+  o365 = world.VOCABS["toy_o365"]
+  renamed = {c for n, c in o365.items() if c in ade and n not in world.VOCABS["toy_ade"]}
+  assert renamed == set(reproduce_toy.TOY_ADE_SYNONYMS)
+  coco, nosyn = world.VOCABS["toy_coco"], world.VOCABS["toy_coco_nosyn"]
+  assert nosyn == {n: c for n, c in coco.items() if c not in renamed}
+  world.write(str(tmp_path), train=3, val=2, size=48, only=["toy_coco_nosyn"], processes=1)
+  for split in ("train", "val"):
+    data = json.loads((tmp_path / f"toy_coco_nosyn/annotations/panoptic_{split}.json").read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    assert list(names.values()) == list(nosyn)
+    used = {s["category_id"] for a in data["annotations"] for s in a["segments_info"]}
+    assert used and used <= set(names)
+
+
+def test_reproduce_toy_writes_only_the_datasets_the_data_dir_lacks(tmp_path, monkeypatch):
+  """An existing world is kept: ensure_data asks make_toy_data for the missing datasets alone."""
+  import reproduce_toy
+  calls = []
+  monkeypatch.setattr(reproduce_toy.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+  have = [n for n in reproduce_toy.make_toy_data.DATASETS if n != "toy_coco_nosyn"]
+  for name in have:
+    (tmp_path / name).mkdir()
+  reproduce_toy.ensure_data(str(tmp_path), ["joint"])
+  assert calls == [[sys.executable, "scripts/make_toy_data.py", "--out", str(tmp_path), "--only", "toy_coco_nosyn"]]
+  (tmp_path / "toy_coco_nosyn").mkdir()
+  calls.clear()
+  reproduce_toy.ensure_data(str(tmp_path), ["joint"])
+  assert calls == []
