@@ -47,10 +47,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # scripts/ is a folder of the repository, not an installed package
 from scripts import make_toy_data  # noqa: E402
 
-TOY_ADE = ("sky", "grass", "water", "road", "wall", "curtain", "car", "person", "dog", "chair", "bottle", "lamp")
-TOY_ADE_OWN = ("curtain", "lamp")  # the classes toy_coco does not have (make_toy_data.VOCABS)
-TOY_ADE_THINGS = ("car", "person", "dog", "chair", "bottle", "lamp")
-TOY_ADE_SYNONYMS = ("car", "person")  # the classes toy_o365 names by synonyms (automobile, human)
+TOY_ADE = tuple(make_toy_data.VOCABS["toy_ade"])  # toy_ade's names are its world classes
+TOY_ADE_OWN = tuple(n for n in TOY_ADE if n not in make_toy_data.VOCABS["toy_coco"].values())  # curtain, lamp
+TOY_ADE_THINGS = tuple(n for n in TOY_ADE if make_toy_data.is_thing(n))
+TOY_ADE_SYNONYMS = tuple(n for n in TOY_ADE if n in make_toy_data.SYNONYM_CLASSES)  # toy_o365: automobile, human
 SYNONYMS = {"sky": "heavens", "grass": "lawn", "water": "sea", "road": "street", "wall": "partition",
             "curtain": "drape", "car": "automobile", "person": "human", "dog": "hound", "chair": "seat",
             "bottle": "flask", "lamp": "light"}
