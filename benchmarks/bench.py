@@ -47,22 +47,6 @@ def run_part(part: str, quick: bool, threads: int) -> dict:
   return result
 
 
-def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
-  """The CPU's model name and vector extensions (from Linux's `cpuinfo`; {} where it cannot be read): XLA and the
-  PyTorch peer use AVX-512 and AMX differently, so their ratio depends on the host as well as on the code."""
-  try:
-    info = pathlib.Path(cpuinfo).read_text()
-  except OSError:
-    return {}
-  first = info.split("\n\n")[0]  # the first processor's block
-  fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-  fields = {k.strip(): v.strip() for k, v in fields.items()}
-  flags = fields.get("flags", "").split()
-  return {"cpu_model": f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model "
-                       f"{fields.get('model', '?')})",
-          "cpu_vector": " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)}
-
-
 def peer_ratios(results: dict) -> dict:
   """Ours / peer for the R50 train step time, peak memory and eval time per image (lower is better)."""
   ours, peer = results.get("train", {}).get("r50", {}), results.get("peer", {})
@@ -100,7 +84,7 @@ def main():
   out = pathlib.Path(a.out)
   results = json.loads(out.read_text()) if a.update and out.exists() else {}
   results["machine"] = {"cpu_count": os.cpu_count(), "threads": a.threads, "quick": a.quick,
-                        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), **cpu_model()}
+                        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), **hardware.cpu_model()}
   for i, part in enumerate(parts):
     print(f"[{i + 1}/{len(parts)}] bench {part} ...", flush=True)
     results[part] = run_part(part, a.quick, a.threads)

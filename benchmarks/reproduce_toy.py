@@ -26,13 +26,16 @@ exposure"); `joint_equal_steps` is the joint model at S steps ("equal total step
   renamed            the joint model evaluated with toy_ade's classes renamed to synonyms (no training);
                      renamed_dense evaluates joint_dense
 
-Each run is scripts/train.py then scripts/eval.py with `--config.seed=<seed>`; every command is in
+Each run is scripts/train.py then scripts/eval.py with `--config.seed=<seed>`; every command, and each run's
+provenance (commit, CPU model, CPUs, jax version: `provenance()`, one entry per invocation that ran it), is in
 WORKDIR/results.json. Finished runs are reused. Results: WORKDIR/results.json and markdown tables on stdout
 (docs/results.md is those tables plus commentary): mean and standard deviation over seeds of each metric,
 toy_ade's mIoU on the classes it shares with toy_coco, on its own and on person and car apart, and every run's
 numbers.
 """
+import importlib.metadata
 import json
+import os
 import pathlib
 import statistics
 import subprocess
@@ -42,6 +45,7 @@ import time
 from absl import flags
 
 from dataseg_jax import cli
+from dataseg_jax import hardware
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # scripts/ is a folder of the repository, not an installed package
@@ -146,11 +150,29 @@ def ensure_data(data_dir: str, variants) -> None:
                      check=True)
 
 
+CODE = ("dataseg_jax", "data_pipelines", "configs", "scripts")  # what a run's numbers depend on in the repository
+
+
+def provenance() -> dict:
+  """What a run's numbers depend on beyond its command: the commit ('+dirty' when CODE has uncommitted changes), the
+  CPU model and vector extensions, the CPUs this process may use (XLA-CPU's thread count) and jax's version. Runs
+  repeat bit for bit only where all of these agree (README, Reproducibility)."""
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+  commit = git("rev-parse", "--short", "HEAD") or "unknown"
+  if git("status", "--porcelain", "--untracked-files=no", "--", *CODE):
+    commit += "+dirty"
+  return {"commit": commit, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **hardware.cpu_model(),
+          "cpus": len(os.sched_getaffinity(0)), "jax": importlib.metadata.version("jax")}
+
+
 def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Path) -> dict:
   """Trains and evaluates one (variant, seed) unless its metrics exist; returns the metrics and the commands.
 
   A `RENAMED_OF` variant trains nothing: it evaluates the run of its trained variant at the same seed (whose
-  checkpoints it links into its own workdir) with toy_ade's classes named by their synonyms.
+  checkpoints it links into its own workdir) with toy_ade's classes named by their synonyms. Each invocation that
+  runs the commands (the first, and each that resumes a run cut short) appends its `provenance()` to the run's
+  provenance.json, which the record carries.
   """
   workdir = run_dir(root, variant, seed)
   trained = RENAMED_OF.get(variant)
@@ -161,13 +183,20 @@ def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Pa
       link.symlink_to((run_dir(root, trained, seed) / "checkpoints").resolve(), target_is_directory=True)
   cmds = commands(variant, seed, steps, data_dir, root)
   metrics_path = metrics_file(root, variant, seed)
+  provenance_path = workdir / "provenance.json"
   if not metrics_path.exists():
+    workdir.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads(provenance_path.read_text()) if provenance_path.exists() else []
+    provenance_path.write_text(json.dumps(earlier + [provenance()], indent=1))
     for cmd in cmds:
       proc = subprocess.run([sys.executable, *cmd], cwd=REPO, capture_output=True, text=True)
       if proc.returncode:
         sys.exit(f"reproduce_toy: failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
   metrics = json.loads(metrics_path.read_text())["metrics"]
-  return {"metrics": dict(metrics, **derived_metrics(metrics)), "commands": [" ".join(["python", *c]) for c in cmds]}
+  record = {"metrics": dict(metrics, **derived_metrics(metrics)), "commands": [" ".join(["python", *c]) for c in cmds]}
+  if provenance_path.exists():  # runs made before provenance was recorded have none
+    record["provenance"] = json.loads(provenance_path.read_text())
+  return record
 
 
 def derived_metrics(metrics: dict) -> dict:

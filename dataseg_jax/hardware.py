@@ -1,5 +1,5 @@
-"""Host and accelerator facts: peak dense bf16 FLOP/s for MFU, the host allocator setting XLA-CPU wants, and the
-persistent compilation cache.
+"""Host and accelerator facts: peak dense bf16 FLOP/s for MFU, the CPU model, the host allocator setting XLA-CPU
+wants, and the persistent compilation cache.
 
 `PEAK_FLOPS` is keyed by a substring of the device's name (`jax.Device.device_kind`,
 `torch.cuda.get_device_name()`); values from the vendors' data sheets, dense (no sparsity). Pure Python: the
@@ -7,6 +7,7 @@ PyTorch peer benchmark uses it too.
 """
 import ctypes
 import os
+import pathlib
 import platform
 import sys
 
@@ -17,6 +18,24 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v
 def peak_flops(device_name: str) -> float | None:
   """Peak dense bf16 FLOP/s of the first `PEAK_FLOPS` key contained in `device_name`; None when unknown."""
   return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
+  """The CPU's model name and vector extensions (from Linux's `cpuinfo`; {} where it cannot be read): XLA and the
+  PyTorch peer use AVX-512 and AMX differently, so their ratio depends on the host as well as on the code, and
+  XLA-CPU compiles for the extensions it finds, so a training run repeats bit for bit only on the same model (README,
+  Reproducibility)."""
+  try:
+    info = pathlib.Path(cpuinfo).read_text()
+  except OSError:
+    return {}
+  first = info.split("\n\n")[0]  # the first processor's block
+  fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  flags = fields.get("flags", "").split()
+  return {"cpu_model": f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model "
+                       f"{fields.get('model', '?')})",
+          "cpu_vector": " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)}
 
 
 HUGE_PAGE_MALLOC = "glibc.malloc.hugetlb=1"

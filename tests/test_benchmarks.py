@@ -1,7 +1,10 @@
-"""The benchmarks' timer (benchmarks/timing.py) and the entry point's command line (benchmarks/bench.py)."""
+"""The benchmarks' timer (benchmarks/timing.py), the entry point's command line (benchmarks/bench.py) and the toy
+reproduction (benchmarks/reproduce_toy.py): its variants, its world and what it records of each run."""
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the benchmarks import each other as sibling modules, as scripts do
@@ -25,20 +28,6 @@ def test_bench_refuses_an_unknown_part_before_running_any():
   proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), "--only", "model,nope"], capture_output=True,
                         text=True, timeout=60)
   assert proc.returncode == 2 and "unknown parts ['nope']" in proc.stderr, proc.stderr
-
-
-def test_bench_records_the_cpu_model_from_proc_cpuinfo(tmp_path):
-  """machine.cpu_model / cpu_vector come from cpuinfo's first processor; {} where it cannot be read."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("bench", BENCHMARKS / "bench.py")
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
-  info = tmp_path / "cpuinfo"
-  info.write_text("processor\t: 0\ncpu family\t: 6\nmodel\t\t: 207\nmodel name\t: Test CPU\n"
-                  "flags\t\t: fpu avx2 avx512f amx_bf16\n\nprocessor\t: 1\nmodel name\t: Other CPU\nflags\t\t: fpu\n")
-  assert bench.cpu_model(str(info)) == {"cpu_model": "Test CPU (family 6 model 207)",
-                                        "cpu_vector": "avx2 avx512f amx_bf16"}
-  assert bench.cpu_model(str(tmp_path / "missing")) == {}
 
 
 def test_reproduce_toy_renamed_variants_only_evaluate_their_trained_run(tmp_path):
@@ -104,3 +93,34 @@ def test_reproduce_toy_writes_only_the_datasets_the_data_dir_lacks(tmp_path, mon
   calls.clear()
   reproduce_toy.ensure_data(str(tmp_path), ["joint"])
   assert calls == []
+
+
+def test_reproduce_toy_records_each_invocation_that_runs_a_run(tmp_path, monkeypatch):
+  """run_one appends provenance (commit, CPU model, CPUs, jax) before it trains; a reused run adds none; a resumed
+  one adds its own; the record carries the list."""
+  import json
+  import os
+  import reproduce_toy
+  real_run, ran = subprocess.run, []
+
+  def fake_run(cmd, **kw):
+    if cmd[0] == "git":
+      return real_run(cmd, **kw)
+    ran.append(cmd[1])
+    if cmd[1] == "scripts/eval.py" and len(ran) > 2:  # the first invocation is cut short after training
+      metrics = reproduce_toy.metrics_file(tmp_path, "alone_toy_ade", 0)
+      metrics.parent.mkdir(parents=True, exist_ok=True)
+      metrics.write_text(json.dumps({"metrics": {"toy_ade/semantic/mIoU": 1.0}}))
+    return subprocess.CompletedProcess(cmd, 0 if len(ran) != 2 else 1, "", "killed")
+
+  monkeypatch.setattr(reproduce_toy.subprocess, "run", fake_run)
+  with pytest.raises(SystemExit, match=r"failed \(1\)"):
+    reproduce_toy.run_one("alone_toy_ade", 0, 10, "data/toy", tmp_path)
+  record = reproduce_toy.run_one("alone_toy_ade", 0, 10, "data/toy", tmp_path)
+  assert reproduce_toy.run_one("alone_toy_ade", 0, 10, "data/toy", tmp_path) == record and len(ran) == 4
+  head = real_run(["git", "rev-parse", "--short", "HEAD"], cwd=reproduce_toy.REPO, capture_output=True,
+                  text=True).stdout.strip()
+  assert len(record["provenance"]) == 2
+  for p in record["provenance"]:
+    assert p["commit"] in (head, head + "+dirty") and p["cpus"] == len(os.sched_getaffinity(0))
+    assert p["jax"] == reproduce_toy.importlib.metadata.version("jax") and p["cpu_model"]

@@ -1,4 +1,4 @@
-"""The host allocator re-exec, the heap trim, the compilation cache and the accelerator peak table."""
+"""The host allocator re-exec, the heap trim, the compilation cache, the accelerator peak table and the CPU model."""
 import ctypes
 import os
 import pathlib
@@ -102,3 +102,13 @@ def test_release_freed_host_memory_returns_freed_heap_pages():
   libc.free(guard)
   assert released > 100 * 2**20, released
 
+
+
+def test_cpu_model_reads_the_first_processor_of_cpuinfo(tmp_path):
+  """cpu_model / cpu_vector come from cpuinfo's first processor; {} where it cannot be read."""
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\ncpu family\t: 6\nmodel\t\t: 207\nmodel name\t: Test CPU\n"
+                  "flags\t\t: fpu avx2 avx512f amx_bf16\n\nprocessor\t: 1\nmodel name\t: Other CPU\nflags\t\t: fpu\n")
+  assert hardware.cpu_model(str(info)) == {"cpu_model": "Test CPU (family 6 model 207)",
+                                           "cpu_vector": "avx2 avx512f amx_bf16"}
+  assert hardware.cpu_model(str(tmp_path / "missing")) == {}
