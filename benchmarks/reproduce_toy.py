@@ -35,7 +35,6 @@ numbers.
 """
 import importlib.metadata
 import json
-import os
 import pathlib
 import statistics
 import subprocess
@@ -163,7 +162,7 @@ def provenance() -> dict:
   if git("status", "--porcelain", "--untracked-files=no", "--", *CODE):
     commit += "+dirty"
   return {"commit": commit, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **hardware.cpu_model(),
-          "cpus": len(os.sched_getaffinity(0)), "jax": importlib.metadata.version("jax")}
+          "cpus": hardware.host_cores(), "jax": importlib.metadata.version("jax")}
 
 
 def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Path) -> dict:

@@ -1,5 +1,5 @@
-"""Host and accelerator facts: peak dense bf16 FLOP/s for MFU, the CPU model, the host allocator setting XLA-CPU
-wants, and the persistent compilation cache.
+"""Host and accelerator facts: peak dense bf16 FLOP/s for MFU, the CPU model and cores, the host allocator setting
+XLA-CPU wants, and the persistent compilation cache.
 
 `PEAK_FLOPS` is keyed by a substring of the device's name (`jax.Device.device_kind`,
 `torch.cuda.get_device_name()`); values from the vendors' data sheets, dense (no sparsity). Pure Python: the
@@ -37,6 +37,12 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
                        f"{fields.get('model', '?')})",
           "cpu_vector": " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)}
 
+
+
+def host_cores() -> int:
+  """The CPU cores this process may run on (its affinity: `taskset`, a container's cpuset), which is XLA-CPU's thread
+  count; all of the machine's where the OS cannot say (e.g. macOS)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 HUGE_PAGE_MALLOC = "glibc.malloc.hugetlb=1"
 

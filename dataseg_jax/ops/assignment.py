@@ -12,12 +12,13 @@ took 57 ms against 7 ms for scipy on the host; `shortest_augmenting_paths` takes
 """
 import concurrent.futures
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
+
+from dataseg_jax import hardware
 
 
 def device_match(cost: jax.Array) -> jax.Array:
@@ -130,8 +131,7 @@ def _scipy_solve(flat: np.ndarray, real: np.ndarray, out: np.ndarray, part: slic
       out[i, ~real[i]] = np.flatnonzero(free)[:len(real[i]) - len(cols)]
 
 
-# The cores this process may run on (all of them where the OS cannot say, e.g. macOS).
-HOST_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+HOST_CORES = hardware.host_cores()  # the threads of the host solver's pool
 
 
 @functools.cache
