@@ -25,10 +25,11 @@ LOG_EPS = 1e-6     # floor of 1 - p inside log(1 - p): float32 resolves 1 - p to
 
 
 def _bilinear_taps(coords: jax.Array, height: int, width: int):
-  """The 4 bilinear neighbours of each point as (flat pixel index, weight), each [..., P, 4].
+  """The 4 bilinear neighbours of each point: a tuple of 4 (flat pixel index, weight), each [..., P].
 
   coords: [..., P, 2] normalised (x, y); grid_sample align_corners=False. Neighbours outside the grid
-  get weight 0 (zero padding) and a clipped, valid index.
+  get weight 0 (zero padding) and a clipped, valid index. Each tap is computed on its own [..., P] arrays
+  (stacking x and y before the arithmetic cost the R50 criterion 0.5 s a step on XLA-CPU).
   """
   px = coords[..., 0] * width - 0.5
   py = coords[..., 1] * height - 0.5
@@ -36,18 +37,28 @@ def _bilinear_taps(coords: jax.Array, height: int, width: int):
   y0 = jnp.floor(py)
   fx = px - x0
   fy = py - y0
-  xs = jnp.stack([x0, x0 + 1, x0, x0 + 1], -1)
-  ys = jnp.stack([y0, y0, y0 + 1, y0 + 1], -1)
-  w = jnp.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], -1)
-  inside = (xs >= 0) & (xs <= width - 1) & (ys >= 0) & (ys <= height - 1)
-  flat = jnp.clip(ys, 0, height - 1).astype(jnp.int32) * width + jnp.clip(xs, 0, width - 1).astype(jnp.int32)
-  return flat, jnp.where(inside, w, 0.0)
+  taps = []
+  for dy, dx, w in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+    x, y = x0 + dx, y0 + dy
+    inside = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+    flat = jnp.clip(y, 0, height - 1).astype(jnp.int32) * width + jnp.clip(x, 0, width - 1).astype(jnp.int32)
+    taps.append((flat, jnp.where(inside, w, 0.0)))
+  return tuple(taps)
+
+
+def _stacked_taps(coords: jax.Array, height: int, width: int):
+  """`_bilinear_taps` as (flat [..., P, 4], weight [..., P, 4]), for one gather of all four taps."""
+  flat, weight = zip(*_bilinear_taps(coords.astype(jnp.float32), height, width))
+  return jnp.stack(flat, -1), jnp.stack(weight, -1)
 
 
 def point_sample(grid: jax.Array, coords: jax.Array) -> jax.Array:
-  """Bilinear samples of one map [h, w] at points [..., P, 2] -> [..., P] (Mask2Former point_sample)."""
+  """Bilinear samples of one map [h, w] at points [..., P, 2] -> [..., P] (Mask2Former point_sample).
+
+  One gather of the four taps: with a gather per tap XLA-CPU fused each with the map's producer (the merged
+  mask's logs and exponentials) and computed it once per tap and point (3x slower importance sampling)."""
   h, w = grid.shape
-  flat, wt = _bilinear_taps(coords.astype(jnp.float32), h, w)
+  flat, wt = _stacked_taps(coords, h, w)
   return jnp.sum(wt * grid.reshape(-1)[flat].astype(jnp.float32), -1)
 
 
@@ -83,9 +94,9 @@ def sample_segment_masks(segment_map: jax.Array, segment_ids: jax.Array, coords:
     [N, P] float32 in [0, 1].
   """
   h, w = segment_map.shape
-  flat, wt = _bilinear_taps(coords.astype(jnp.float32), h, w)
-  hit = segment_map.reshape(-1)[flat] == segment_ids[:, None, None]
-  return jnp.sum(jnp.where(hit, wt, 0.0), -1)
+  ids = segment_map.reshape(-1)  # a gather per tap: 0.4 s less than one of all four in the R50 criterion's backward
+  return sum(jnp.where(ids[flat] == segment_ids[:, None], wt, 0.0)
+             for flat, wt in _bilinear_taps(coords.astype(jnp.float32), h, w))
 
 
 def sample_segment_masks_shared(segment_map: jax.Array, num_segments: int, coords: jax.Array) -> jax.Array:
@@ -95,8 +106,8 @@ def sample_segment_masks_shared(segment_map: jax.Array, num_segments: int, coord
   values), rather than compared against all N segments.
   """
   h, w = segment_map.shape
-  flat, wt = _bilinear_taps(coords.astype(jnp.float32), h, w)
-  ids = segment_map.reshape(-1)[flat]  # [P, 4]
+  flat, wt = _stacked_taps(coords, h, w)  # [P, 4]
+  ids = segment_map.reshape(-1)[flat]
   rows = jnp.where((ids >= 0) & (ids < num_segments), ids, num_segments)
   points = jnp.broadcast_to(jnp.arange(coords.shape[0])[:, None], rows.shape)
   return jnp.zeros((num_segments + 1, coords.shape[0]), jnp.float32).at[rows, points].add(wt)[:num_segments]
