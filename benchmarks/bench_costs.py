@@ -160,17 +160,15 @@ class Parts:
         return jnp.zeros((b, 1, 1))
       return jax.vmap(lambda sm: mask_losses.dense_targets(sm, n, (h // stride, w // stride)))(ex["segment_map"])
 
-    def cost(lg, m, e, pts, t):
-      if dense:
-        samples = lambda maps: (mask_losses.pool_grid(maps, stride), t)  # noqa: E731
-      else:
-        samples = lambda maps: (mask_losses.point_sample_shared(maps, pts),  # noqa: E731
-                                mask_losses.sample_segment_masks_shared(e["segment_map"], n, pts))
-      return criterion_lib.layer_cost(lg, m, e, samples, config)[0]
-
     def costs(o, ex):
       t = targets(ex)
-      return jax.lax.map(lambda a: jax.vmap(cost)(a[0], a[1], ex, source.match(a[2]), t),
+
+      def layer(lg, m, key):
+        if dense:
+          return criterion_lib.layer_cost(lg, m, ex, criterion_lib.dense_cost_samples(stride), t, config)[0]
+        return criterion_lib.layer_cost(lg, m, ex, criterion_lib.point_cost_samples(n), source.match(key), config)[0]
+
+      return jax.lax.map(lambda a: layer(*a),
                          (o["pred_logits"], o["pred_masks"], jax.random.split(jax.random.key(0), layers)))
 
     def point_indices(o, ex, match):

@@ -92,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   l.oversample_ratio = 3.0
   l.importance_sample_ratio = 0.75
   l.deep_supervision = True
-  l.row_block = 16                    # [not in paper] target rows per skippable block of the point-sampled terms
+  l.row_block = 16                    # [not in paper] target rows per skippable block (mask cost; point-sampled terms)
   l.merge = "hard"                    # 'hard' (groups by argmax class) or 'soft' (ablation: weights p_i(c) for all i)
   l.merge_mask = "noisy_or"           # [ours, docs/results.md A/B] merged mask: 'noisy_or', 'max' or 'clip' (merge.py)
   l.merge_background = False          # [ours] True: a proposal whose argmax is background joins its class's group

@@ -378,28 +378,41 @@ def test_criterion_gradient_equals_finite_differences_of_the_numpy_transcription
 
 
 def test_row_blocks_skip_only_rows_that_no_example_needs(rng):
-  """Blocks of 2 of the 7 target rows: rows 2-3 padding in every example (a skipped block), rows 5-6 padding in
-  one example only (needed blocks, the last of one row): terms and gradients equal the numpy transcription and
-  the one-block run."""
+  """Blocks of 2 of the 7 target rows: rows 2-3 padding in every example but the box-only one (a block the mask
+  cost and terms skip, whose box targets keep their projection cost and loss), rows 5-6 padding in one example
+  only (needed blocks, the last of one row): terms and gradients equal the numpy transcription and the one-block
+  run, with points and (one-block run only) dense."""
   outputs, batch = random_batch(rng, c=7, n=7)
+  assert batch["task"][3] == Task.BOX
   batch["seg_valid"][:, 2:4] = False
+  batch["seg_valid"][3, 2:4] = True
   batch["seg_valid"][:, 5] = True
   batch["seg_valid"][1, 5:] = False
   cfg = small_config()
   points = criterion_lib.draw_points(jax.random.key(4), 2, 4, 7, cfg)
   ref = np_criterion(outputs, batch, cfg, jax.tree.map(np.asarray, points))
-  results = {}
-  for block in (2, 16):
-    cfg.loss.row_block = block
-    fn = jax.jit(jax.value_and_grad(
-        lambda o, b, p, cfg=cfg: criterion_lib.criterion_with_points(o, b, cfg, p)[:2], has_aux=True))
-    (_, terms), grads = fn(outputs, batch, points)
+  assert ref["loss_proj"][3] > 0
+  for sampling in ("points", "dense"):
+    cfg.loss.sampling = sampling
+    results = {}
+    for block in (2, 16):
+      cfg.loss.row_block = block
+      if sampling == "points":
+        loss = lambda o, b, p, cfg=cfg: criterion_lib.criterion_with_points(o, b, cfg, p)[:2]  # noqa: E731
+      else:
+        loss = lambda o, b, p, cfg=cfg: criterion_lib.criterion(o, b, cfg, jax.random.key(0))[:2]  # noqa: E731
+      (_, terms), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(outputs, batch, points)
+      results[block] = terms, grads
+      if sampling == "points":
+        for name in criterion_lib.TERMS:
+          np.testing.assert_allclose(np.asarray(terms[name]), ref[name], err_msg=f"{name} block {block}", **TOL)
     for name in criterion_lib.TERMS:
-      np.testing.assert_allclose(np.asarray(terms[name]), ref[name], err_msg=f"{name} block {block}", **TOL)
-    results[block] = grads
-  for name in ("pred_logits", "pred_masks"):
-    np.testing.assert_allclose(np.asarray(results[2][name]), np.asarray(results[16][name]), rtol=1e-5, atol=1e-7)
-  assert np.abs(np.asarray(results[2]["pred_masks"])).sum() > 0
+      np.testing.assert_allclose(np.asarray(results[2][0][name]), np.asarray(results[16][0][name]), rtol=1e-5,
+                                 atol=1e-6, err_msg=f"{sampling} {name}")
+    for name in ("pred_logits", "pred_masks"):
+      np.testing.assert_allclose(np.asarray(results[2][1][name]), np.asarray(results[16][1][name]), rtol=1e-5,
+                                 atol=1e-7, err_msg=f"{sampling} {name}")
+    assert np.abs(np.asarray(results[2][1]["pred_masks"])).sum() > 0
 
 
 def test_semantic_batch_merges_proposals(rng):

@@ -36,7 +36,7 @@ Mask terms and mask costs come from one of two sources (config.loss.sampling):
 - 'points' [default: Mask2Former]: bilinear samples at random points; the point-sampled terms run over blocks of
   loss.row_block target rows, and a block in which no example of the batch has a mask target is skipped
   (`lax.cond`), so their cost follows the segments present, as Mask2Former's does, rather than the padded
-  data.max_segments.
+  data.max_segments. The mask cost of the matching is blocked the same way in both modes (`layer_cost`).
 - 'dense' [ours, as kMaX-DeepLab trains on TPU]: every cell of the mask grid average-pooled by
   loss.dense_stride, against the fraction of the cell each segment covers (mask_losses.dense_targets): matmuls
   ([Q, P] x [P, N]) and elementwise terms, no random points and no gathers or scatters anywhere in the criterion
@@ -167,36 +167,75 @@ def merge_statistics(masks: jax.Array, groups: merge.Groups, config: ml_collecti
           "group_size_max": jnp.max(jnp.where(merging, groups.size, 0.0))}
 
 
-def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, mask_samples: Callable,
+def _row_blocks(num_rows: int, size: int) -> list:
+  return [slice(s, min(s + size, num_rows)) for s in range(0, num_rows, size)]
+
+
+def _for_needed_blocks(use: jax.Array, size: int, fn: Callable, zeros: Callable) -> list:
+  """[fn(block, rows) if any example of the batch needs a row of the block, else zeros(rows)] per block of
+  `size` rows of use [B, N]; the predicate is a scalar, so the skipped branch costs nothing."""
+  return [jax.lax.cond(jnp.any(use[:, rows]), lambda b=b, rows=rows: fn(b, rows), lambda rows=rows: zeros(rows))
+          for b, rows in enumerate(_row_blocks(use.shape[1], size))]
+
+
+def point_cost_samples(num_targets: int) -> Callable:
+  """`layer_cost`'s mask_samples for the points criterion: the maps and the targets' masks at the matcher's
+  uniform points pts [P, 2], shared by every pair [default: Mask2Former matcher]."""
+  return lambda maps, ex, pts: (mask_losses.point_sample_shared(maps, pts),
+                                mask_losses.sample_segment_masks_shared(ex["segment_map"], num_targets, pts))
+
+
+def dense_cost_samples(stride: int) -> Callable:
+  """`layer_cost`'s mask_samples for the dense criterion: the maps pooled to the loss grid, against the targets'
+  cell fractions [N, P] (`mask_losses.dense_targets`)."""
+  return lambda maps, ex, targets: (mask_losses.pool_grid(maps, stride), targets)
+
+
+def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, mask_samples: Callable, sample_input,
                config: ml_collections.ConfigDict):
-  """The Hungarian cost of one example at one layer, merged predictions against targets (no gradient), and the
+  """The Hungarian cost of one layer, batched, merged predictions against targets (no gradient), and each
   example's `merge_statistics`.
 
+  The mask cost is computed over blocks of loss.row_block targets, and a block in which no example of the batch
+  has a valid target with a mask is skipped (`lax.cond`; its pairs keep their class and projection costs), so that
+  it follows the segments present rather than the padded data.max_segments, as the losses do.
+
   Args:
-    logits: [Q, C + 1]; masks: [Q, h, w] mask logits; ex: the example's batch entries (`_example_keys`);
-    mask_samples: `(maps [Q, h, w]) -> (samples [Q, P], labels [N, P])`, the maps and the targets' masks at the
-      same P points (the matcher's uniform points) or cells (the dense grid); config: full config.
+    logits: [B, Q, C + 1]; masks: [B, Q, h, w] mask logits; ex: the batch entries (`_example_keys`);
+    mask_samples: `(maps [Q, h, w], ex, x) -> (samples [Q, P], labels [N, P])` of one example, the maps and
+      the targets' masks at the same P points or cells (`point_cost_samples`, `dense_cost_samples`), x its
+      entry of sample_input (a pytree with leading dim B); config: full config.
 
   Returns:
-    ([Q, N] float32 `matching.assignment_cost` of the predictions (inactive slots and padded targets made
-    harmless), merge_statistics dict).
+    ([B, Q, N] float32 `matching.assignment_cost` of the predictions (inactive slots and padded targets made
+    harmless), merge_statistics dict of [B]).
   """
   mc = config.matcher
   logits, masks = jax.lax.stop_gradient((logits, masks))
-  groups, merged = merged_predictions(logits, ex, config)
-  q, h, w = masks.shape
-  maps, is_logit = slot_maps(masks, groups, jnp.arange(q), config)
-  samples, labels = mask_samples(maps)
-  logit, prob = read_slots(samples, is_logit)  # [Q, P]
-  mask_cost = (mc.mask_cost * mask_losses.pairwise_sigmoid_bce(logit, prob, is_logit, labels)
-               + mc.dice_cost * mask_losses.pairwise_dice(prob, labels))
-  pred_y, pred_x = box_projection.mask_projections(masks)
-  box_y, box_x = box_projection.box_projections(ex["seg_box"], h, w)
-  proj_cost = mc.projection_cost * box_projection.pairwise_projection_cost(pred_y, pred_x, box_y, box_x)
-  cost = (mc.class_cost * matching.class_cost(merged, ex["seg_class"])
-          + jnp.where(ex["seg_has_mask"][None, :], mask_cost, proj_cost))
-  return (matching.assignment_cost(cost, groups.active, ex["seg_valid"], config.loss.match_leftover),
-          merge_statistics(masks, groups, config))
+  h, w = masks.shape[-2:]
+
+  def predictions(lg, m, e, x):
+    groups, merged = merged_predictions(lg, e, config)
+    maps, is_logit = slot_maps(m, groups, jnp.arange(m.shape[0]), config)
+    samples, labels = mask_samples(maps, e, x)
+    logit, prob = read_slots(samples, is_logit)  # [Q, P]
+    pred_y, pred_x = box_projection.mask_projections(m)
+    box_y, box_x = box_projection.box_projections(e["seg_box"], h, w)
+    proj_cost = mc.projection_cost * box_projection.pairwise_projection_cost(pred_y, pred_x, box_y, box_x)
+    other = (mc.class_cost * matching.class_cost(merged, e["seg_class"])
+             + jnp.where(e["seg_has_mask"][None, :], 0.0, proj_cost))
+    return other, (logit, prob, is_logit, labels), groups.active, merge_statistics(m, groups, config)
+
+  other, (logit, prob, is_logit, labels), active, stats = jax.vmap(predictions)(logits, masks, ex, sample_input)
+  pairwise = jax.vmap(lambda lo, pr, il, lb: mc.mask_cost * mask_losses.pairwise_sigmoid_bce(lo, pr, il, lb)
+                      + mc.dice_cost * mask_losses.pairwise_dice(pr, lb))
+  has_mask = ex["seg_valid"] & ex["seg_has_mask"]
+  blocks = _for_needed_blocks(has_mask, config.loss.row_block,
+                              lambda b, rows: pairwise(logit, prob, is_logit, labels[:, rows]),
+                              lambda rows: jnp.zeros(logit.shape[:2] + (rows.stop - rows.start,)))
+  cost = other + jnp.where(ex["seg_has_mask"][:, None, :], jnp.concatenate(blocks, axis=2), 0.0)
+  assign = lambda c, a, v: matching.assignment_cost(c, a, v, config.loss.match_leftover)  # noqa: E731
+  return jax.vmap(assign)(cost, active, ex["seg_valid"]), stats
 
 
 def matched_targets(groups: merge.Groups, ex: dict, match: jax.Array, config: ml_collections.ConfigDict):
@@ -210,17 +249,6 @@ def matched_targets(groups: merge.Groups, ex: dict, match: jax.Array, config: ml
 def assignment(match: jax.Array, real: jax.Array, num_slots: int) -> jax.Array:
   """[N, Q] float32: row n is the one-hot of the slot matched to target n when it is real, zeros otherwise."""
   return merge.one_hot_rows(match, num_slots) * real[:, None]
-
-
-def _row_blocks(num_rows: int, size: int) -> list:
-  return [slice(s, min(s + size, num_rows)) for s in range(0, num_rows, size)]
-
-
-def _for_needed_blocks(use: jax.Array, size: int, fn: Callable, zeros: Callable) -> list:
-  """[fn(block, rows) if any example of the batch needs a row of the block, else zeros(rows)] per block of
-  `size` rows of use [B, N]; the predicate is a scalar, so the skipped branch costs nothing."""
-  return [jax.lax.cond(jnp.any(use[:, rows]), lambda b=b, rows=rows: fn(b, rows), lambda rows=rows: zeros(rows))
-          for b, rows in enumerate(_row_blocks(use.shape[1], size))]
 
 
 def uncertain_points(masks: jax.Array, groups: merge.Groups, slots: jax.Array, over: jax.Array,
@@ -332,14 +360,8 @@ def _point_sums(logits: jax.Array, masks: jax.Array, ex: dict, config: ml_collec
   layer's candidates are B x N x 3P points (B=16, N=100, P=12544: 60M), so vmapping the layers or keeping
   every layer's residuals would multiply the peak memory by L.
   """
-  n = ex["seg_class"].shape[-1]
-
-  def cost(lg, m, e, pts):
-    samples = lambda maps: (mask_losses.point_sample_shared(maps, pts),  # noqa: E731
-                            mask_losses.sample_segment_masks_shared(e["segment_map"], n, pts))
-    return layer_cost(lg, m, e, samples, config)
-
-  costs, merge_stats = jax.lax.map(lambda a: jax.vmap(cost)(a[0], a[1], ex, source.match(a[2])),
+  samples = point_cost_samples(ex["seg_class"].shape[-1])
+  costs, merge_stats = jax.lax.map(lambda a: layer_cost(a[0], a[1], ex, samples, source.match(a[2]), config),
                                    (logits, masks, per_layer_inputs))  # [L, B, Q, N], each [L, B]
   matches = _match(costs)
   indices = jax.lax.map(lambda a: layer_point_indices(a[0], a[1], ex, a[3], a[2], source, config),
@@ -389,11 +411,8 @@ def _dense_sums(logits: jax.Array, masks: jax.Array, ex: dict, config: ml_collec
   h, w = masks.shape[-2:]
   stride = config.loss.dense_stride
   targets = jax.vmap(lambda sm: mask_losses.dense_targets(sm, n, (h // stride, w // stride)))(ex["segment_map"])
-
-  def cost(lg, m, e, t):
-    return layer_cost(lg, m, e, lambda maps: (mask_losses.pool_grid(maps, stride), t), config)
-
-  costs, merge_stats = jax.lax.map(lambda a: jax.vmap(cost)(a[0], a[1], ex, targets), (logits, masks))
+  samples = dense_cost_samples(stride)
+  costs, merge_stats = jax.lax.map(lambda a: layer_cost(a[0], a[1], ex, samples, targets, config), (logits, masks))
   matches = _match(costs)
   layer = jax.checkpoint(lambda a: dense_layer_losses(a[0], a[1], ex, a[2], targets, config))
   return jax.lax.map(layer, (logits, masks, matches)), merge_stats
