@@ -22,6 +22,8 @@ import time
 from dataseg_jax import hardware
 from dataseg_jax import trees
 
+import provenance  # a sibling module (benchmarks/ is not a package)
+
 BENCHMARKS = pathlib.Path(__file__).resolve().parent
 PARTS = ("model", "losses", "data", "train", "eval", "costs", "peer")
 
@@ -89,6 +91,7 @@ def main():
     print(f"[{i + 1}/{len(parts)}] bench {part} ...", flush=True)
     results[part] = run_part(part, a.quick, a.threads)
     results[part]["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # parts kept by --update differ
+    results[part]["provenance"] = provenance.provenance()  # the commit and machine of this part's numbers
     print(f"    done in {results[part].get('wall_s')} s" + (" (ERROR)" if "error" in results[part] else ""),
           flush=True)
   results["ratios_to_peer"] = peer_ratios(results)

@@ -33,7 +33,6 @@ WORKDIR/results.json. Finished runs are reused. Results: WORKDIR/results.json an
 toy_ade's mIoU on the classes it shares with toy_coco, on its own and on person and car apart, and every run's
 numbers.
 """
-import importlib.metadata
 import json
 import pathlib
 import statistics
@@ -44,11 +43,11 @@ import time
 from absl import flags
 
 from dataseg_jax import cli
-from dataseg_jax import hardware
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # scripts/ is a folder of the repository, not an installed package
 from scripts import make_toy_data  # noqa: E402
+from provenance import provenance  # noqa: E402  (a sibling module, as bench.py imports its parts)
 
 TOY_ADE = tuple(make_toy_data.VOCABS["toy_ade"])  # toy_ade's names are its world classes
 TOY_ADE_OWN = tuple(n for n in TOY_ADE if n not in make_toy_data.VOCABS["toy_coco"].values())  # curtain, lamp
@@ -147,22 +146,6 @@ def ensure_data(data_dir: str, variants) -> None:
     if not (REPO / out / "toy_ade" / "names.txt").exists():
       subprocess.run(make + ["--out", out, "--only", "toy_ade", "--ade_train", str(ADE_TRAIN[variant])], cwd=REPO,
                      check=True)
-
-
-CODE = ("dataseg_jax", "data_pipelines", "configs", "scripts")  # what a run's numbers depend on in the repository
-
-
-def provenance() -> dict:
-  """What a run's numbers depend on beyond its command: the commit ('+dirty' when CODE has uncommitted changes), the
-  CPU model and vector extensions, the CPUs this process may use (XLA-CPU's thread count) and jax's version. Runs
-  repeat bit for bit only where all of these agree (README, Reproducibility)."""
-  def git(*args):
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-  commit = git("rev-parse", "--short", "HEAD") or "unknown"
-  if git("status", "--porcelain", "--untracked-files=no", "--", *CODE):
-    commit += "+dirty"
-  return {"commit": commit, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **hardware.cpu_model(),
-          "cpus": hardware.host_cores(), "jax": importlib.metadata.version("jax")}
 
 
 def run_one(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Path) -> dict:

@@ -30,6 +30,25 @@ def test_bench_refuses_an_unknown_part_before_running_any():
   assert proc.returncode == 2 and "unknown parts ['nope']" in proc.stderr, proc.stderr
 
 
+def test_bench_records_each_parts_provenance(tmp_path, monkeypatch):
+  """Each part measured carries the commit, CPU model, CPUs and jax it was measured with; a part kept by --update
+  keeps its own."""
+  import json
+  import bench
+  monkeypatch.setattr(bench, "run_part", lambda part, quick, threads: {"value": 1.0, "wall_s": 0.0})
+  out = tmp_path / "bench.json"
+  out.write_text(json.dumps({"losses": {"value": 2.0, "provenance": {"commit": "0000000"}}}))
+  monkeypatch.setattr(sys, "argv", ["bench.py", "--only", "data", "--update", "--out", str(out)])
+  bench.main()
+  results = json.loads(out.read_text())
+  head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCHMARKS, capture_output=True,
+                        text=True).stdout.strip()
+  assert results["data"]["provenance"]["commit"] in (head, head + "+dirty")
+  assert results["data"]["provenance"]["cpus"] >= 1 and results["data"]["provenance"]["jax"]
+  assert results["losses"]["provenance"] == {"commit": "0000000"}
+  assert "| data.provenance.commit |" in out.with_suffix(".md").read_text()
+
+
 def test_reproduce_toy_renamed_variants_only_evaluate_their_trained_run(tmp_path):
   """renamed / renamed_dense: one scripts/eval.py with the trained variant's overrides and toy_ade's synonyms."""
   import reproduce_toy
@@ -98,6 +117,7 @@ def test_reproduce_toy_writes_only_the_datasets_the_data_dir_lacks(tmp_path, mon
 def test_reproduce_toy_records_each_invocation_that_runs_a_run(tmp_path, monkeypatch):
   """run_one appends provenance (commit, CPU model, CPUs, jax) before it trains; a reused run adds none; a resumed
   one adds its own; the record carries the list."""
+  import importlib.metadata
   import json
   import os
   import reproduce_toy
@@ -123,4 +143,4 @@ def test_reproduce_toy_records_each_invocation_that_runs_a_run(tmp_path, monkeyp
   assert len(record["provenance"]) == 2
   for p in record["provenance"]:
     assert p["commit"] in (head, head + "+dirty") and p["cpus"] == len(os.sched_getaffinity(0))
-    assert p["jax"] == reproduce_toy.importlib.metadata.version("jax") and p["cpu_model"]
+    assert p["jax"] == importlib.metadata.version("jax") and p["cpu_model"]
