@@ -222,18 +222,18 @@ def layer_cost(logits: jax.Array, masks: jax.Array, ex: dict, mask_samples: Call
     pred_y, pred_x = box_projection.mask_projections(m)
     box_y, box_x = box_projection.box_projections(e["seg_box"], h, w)
     proj_cost = mc.projection_cost * box_projection.pairwise_projection_cost(pred_y, pred_x, box_y, box_x)
-    other = (mc.class_cost * matching.class_cost(merged, e["seg_class"])
-             + jnp.where(e["seg_has_mask"][None, :], 0.0, proj_cost))
-    return other, (logit, prob, is_logit, labels), groups.active, merge_statistics(m, groups, config)
+    class_cost = mc.class_cost * matching.class_cost(merged, e["seg_class"])
+    return class_cost, proj_cost, (logit, prob, is_logit, labels), groups.active, merge_statistics(m, groups, config)
 
-  other, (logit, prob, is_logit, labels), active, stats = jax.vmap(predictions)(logits, masks, ex, sample_input)
+  class_cost, proj_cost, (logit, prob, is_logit, labels), active, stats = jax.vmap(predictions)(
+      logits, masks, ex, sample_input)
   pairwise = jax.vmap(lambda lo, pr, il, lb: mc.mask_cost * mask_losses.pairwise_sigmoid_bce(lo, pr, il, lb)
                       + mc.dice_cost * mask_losses.pairwise_dice(pr, lb))
   has_mask = ex["seg_valid"] & ex["seg_has_mask"]
   blocks = _for_needed_blocks(has_mask, config.loss.row_block,
                               lambda b, rows: pairwise(logit, prob, is_logit, labels[:, rows]),
                               lambda rows: jnp.zeros(logit.shape[:2] + (rows.stop - rows.start,)))
-  cost = other + jnp.where(ex["seg_has_mask"][:, None, :], jnp.concatenate(blocks, axis=2), 0.0)
+  cost = class_cost + jnp.where(ex["seg_has_mask"][:, None, :], jnp.concatenate(blocks, axis=2), proj_cost)
   assign = lambda c, a, v: matching.assignment_cost(c, a, v, config.loss.match_leftover)  # noqa: E731
   return jax.vmap(assign)(cost, active, ex["seg_valid"]), stats
 
