@@ -4,9 +4,10 @@
   python scripts/train.py --config configs/toy.py --workdir workdirs/toy
   python scripts/eval.py --config configs/toy.py --workdir workdirs/toy
 
-Expected (800 steps, seed 0, `make demo` on 2 CPU cores, 2026-12-05): toy_ade 36.4 mIoU, toy_coco 26.9 PQ,
-toy_o365 6.4 mask AP from boxes only, toy_ade 32.1 PQ from semantic labels only, held-out classes 9.7 mIoU (chance
-3.0); docs/results.md has longer runs (toy_ade 66.9 mIoU jointly at 4500 steps).
+Expected (800 steps, seed 0, `make demo` on 2 CPU cores of an AMD EPYC, 2026-12-07): toy_ade 36.6 mIoU, toy_coco
+26.8 PQ, toy_o365 5.8 mask AP from boxes only, toy_ade 30.9 PQ from semantic labels only, held-out classes 10.3 mIoU
+(chance 3.0); another CPU model gives other numbers (README, Reproducibility); docs/results.md has longer runs
+(toy_ade 66.9 mIoU jointly at 4500 steps).
 
 Datasets (written by make_toy_data.py in native formats): toy_ade (semantic PNGs), toy_coco
 (COCO panoptic), toy_o365 (COCO detection JSON, boxes only; held-out instance masks for the
