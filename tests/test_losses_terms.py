@@ -471,6 +471,31 @@ def test_merge_groups_per_task(task, expected_leaders):
     np.testing.assert_allclose(merged[j], p[np.array(expected_leaders) == j].mean(0), **TOL)
 
 
+
+def test_merged_log_probs_gradient_is_each_members_share_even_far_below_float32s_exp_range():
+  """d log mean_{i in j} p_i(c) / d log p_i(c) = p_i(c) / sum_{i' in j} p_i'(c), by hand in float64, for log
+  probabilities near -150 (exp underflows in float32: the group's shift must keep them) and near 0."""
+  from dataseg_jax.losses import merge
+  cls = np.array([0, 1, 0, 1, 2, 0])
+  log_probs = np.full((6, 4), -3.0)
+  log_probs[np.arange(6), cls] = -0.01
+  log_probs[[0, 2, 5], 3] = [-150.0, -151.0, -152.5]  # class 3 in group 0
+  log_probs = jnp.asarray(log_probs, jnp.float32)
+  groups = merge.merge_groups(jax.nn.log_softmax(log_probs), jnp.int32(Task.SEMANTIC), jnp.array([0]),
+                              jnp.array([False]), jnp.array([True]), "hard")
+  weights = np.random.default_rng(0).normal(size=(6, 4))
+  got = jax.grad(lambda lp: jnp.sum(weights * merge.merged_log_probs(lp, groups)))(log_probs)
+  lp = np.asarray(log_probs, np.float64)
+  want = np.where(np.asarray(groups.active)[:, None], 0.0, weights)  # an inactive slot holds its own lp
+  for j in (0, 1, 4):  # the leaders
+    members = np.asarray(groups.leader) == j
+    share = np.exp(lp[members] - lp[members].max(0))
+    want[members] += weights[j] * share / share.sum(0)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  merged = np.asarray(merge.merged_log_probs(log_probs, groups))
+  assert merged[0, 3] == pytest.approx(np.log(np.mean(np.exp(lp[[0, 2, 5], 3] + 150.0))) - 150.0, abs=1e-4)
+
+
 # ------------------------------------------------------------------ MERGE, by hand
 
 def _group_of(q, task=Task.SEMANTIC, **kw):

@@ -109,12 +109,13 @@ def merged_log_probs(log_probs: jax.Array, groups: Groups) -> jax.Array:
   own log probabilities for an inactive one: [Q, C + 1] -> [Q, C + 1].
 
   A log-sum-exp over each group (shifted by the group's largest log probability), so a single-proposal group
-  returns its log-softmax exactly.
+  returns its log-softmax exactly. The shift cancels in the result, so it carries no gradient: its backward
+  through the [Q, Q, C + 1] masked max took 0.6 s of the R50 criterion's 3.8 s on XLA-CPU.
   """
   q = log_probs.shape[0]
   in_group = groups.leader[None, :] == jnp.arange(q)[:, None]  # [j, i]
-  top = jnp.max(jnp.where(in_group[:, :, None], log_probs[None], -jnp.inf), axis=1)  # [j, C + 1]
-  top = jnp.where(jnp.isfinite(top), top, 0.0)
+  top = jnp.max(jnp.where(in_group[:, :, None], jax.lax.stop_gradient(log_probs)[None], -jnp.inf), axis=1)
+  top = jnp.where(jnp.isfinite(top), top, 0.0)  # [j, C + 1]
   total = _matmul(in_group.astype(jnp.float32),
                   jnp.exp(log_probs - _matmul(one_hot_rows(groups.leader, q), top)))  # exp(lp_i - top_{leader(i)})
   mean = jnp.log(jnp.maximum(total, 1e-30)) + top - jnp.log(jnp.maximum(groups.size, 1.0))[:, None]
