@@ -471,7 +471,6 @@ def test_merge_groups_per_task(task, expected_leaders):
     np.testing.assert_allclose(merged[j], p[np.array(expected_leaders) == j].mean(0), **TOL)
 
 
-
 def test_merged_log_probs_gradient_is_each_members_share_even_far_below_float32s_exp_range():
   """d log mean_{i in j} p_i(c) / d log p_i(c) = p_i(c) / sum_{i' in j} p_i'(c), by hand in float64, for log
   probabilities near -150 (exp underflows in float32: the group's shift must keep them) and near 0."""
