@@ -4,8 +4,8 @@
   python scripts/train.py --config configs/toy.py --workdir workdirs/toy
   python scripts/eval.py --config configs/toy.py --workdir workdirs/toy
 
-Expected (800 steps, seed 0, `make demo` on 2 CPU cores of an AMD EPYC, 2026-12-07): toy_ade 36.6 mIoU, toy_coco
-26.8 PQ, toy_o365 5.8 mask AP from boxes only, toy_ade 30.9 PQ from semantic labels only, held-out classes 10.3 mIoU
+Expected (800 steps, seed 0, `make demo` on 2 CPU cores of an AMD EPYC, 2026-12-07): toy_ade 38.3 mIoU, toy_coco
+27.5 PQ, toy_o365 5.2 mask AP from boxes only, toy_ade 30.9 PQ from semantic labels only, held-out classes 7.3 mIoU
 (chance 3.0); another CPU model gives other numbers (README, Reproducibility); docs/results.md has longer runs
 (toy_ade 66.9 mIoU jointly at 4500 steps).
 
