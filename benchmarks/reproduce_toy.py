@@ -15,6 +15,12 @@ exposure"); `joint_equal_steps` is the joint model at S steps ("equal total step
   ade_coco           toy_ade + toy_coco, 2 S steps (toy_ade trained with 1, 2 and 3 datasets: alone_toy_ade,
                      ade_coco, joint)
   control            toy_ade + toy_coco_disjoint + toy_o365_disjoint (no class in common with toy_ade), 3 S steps
+  pretrained_disjoint_features, pretrained_disjoint
+                     the control in sequence: toy_coco_disjoint + toy_o365_disjoint for 2 S steps (one run per seed,
+                     in WORKDIR/disjoint_pretrain_seed<seed>), then toy_ade alone for S steps from its backbone and
+                     pixel decoder (_features) or from all its parameters (`PRETRAINED`; scripts/convert_weights.py
+                     --from dataseg, then --config.model.init_from): what the disjoint sets teach through the parts
+                     they share with toy_ade
   learned            joint with a learned classifier instead of the text embeddings
   synonym            toy_ade + toy_coco_nosyn + toy_o365, 3 S steps: toy_coco without person and car, so that
                      toy_ade's person and car have one other source, toy_o365, which names them human and
@@ -72,6 +78,8 @@ FIRST_GUESS = ["--config.loss.merge_mask=clip", "--config.loss.merge_background=
 # variant -> (config argument, extra overrides, steps in units of S)
 VARIANTS = {
     "alone_toy_ade": ("configs/toy.py:toy_ade", [], 1),
+    "pretrained_disjoint_features": ("configs/toy.py:toy_ade", [], 1),
+    "pretrained_disjoint": ("configs/toy.py:toy_ade", [], 1),
     "alone_toy_coco": ("configs/toy.py:toy_coco", [], 1),
     "alone_toy_o365": ("configs/toy.py:toy_o365", [], 1),
     "alone_toy_ade600": ("configs/toy.py:toy_ade", [], 1),
@@ -88,6 +96,10 @@ VARIANTS = {
 }
 VARIANTS.update({f"{name}_dense": (config, overrides + ["--config.loss.sampling=dense"], units)
                  for name, (config, overrides, units) in list(VARIANTS.items())})
+DISJOINT = "configs/toy.py:toy_coco_disjoint+toy_o365_disjoint"
+# variant -> (the run it starts from: config argument, steps in units of S; the parts of its parameters it takes)
+PRETRAINED = {"pretrained_disjoint_features": (DISJOINT, 2, ("backbone", "pixel_decoder")),
+              "pretrained_disjoint": (DISJOINT, 2, ("backbone", "pixel_decoder", "transformer_decoder", "classifier"))}
 RENAMED_OF = {"renamed": "joint", "renamed_dense": "joint_dense"}  # evaluation-only variant -> the trained one it renames
 ADE_TRAIN = {"alone_toy_ade600": 600, "alone_toy_ade600_dense": 600}  # variant -> toy_ade training images, read from <data_dir>_ade<N>
 DEFAULT_VARIANTS = ("alone_toy_ade", "alone_toy_ade600", "alone_toy_coco", "alone_toy_o365", "joint", "joint_equal_steps", "ade_coco",
@@ -115,7 +127,9 @@ def metrics_file(root: pathlib.Path, variant: str, seed: int) -> pathlib.Path:
 
 
 def commands(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.Path) -> list:
-  """The scripts and arguments of one (variant, seed): train then eval, or eval alone for a renamed variant."""
+  """The scripts and arguments of one (variant, seed): train then eval, or eval alone for a renamed variant; for a
+  `PRETRAINED` variant first the run it starts from (shared by the variants that start from the same config) and
+  the conversion of its parts."""
   workdir = run_dir(root, variant, seed)
   trained = RENAMED_OF.get(variant)
   config, overrides, units = VARIANTS[trained or variant]
@@ -126,6 +140,17 @@ def commands(variant: str, seed: int, steps: int, data_dir: str, root: pathlib.P
             f"--config.seed={seed}", f"--config.total_steps={units * steps}", "--config.eval_every_steps=-1"]
   if trained:
     return [["scripts/eval.py", *common]]
+  base = variant.removesuffix("_dense")
+  if base in PRETRAINED:
+    config, units, parts = PRETRAINED[base]
+    source = run_dir(root, "disjoint_pretrain" + variant.removeprefix(base), seed)
+    npz = workdir / "pretrained.npz"
+    pretrain = [f"--config={config}", f"--workdir={source}", f"--config.data_dir={data_dir}", *overrides,
+                f"--config.seed={seed}", f"--config.total_steps={units * steps}", "--config.eval_every_steps=-1"]
+    return [["scripts/train.py", *pretrain],
+            ["scripts/convert_weights.py", "--from=dataseg", f"--input={source}", f"--output={npz}",
+             f"--parts={','.join(parts)}"],
+            ["scripts/train.py", *common, f"--config.model.init_from={npz}"], ["scripts/eval.py", *common]]
   return [["scripts/train.py", *common], ["scripts/eval.py", *common]]
 
 

@@ -59,8 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
   m.backbone.rel_pos = False          # vit: decomposed relative position bias
   m.backbone.remat = False            # rematerialise each backbone block
   m.backbone.init_from = ""           # .npz from scripts/convert_weights.py ('' = random init)
-  m.init_from = ""                    # whole-model .npz (convert_weights.py --from hf_mask2former): its backbone /
-                                      # pixel_decoder / transformer_decoder; classifier at init; backbone.init_from wins
+  m.init_from = ""                    # whole-model .npz (convert_weights.py --from hf_mask2former or --from dataseg):
+                                      # the top-level parts it holds; the rest at init; backbone.init_from wins
   m.hidden_dim = 256                  # pixel + transformer decoder width [default]
   m.num_queries = 100                 # [default] 200 for large backbones
   m.pixel_decoder = ml_collections.ConfigDict()

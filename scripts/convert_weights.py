@@ -1,5 +1,5 @@
 """Converts a pretrained state dict (a file you have) into this project's parameters: a backbone, or Mask2Former's
-pixel decoder and transformer decoder.
+pixel decoder and transformer decoder; or takes those parts of a run of this project, to start another from.
 
   python scripts/convert_weights.py --from torchvision_resnet --depth 50 \
       --input resnet50-0676ba61.pth --output backbone.npz
@@ -10,6 +10,8 @@ pixel decoder and transformer decoder.
       --input model.safetensors --output vitb.npz
   python scripts/convert_weights.py --from hf_mask2former --config configs/dataseg_r50.py \
       --input model.safetensors --output m2f.npz
+  python scripts/convert_weights.py --from dataseg --input workdirs/coco --output coco.npz \
+      --parts backbone,pixel_decoder
 
 Sources: `torchvision_resnet` (BN folded into a per-channel scale and bias, i.e. frozen BN; 1x1 convs as Dense
 kernels); `mae`: an MAE checkpoint or any timm `VisionTransformer` state dict (cls token, mask token, final norm,
@@ -26,10 +28,14 @@ weights cannot show (heads, pre-norm). The pixel decoder and transformer decoder
 it is a transformers ResNet; another backbone (Swin, ...) is left out: take ours from `--from torchvision_resnet*`
 and `--config.model.backbone.init_from`. The class head is dropped: our classifier scores text embeddings and keeps
 its initialisation.
+`dataseg`: a training run of this project (`--input` its workdir; `--step`, default the latest checkpoint; the EMA
+parameters when it kept an EMA), whose `--parts` (top-level subtrees; default backbone, pixel_decoder and
+transformer_decoder) start another run (`--config.model.init_from`), e.g. one on another dataset. The classifier,
+left out by default, holds the shared background embedding (and a learned classifier's table of the run's classes).
 
 The output is a flat `.npz` with '/'-joined keys. For a backbone (`layer1_0/conv1/kernel`, `block_0/attn/qkv/kernel`,
 ...) it holds the Flax `backbone` parameters, for `--config.model.backbone.init_from=FILE.npz`; for hf_mask2former the
-model's top-level subtrees (`pixel_decoder/...`, `transformer_decoder/...`, `backbone/...`), for
+model's top-level subtrees (`pixel_decoder/...`, `transformer_decoder/...`, `backbone/...`), as for dataseg, for
 `--config.model.init_from=FILE.npz`. Read it back with `dataseg_jax.models.checkpoint_io.load_params_npz`, and put it
 into a model's params with `checkpoint_io.merge_into(variables['params'], loaded)` (or `[...]['backbone']` for a
 backbone). torch is needed only to read `.pth` files.
@@ -47,7 +53,8 @@ from dataseg_jax import trees
 RESNET_DEPTHS = (18, 34, 50, 101)
 RESNETS = ["torchvision_resnet"] + [f"torchvision_resnet{d}" for d in RESNET_DEPTHS]
 VITS = ("hf_vitdet", "mae")
-SOURCES = RESNETS + list(VITS) + ["hf_mask2former"]
+SOURCES = RESNETS + list(VITS) + ["hf_mask2former", "dataseg"]
+DATASEG_PARTS = ("backbone", "pixel_decoder", "transformer_decoder")
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIGS = {"hf_mask2former": CONFIGS / "dataseg_r50.py", **{v: CONFIGS / "dataseg_vitdet_b.py" for v in VITS}}
 
@@ -128,6 +135,24 @@ def convert_m2f(state_dict: dict, config, hf_config: dict | None):
   return params, notes
 
 
+def convert_dataseg(workdir: pathlib.Path, step, parts) -> dict:
+  """The `parts` (top-level subtrees) of the parameters of the dataseg-jax run in `workdir` at checkpoint `step`
+  (None: the latest), its EMA when the run kept one (`checkpointing.restore_variables`)."""
+  import jax
+  from dataseg_jax.train import checkpointing
+
+  if not workdir.is_dir():
+    raise ValueError(f"--input {workdir}: not a directory; --from dataseg reads a training run's workdir")
+  try:
+    params = jax.device_get(checkpointing.restore_variables(str(workdir), step)["params"])
+  except FileNotFoundError as e:
+    raise ValueError(str(e)) from e
+  unknown = [p for p in parts if p not in params]
+  if unknown or not parts:
+    raise ValueError(f"--parts {','.join(parts)}: expected some of {','.join(sorted(params))}")
+  return {p: params[p] for p in parts}
+
+
 def summarize_keys(keys) -> str:
   """'sfp_4_up1, res2_lateral, ...; rel_pos_h/w of blocks [0, 1, ...]' for the keys not in the checkpoint."""
   modules = sorted({k.split("/")[0] for k in keys if not k.startswith("block_")})
@@ -138,7 +163,8 @@ def summarize_keys(keys) -> str:
   return "; ".join(parts)
 
 
-def convert(source: str, input_path, output, depth=None, config=None, hf_config=None, image_size=None) -> str:
+def convert(source: str, input_path, output, depth=None, config=None, hf_config=None, image_size=None, step=None,
+            parts=DATASEG_PARTS) -> str:
   """Converts `input_path` from `source` (SOURCES) and writes `output`; returns what was written. ValueError when the
   weights do not fit the config or the flags disagree."""
   from dataseg_jax.models import checkpoint_io, resnet
@@ -149,7 +175,10 @@ def convert(source: str, input_path, output, depth=None, config=None, hf_config=
     raise ValueError(f"--depth {depth}: expected one of {sorted(resnet.STAGES)}")
   input_path, output = pathlib.Path(input_path), pathlib.Path(output)
   config_path = config or str(DEFAULT_CONFIGS.get(source, ""))
-  if source == "hf_mask2former":
+  if source == "dataseg":
+    params = convert_dataseg(input_path, step, tuple(parts))
+    what = f"{', '.join(parts)} of {input_path}"
+  elif source == "hf_mask2former":
     cfg = load_config(config_path)
     params, notes = convert_m2f(load_state_dict(input_path), cfg,
                                 hf_config_json(pathlib.Path(hf_config) if hf_config else None, input_path))
@@ -181,7 +210,7 @@ def define_flags() -> None:
   """Command-line flags; defined only when run as a script, so tests can import `convert` without them."""
   flags.DEFINE_enum("from", None, SOURCES, "torchvision_resnet with --depth, or the depth in the name "
                     "(torchvision_resnet50); mae (MAE / timm ViT) or hf_vitdet with --config; hf_mask2former "
-                    "(transformers) with --config.")
+                    "(transformers) with --config; dataseg (a run of this project) with --parts.")
   flags.DEFINE_integer("depth", None, "ResNet depth (18, 34, 50, 101) for --from torchvision_resnet; default 50.")
   flags.DEFINE_string("config", None, "ViT, hf_mask2former: the training config file[:arg] whose model (and "
                       "data.image_size) the output fits; default configs/dataseg_vitdet_b.py (ViT), "
@@ -190,7 +219,10 @@ def define_flags() -> None:
                       "--input, if any.")
   flags.DEFINE_integer("image_size", None, "ViT: the image size the output fits; default the config's "
                        "data.image_size.")
-  flags.DEFINE_string("input", None, "The state dict to convert: a .pth or .safetensors file.")
+  flags.DEFINE_integer("step", None, "dataseg: the checkpoint step; default the latest.")
+  flags.DEFINE_list("parts", list(DATASEG_PARTS), "dataseg: the top-level subtrees to write.")
+  flags.DEFINE_string("input", None, "The state dict to convert: a .pth or .safetensors file; for dataseg, a "
+                      "training workdir.")
   flags.DEFINE_string("output", None, "The .npz to write.")
   flags.mark_flags_as_required(["from", "input", "output"])
 
@@ -199,7 +231,8 @@ def main(argv):
   del argv
   f = flags.FLAGS
   try:
-    what = convert(f["from"].value, f.input, f.output, f.depth, f.config, f.hf_config, f.image_size)
+    what = convert(f["from"].value, f.input, f.output, f.depth, f.config, f.hf_config, f.image_size, f.step,
+                   f.parts)
   except ValueError as e:
     sys.exit(f"error: {e}")
   print(f"wrote {f.output}: {what}")

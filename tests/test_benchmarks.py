@@ -62,12 +62,38 @@ def test_reproduce_toy_renamed_variants_only_evaluate_their_trained_run(tmp_path
                                                                     for n in reproduce_toy.TOY_ADE]
 
 
+def test_reproduce_toy_pretrained_variants_start_toy_ade_from_one_shared_run_on_the_disjoint_sets(tmp_path):
+  """pretrained_disjoint*: the disjoint run (2 S steps, the variant's overrides), the conversion of its parts, then
+  toy_ade alone (S steps) from them, and its evaluation; the arms at one seed share the disjoint run."""
+  import reproduce_toy
+  sources = set()
+  for variant in ("pretrained_disjoint", "pretrained_disjoint_features", "pretrained_disjoint_dense"):
+    pretrain, convert, train, evaluate = reproduce_toy.commands(variant, 3, 100, "data/toy", tmp_path)
+    _, overrides, _ = reproduce_toy.VARIANTS[variant]
+    source = next(a for a in pretrain if a.startswith("--workdir="))
+    sources.add(source)
+    assert pretrain[0] == train[0] == "scripts/train.py" and evaluate[0] == "scripts/eval.py"
+    assert f"--config={reproduce_toy.DISJOINT}" in pretrain and "--config.total_steps=200" in pretrain
+    assert set(overrides) <= set(pretrain) and set(overrides) <= set(train)
+    npz = tmp_path / f"{variant}_seed3" / "pretrained.npz"
+    parts = reproduce_toy.PRETRAINED[variant.removesuffix("_dense")][2]
+    assert convert == ["scripts/convert_weights.py", "--from=dataseg", f"--input={source.partition('=')[2]}",
+                       f"--output={npz}", f"--parts={','.join(parts)}"]
+    assert "--config=configs/toy.py:toy_ade" in train and "--config.total_steps=100" in train
+    assert train[-1] == f"--config.model.init_from={npz}" and evaluate[1:] == train[1:-1]
+  assert sources == {f"--workdir={tmp_path / 'disjoint_pretrain_seed3'}",
+                     f"--workdir={tmp_path / 'disjoint_pretrain_dense_seed3'}"}
+
+
 def test_reproduce_toy_variants_train_datasets_that_configs_toy_and_the_world_have():
-  """Every variant's config argument loads, and names datasets that make_toy_data writes."""
+  """Every variant's config argument (and the one its pretrained run trains) loads, and names datasets that
+  make_toy_data writes."""
   import runpy
   import reproduce_toy
   get_config = runpy.run_path(str(BENCHMARKS.parent / "configs/toy.py"))["get_config"]
-  for variant, (config, _, _) in reproduce_toy.VARIANTS.items():
+  configs = [(v, c) for v, (c, _, _) in reproduce_toy.VARIANTS.items()]
+  configs += [(v, c) for v, (c, _, _) in reproduce_toy.PRETRAINED.items()]
+  for variant, config in configs:
     arg = config.partition(":")[2] or None
     names = list(get_config(arg).data.datasets)
     assert set(names) <= set(reproduce_toy.make_toy_data.DATASETS), (variant, names)

@@ -373,3 +373,41 @@ def test_backbone_init_from_a_converted_npz_replaces_the_random_init(tmp_path):
     c.model.backbone.init_from = str(tmp_path / "missing.npz")
   with pytest.raises(FileNotFoundError, match="init_from"):
     loop.train(c, str(tmp_path / "bad"), components(c))
+
+
+def test_a_run_starts_from_the_parts_of_another_run_that_convert_weights_takes(tmp_path):
+  """`convert_weights.py --from dataseg` writes the chosen top-level parts of a run's parameters (its EMA when it
+  kept one); a run with `config.model.init_from` on that file starts from them."""
+  import runpy
+  from dataseg_jax.models import checkpoint_io
+  convert = runpy.run_path(str(REPO / "scripts" / "convert_weights.py"))["convert"]
+  c = config(total=2)
+  c.optimizer.ema_decay = 0.5
+  loop.train(c, str(tmp_path / "source"), components(c))
+  source = checkpointing.restore_variables(str(tmp_path / "source"))["params"]
+  what = convert("dataseg", tmp_path / "source", tmp_path / "parts.npz", parts=("backbone",))
+  assert "backbone" in what and "classifier" not in what
+  written = checkpoint_io.load_params_npz(tmp_path / "parts.npz")
+  assert list(written) == ["backbone"]
+  assert trees.flatten(written).keys() == trees.flatten({"backbone": source["backbone"]}).keys()
+  for k, v in trees.flatten(written).items():
+    np.testing.assert_array_equal(v, trees.flatten(source)[k])
+
+  c.total_steps = 1
+  c.optimizer.backbone_multiplier = 0.0  # the backbone after the step is the one it started from
+  with c.unlocked():
+    c.model.init_from = str(tmp_path / "parts.npz")
+  loop.train(c, str(tmp_path / "started"), components(c))
+  started = checkpointing.restore_variables(str(tmp_path / "started"))["params"]
+  for k, v in trees.flatten(source["backbone"]).items():
+    np.testing.assert_array_equal(trees.flatten(started["backbone"])[k], v)
+  assert not np.array_equal(trees.flatten(started["classifier"])["kernel"],
+                            trees.flatten(source["classifier"])["kernel"])  # not in the file: its own init
+
+  with pytest.raises(ValueError, match="expected some of backbone,classifier,query_embed"):
+    convert("dataseg", tmp_path / "source", tmp_path / "bad.npz", parts=("pixel_decoder",))
+  with pytest.raises(ValueError, match="no checkpoint of step 99"):
+    convert("dataseg", tmp_path / "source", tmp_path / "bad.npz", step=99)
+  with pytest.raises(ValueError, match="not a directory"):
+    convert("dataseg", tmp_path / "nowhere", tmp_path / "bad.npz")
+  assert not (tmp_path / "bad.npz").exists()

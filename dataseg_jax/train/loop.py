@@ -203,9 +203,9 @@ def pretrained_backbone(config, abstract_state):
 
 def pretrained_params(config, abstract_state):
   """The converted weights a fresh run starts from, a subtree of the params, or None when there are none:
-  `config.model.init_from` (a whole-model .npz, e.g. `convert_weights.py --from hf_mask2former`: whichever of
-  backbone, pixel_decoder, transformer_decoder it holds; the classifier keeps its initialisation) with
-  `config.model.backbone.init_from` over its backbone. A key or shape the model lacks stops at start."""
+  `config.model.init_from` (a whole-model .npz, e.g. `convert_weights.py --from hf_mask2former` or `--from dataseg`:
+  whichever parts it holds, the others keep their initialisation) with `config.model.backbone.init_from` over its
+  backbone. A key or shape the model lacks stops at start."""
   loaded = _converted_npz(config.model.get("init_from", ""), "config.model.init_from")
   flat = trees.flatten(loaded or {})
   backbone = pretrained_backbone(config, abstract_state)
