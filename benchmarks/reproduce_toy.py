@@ -17,7 +17,7 @@ exposure"); `joint_equal_steps` is the joint model at S steps ("equal total step
   control            toy_ade + toy_coco_disjoint + toy_o365_disjoint (no class in common with toy_ade), 3 S steps
   pretrained_disjoint_features, pretrained_disjoint
                      the control in sequence: toy_coco_disjoint + toy_o365_disjoint for 2 S steps (one run per seed,
-                     in WORKDIR/disjoint_pretrain_seed<seed>), then toy_ade alone for S steps from its backbone and
+                     in WORKDIR/disjoint_pretrain[_dense]_seed<seed>), then toy_ade alone for S steps from its backbone and
                      pixel decoder (_features) or from all its parameters (`PRETRAINED`; scripts/convert_weights.py
                      --from dataseg, then --config.model.init_from): what the disjoint sets teach through the parts
                      they share with toy_ade

@@ -31,7 +31,8 @@ its initialisation.
 `dataseg`: a training run of this project (`--input` its workdir; `--step`, default the latest checkpoint; the EMA
 parameters when it kept an EMA), whose `--parts` (top-level subtrees; default backbone, pixel_decoder and
 transformer_decoder) start another run (`--config.model.init_from`), e.g. one on another dataset. The classifier,
-left out by default, holds the shared background embedding (and a learned classifier's table of the run's classes).
+left out by default, holds the query projection, temperature and shared background embedding (and a learned
+classifier's table of the run's classes).
 
 The output is a flat `.npz` with '/'-joined keys. For a backbone (`layer1_0/conv1/kernel`, `block_0/attn/qkv/kernel`,
 ...) it holds the Flax `backbone` parameters, for `--config.model.backbone.init_from=FILE.npz`; for hf_mask2former the
