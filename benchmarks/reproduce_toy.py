@@ -16,11 +16,11 @@ exposure"); `joint_equal_steps` is the joint model at S steps ("equal total step
                      ade_coco, joint)
   control            toy_ade + toy_coco_disjoint + toy_o365_disjoint (no class in common with toy_ade), 3 S steps
   pretrained_disjoint_features, pretrained_disjoint
-                     the control in sequence: toy_coco_disjoint + toy_o365_disjoint for 2 S steps (one run per seed,
-                     in WORKDIR/disjoint_pretrain[_dense]_seed<seed>), then toy_ade alone for S steps from its backbone and
-                     pixel decoder (_features) or from all its parameters (`PRETRAINED`; scripts/convert_weights.py
-                     --from dataseg, then --config.model.init_from): what the disjoint sets teach through the parts
-                     they share with toy_ade
+                     the control in sequence: toy_coco_disjoint + toy_o365_disjoint for 2 S steps (one run per
+                     seed, in WORKDIR/disjoint_pretrain[_dense]_seed<seed>), then toy_ade alone for S steps from its
+                     backbone and pixel decoder (_features) or from all its parameters (`PRETRAINED`;
+                     scripts/convert_weights.py --from dataseg, then --config.model.init_from): what the disjoint
+                     sets teach through the parts they share with toy_ade
   learned            joint with a learned classifier instead of the text embeddings
   synonym            toy_ade + toy_coco_nosyn + toy_o365, 3 S steps: toy_coco without person and car, so that
                      toy_ade's person and car have one other source, toy_o365, which names them human and
